@@ -1,0 +1,3 @@
+from fournil.cli import main
+
+raise SystemExit(main())

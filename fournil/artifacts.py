@@ -1,0 +1,93 @@
+"""Artifacts: atomic file writes and the `fournil.json` manifest every stage's output directory carries.
+
+Nothing is ever half-written: data goes to a temporary file in the same directory, is flushed and fsynced, then
+renamed over the target (atomic on POSIX). The manifest is written last, so `complete: true` is never a lie.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import fournil
+
+MANIFEST = "fournil.json"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `target`; on success it replaces `target`, on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts should be as readable as any file
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, target)
+        _fsync_dir(target.parent)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_text(target: str | Path, text: str) -> None:
+    with atomic_path(target) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(target: str | Path, data: Any) -> None:
+    write_text(target, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def write_manifest(directory: str | Path, producer: str, **fields: Any) -> dict[str, Any]:
+    """Mark `directory` complete. Call after every other file of the artifact is in place."""
+    manifest = {
+        "producer": producer,
+        "fournil_version": fournil.__version__,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **fields,
+        "complete": True,
+    }
+    write_json(Path(directory) / MANIFEST, manifest)
+    return manifest
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sha256_json(data: Any) -> str:
+    """A stable hash of JSON-able data (a resolved recipe, say): keys sorted, no whitespace."""
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

@@ -1,0 +1,95 @@
+"""The `fournil` command: one entry point, one verb per stage (`fournil <stage> <action>`).
+
+Each stage's `cli.py` exposes `register(subparsers, common)`; it must import nothing heavy at module level so
+that `fournil --help` stays instant. Handlers return an exit code or None (= 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from rich.text import Text
+
+from fournil import __version__
+from fournil.console import EXIT_FAILURE, FournilError, setup, stderr
+
+STAGES = ("fournil.model.cli",)
+
+EPILOG = """\
+stages (data flows left to right):
+  corpus → tokenizer → model → train → eval → infer
+
+examples:
+  fournil model info croissant-1.3b              size, FLOPs and memory of the CroissantLLM recipe
+  fournil model init croissant-10m out/tiny      a randomly initialised model directory
+  fournil model convert out/tiny out/tiny-bf16 --dtype bfloat16
+
+every verb takes --help; --quiet hides progress, --json prints data for scripts.
+exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.
+"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the examples' layout, show defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def common_options() -> argparse.ArgumentParser:
+    """Flags every verb accepts, so they can follow the verb: `fournil model info X --json`."""
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("output")
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors; no progress bars")
+    group.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    group.add_argument("--json", action="store_true", help="print machine-readable JSON on stdout")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fournil",
+        description="Bake truly bilingual French/English language models (CroissantLLM, arXiv 2402.00786).",
+        epilog=EPILOG,
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"fournil {__version__}")
+    subparsers = parser.add_subparsers(dest="stage", metavar="<stage>", required=True)
+    common = common_options()
+    for module in STAGES:
+        importlib.import_module(module).register(subparsers, common)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup(quiet=args.quiet, verbose=args.verbose)
+    try:
+        return args.handler(args) or 0
+    except FournilError as exc:
+        stderr.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        stderr.print("interrupted")
+        return 130
+    except BrokenPipeError:  # `fournil … --json | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
+    except Exception as exc:  # a bug: the traceback with --verbose, one line otherwise
+        if args.verbose:
+            logging.getLogger("fournil").exception("unexpected failure (please report it)")
+        else:
+            stderr.print(Text("error: ", style="bold red") + Text(f"unexpected {type(exc).__name__}: {exc} "
+                                                                  "(rerun with --verbose for the traceback)"))
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

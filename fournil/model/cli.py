@@ -1,0 +1,160 @@
+"""`fournil model …`: inspect, create, convert and verify model directories."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  fournil model info croissant-1.3b --batch-size 8 --seq-len 2048 --dtype bfloat16
+  fournil model info recipes/croissant-10m.yaml --json
+  fournil model info out/model                   (a fournil or transformers Llama directory)
+  fournil model init croissant-10m out/model --seed 0
+  fournil model convert out/model out/model-bf16 --dtype bfloat16 --max-shard-size 500MB
+  fournil model verify out/model                 (logits vs transformers' LlamaForCausalLM)
+"""
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from fournil.cli import HelpFormatter
+
+    model = subparsers.add_parser(
+        "model", help="model sizes, random init, conversion, transformers parity",
+        description="Inspect, create, convert and verify Llama model directories.",
+        epilog=EPILOG, formatter_class=HelpFormatter,
+    )
+    actions = model.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    info = actions.add_parser(
+        "info", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="parameters, FLOPs per token, training memory of a recipe or model directory",
+        description="Parameter count, FLOPs per token and single-device training memory (weights, gradients, "
+        "AdamW state, activations) at a given batch. Nothing is allocated: it is arithmetic on the config.",
+    )
+    info.add_argument("source", help="recipe file, preset name (e.g. croissant-1.3b) or model directory")
+    info.add_argument("--batch-size", type=int, default=1, help="sequences per device for the memory estimate")
+    info.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the context length)")
+    info.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights/activations dtype")
+    info.add_argument("--checkpointing", action="store_true", help="estimate with activation checkpointing")
+    info.set_defaults(handler=cmd_info)
+
+    init = actions.add_parser(
+        "init", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="write a randomly initialised model directory from a recipe",
+        description="Build the recipe's model with N(0, init_std) weights and save it as a transformers directory.",
+    )
+    init.add_argument("recipe", help="recipe file or preset name")
+    init.add_argument("out", type=Path, help="output model directory")
+    init.add_argument("--seed", type=int, default=0, help="torch seed for the initial weights")
+    init.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="dtype to save in")
+    init.set_defaults(handler=cmd_init)
+
+    convert = actions.add_parser(
+        "convert", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="copy a model directory with a dtype cast, resharding, or as plain transformers layout",
+        description="Convert between fournil model directories and plain transformers layout (which differ "
+        "only by the fournil.json manifest), cast dtype, and reshard. Only safetensors are read.",
+    )
+    convert.add_argument("source", help="model directory (or hub id when online)")
+    convert.add_argument("destination", type=Path, help="output directory")
+    convert.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
+    convert.add_argument("--max-shard-size", default="2GB", help="shard above this size (e.g. 500MB, 2GB, 1GiB)")
+    convert.add_argument("--plain", action="store_true", help="plain transformers layout: no fournil.json")
+    convert.set_defaults(handler=cmd_convert)
+
+    verify = actions.add_parser(
+        "verify", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="load a directory in fournil and in transformers and compare logits",
+        description="Proves a directory is HF-identical: the same random tokens go through fournil's Llama and "
+        "transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported.",
+    )
+    verify.add_argument("source", help="model directory")
+    verify.add_argument("--seq-len", type=int, default=32, help="tokens per test sequence")
+    verify.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| allowed (float32)")
+    verify.set_defaults(handler=cmd_verify)
+
+
+def _load_config(source: str):
+    from fournil.model.hf import read_config
+    from fournil.recipe import load_recipe
+
+    if Path(source).is_dir():
+        return read_config(source)
+    return load_recipe(source).model
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from fournil.console import print_json, print_table
+    from fournil.console import UsageError
+    from fournil.model.info import describe, human
+
+    if args.batch_size <= 0 or (args.seq_len is not None and args.seq_len <= 0):
+        raise UsageError("--batch-size and --seq-len must be positive")
+    config = _load_config(args.source)
+    report = describe(config, args.batch_size, args.seq_len, args.dtype, args.checkpointing)
+    if args.json:
+        print_json(report)
+        return
+    p, f, m = report["parameters"], report["flops_per_token"], report["memory"]
+    mem = m["bytes"]
+    rows = [
+        ("shape", f"{config.n_layers} layers × dim {config.dim}, {config.n_heads} heads "
+                  f"({config.kv_heads} kv), ffn {config.ffn_dim}, vocab {config.vocab_size}"),
+        ("parameters", f"{p['total']:,} ({human(p['total'])})"),
+        ("  non-embedding", f"{p['non_embedding']:,}"),
+        ("  embedding / lm_head", f"{p['embedding']:,} / {p['lm_head']:,}" + (" (tied)" if not p["lm_head"] else "")),
+        ("  attention / mlp / norms", f"{p['attention']:,} / {p['mlp']:,} / {p['norms']:,}"),
+        (f"FLOPs/token @ {m['seq_len']} ctx", f"forward {human(f['forward'])}, training {human(f['training'])}"),
+        (f"memory @ batch {m['batch_size']}×{m['seq_len']}, {m['dtype']}", ""),
+        ("  weights", human(mem["weights"], "B")),
+        ("  gradients", human(mem["gradients"], "B")),
+        ("  AdamW state (fp32)", human(mem["optimizer"], "B")),
+        ("  activations" + (" (checkpointed)" if m["activation_checkpointing"] else ""), human(mem["activations"], "B")),
+        ("  total", human(mem["total"], "B")),
+    ]
+    print_table(f"model {args.source}", rows)
+
+
+def cmd_init(args: argparse.Namespace) -> None:
+    import torch
+
+    from fournil.artifacts import sha256_json
+    from fournil.console import status
+    from fournil.model.hf import save_model
+    from fournil.model.llama import Llama
+    from fournil.recipe import load_recipe, to_dict
+
+    recipe = load_recipe(args.recipe)
+    torch.manual_seed(args.seed)
+    with status(f"initialising {recipe.name}"):
+        model = Llama(recipe.model)
+        save_model(model, args.out, dtype=args.dtype,
+                   manifest={"recipe": recipe.name, "recipe_sha256": sha256_json(to_dict(recipe)), "seed": args.seed})
+    log.info("wrote %s (%s parameters)", args.out, f"{model.num_params():,}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from fournil.console import status
+    from fournil.model.hf import convert, parse_size
+
+    with status(f"converting {args.source} → {args.destination}"):
+        convert(args.source, args.destination, args.dtype, parse_size(args.max_shard_size), args.plain)
+    log.info("wrote %s", args.destination)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fournil.console import print_json, print_table
+    from fournil.model.parity import compare_with_transformers
+
+    result = compare_with_transformers(args.source, seq_len=args.seq_len)
+    result["tolerance"] = args.tolerance
+    result["ok"] = result["max_abs_diff"] <= args.tolerance
+    if args.json:
+        print_json(result)
+    else:
+        print_table(f"fournil vs transformers: {args.source}", [(k, str(v)) for k, v in result.items()])
+    return 0 if result["ok"] else 1

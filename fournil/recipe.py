@@ -1,0 +1,217 @@
+"""YAML recipes → typed, validated config objects.
+
+A recipe is a YAML mapping whose sections map onto kw-only dataclasses (one level deep). Validation runs before
+any work starts and reports *every* problem at once, each naming the file, line, key and what is allowed:
+
+    recipes/x.yaml:7: model.n_heads: expected int, got str 'sixteen'
+    recipes/x.yaml:9: train.schedule: 'cosin' is not allowed; choose one of: cosine, wsd
+    recipes/x.yaml:3: model.hidden: unknown key; did you mean 'dim'? (allowed: dim, n_layers, …)
+
+Cross-field rules live in each dataclass's `check()` method, which returns a list of (key, message) pairs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from fournil.console import UsageError
+from fournil.model.config import ModelConfig
+from fournil.train.config import TrainConfig
+
+RECIPE_DIRS = (
+    Path(__file__).resolve().parent / "_recipes",  # installed wheel (force-included)
+    Path(__file__).resolve().parent.parent / "recipes",  # source checkout / editable install
+)
+
+
+@dataclass(kw_only=True)
+class Recipe:
+    """A whole recipe: one section per stage. Later stages add their sections here."""
+
+    name: str
+    description: str = ""
+    model: ModelConfig
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.train.seq_len > self.model.max_seq_len:
+            problems.append(
+                ("train.seq_len", f"{self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
+            )
+        return problems
+
+
+class RecipeError(UsageError):
+    """One or more problems in a recipe; the message lists them all."""
+
+    def __init__(self, source: str, problems: list[tuple[int | None, str, str]]):
+        self.problems = problems
+        lines = [f"{source}:{line}: {key}: {msg}" if line else f"{source}: {key}: {msg}" for line, key, msg in problems]
+        super().__init__(f"invalid recipe ({len(problems)} problem{'s' * (len(problems) > 1)}):\n  " + "\n  ".join(lines))
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """Resolve a path, or a bare preset name like `croissant-10m`, to a recipe file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.suffix not in (".yaml", ".yml") and path.parent == Path("."):
+        for directory in RECIPE_DIRS:
+            candidate = directory / f"{path.name}.yaml"
+            if candidate.is_file():
+                return candidate
+    raise UsageError(f"recipe not found: {name_or_path} (known presets: {', '.join(list_presets()) or 'none'})")
+
+
+def list_presets() -> list[str]:
+    for directory in RECIPE_DIRS:
+        if directory.is_dir():
+            return sorted(p.stem for p in directory.glob("*.yaml"))
+    return []
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Load and validate a recipe file; `overrides` are dotted keys (`{"model.dim": 64}`) applied on top."""
+    path = find_recipe(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read recipe: {exc}") from exc
+    return parse_recipe(text, source=str(path), overrides=overrides)
+
+
+def parse_recipe(text: str, source: str = "<recipe>", overrides: dict[str, Any] | None = None) -> Recipe:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise UsageError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    lines = _key_lines(node)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(source, [(1, "<top>", f"expected a mapping of sections, got {type(data).__name__}")])
+    for dotted, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = value
+    problems: list[tuple[int | None, str, str]] = []
+    recipe = build(Recipe, data, "", lines, problems)
+    if not problems:
+        for key, msg in recipe.check():
+            problems.append((lines.get(key), key, msg))
+    if problems:
+        raise RecipeError(source, problems)
+    return recipe
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config object back to plain YAML-able data (tuples become lists)."""
+    def plain(value: Any) -> Any:
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(config)
+
+
+def build(cls: type, data: Any, prefix: str, lines: dict[str, int], problems: list) -> Any:
+    """Build dataclass `cls` from `data`, appending (line, key, message) for every problem found."""
+    where = prefix.rstrip(".") or "<top>"
+    if not isinstance(data, dict):
+        problems.append((lines.get(where), where, f"expected a mapping, got {_describe(data)}"))
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            problems.append((lines.get(prefix + str(key)), prefix + str(key),
+                             f"unknown key; {hint}(allowed: {', '.join(fields)})"))
+    values = {}
+    n_before = len(problems)
+    for name, f in fields.items():
+        key = prefix + name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                problems.append((lines.get(where), key, "required key is missing"))
+            continue
+        values[name] = _convert(hints[name], data[name], key, lines, problems)
+    if len(problems) > n_before:
+        return None
+    obj = cls(**values)
+    if hasattr(obj, "check") and cls is not Recipe:
+        for name, msg in obj.check():
+            problems.append((lines.get(prefix + name), prefix + name, msg))
+    return obj
+
+
+def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: list) -> Any:
+    line = lines.get(key)
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, key + ".", lines, problems)
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        if value not in allowed:
+            problems.append((line, key, f"{value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}"))
+        return value
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _convert(inner[0], value, key, lines, problems)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):
+            want = f"a list of {len(args)}" if args[-1] is not Ellipsis else "a list"
+            problems.append((line, key, f"expected {want}, got {_describe(value)}"))
+            return value
+        item_types = [args[0]] * len(value) if args[-1] is Ellipsis else args
+        return tuple(_convert(t, v, f"{key}[{i}]", lines, problems) for i, (t, v) in enumerate(zip(item_types, value, strict=True)))
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads `3e-4` as a string; accept numeric strings for floats only
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        problems.append((line, key, f"expected {hint.__name__}, got {_describe(value)}"))
+    return value
+
+
+def _describe(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+
+
+def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    """Map dotted keys to 1-based line numbers, so errors can point into the file."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = prefix + str(key_node.value)
+            lines[key] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, key + "."))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            key = f"{prefix.rstrip('.')}[{i}]"
+            lines[key] = item.start_mark.line + 1
+    return lines

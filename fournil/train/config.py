@@ -1,0 +1,51 @@
+"""The optimisation recipe: a flat, kw-only dataclass. Pure data, importable by any module.
+
+Defaults are CroissantLLM's (arXiv 2402.00786): AdamW β=(0.9, 0.95), peak lr 3e-4, weight decay 0.1,
+gradient clipping 1.0, linear warmup then cosine decay.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    lr: float = 3e-4  # peak learning rate
+    min_lr_ratio: float = 0.1  # final lr = min_lr_ratio · lr (our choice; the paper does not state it)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1  # applied to matrices only (not norms)
+    grad_clip: float = 1.0  # max global gradient L2 norm; 0 disables
+    warmup_steps: int = 1000
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd = warmup-stable-decay
+    decay_fraction: float = 0.2  # wsd only: share of steps spent in the final decay
+    steps: int = 190_000  # optimizer steps
+    seq_len: int = 2048  # tokens per training sequence
+    batch_tokens: int = 15_728_640  # global batch in tokens (7680 × 2048), reached with grad accumulation
+    micro_batch_size: int = 4  # sequences per forward/backward on one device
+    seed: int = 1234
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_tokens
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        for name in ("lr", "steps", "seq_len", "batch_tokens", "micro_batch_size"):
+            if getattr(self, name) <= 0:
+                problems.append((name, f"must be > 0, got {getattr(self, name)}"))
+        if not 0 <= self.min_lr_ratio <= 1:
+            problems.append(("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"))
+        if not all(0 <= b < 1 for b in self.betas):
+            problems.append(("betas", f"each beta must be in [0, 1), got {list(self.betas)}"))
+        for name in ("weight_decay", "grad_clip", "warmup_steps"):
+            if getattr(self, name) < 0:
+                problems.append((name, f"must be >= 0, got {getattr(self, name)}"))
+        if self.seq_len > 0 and self.batch_tokens % self.seq_len:
+            problems.append(("batch_tokens", f"{self.batch_tokens} is not a multiple of seq_len={self.seq_len}"))
+        if not 0 < self.decay_fraction <= 1:
+            problems.append(("decay_fraction", f"must be in (0, 1], got {self.decay_fraction}"))
+        if self.warmup_steps >= self.steps > 0:
+            problems.append(("warmup_steps", f"{self.warmup_steps} must be smaller than steps={self.steps}"))
+        return problems
