@@ -79,17 +79,21 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _load_config(source: str):
-    from fournil.model.hf import read_config
+    """A model directory, a recipe (file or preset name), or a hub id like croissantllm/CroissantLLMBase."""
+    import re
+
+    from fournil.model.hf import read_config, resolve
     from fournil.recipe import load_recipe
 
     if Path(source).is_dir():
         return read_config(source)
+    if not Path(source).exists() and re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.endswith(".yaml"):
+        return read_config(resolve(source, config_only=True))
     return load_recipe(source).model
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from fournil.console import print_json, print_table
-    from fournil.console import UsageError
+    from fournil.console import UsageError, print_json, print_table
     from fournil.model.info import describe, human
 
     if args.batch_size <= 0 or (args.seq_len is not None and args.seq_len <= 0):

@@ -98,7 +98,7 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         dim=hf["hidden_size"],
         n_layers=hf["num_hidden_layers"],
         n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
+        n_kv_heads=None if hf.get("num_key_value_heads", n_heads) in (None, n_heads) else hf["num_key_value_heads"],
         ffn_dim=hf["intermediate_size"],
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048),
@@ -211,7 +211,7 @@ def load_model(
     return model.to(device)
 
 
-def resolve(source: str | Path) -> Path:
+def resolve(source: str | Path, config_only: bool = False) -> Path:
     """A local directory as is; `org/name` from the Hugging Face hub (weights as safetensors only)."""
     path = Path(source)
     if path.is_dir():
@@ -222,7 +222,8 @@ def resolve(source: str | Path) -> Path:
         try:
             from huggingface_hub import snapshot_download
 
-            return Path(snapshot_download(str(source), allow_patterns=["*.json", "*.safetensors", "tokenizer*"]))
+            patterns = ["config.json"] if config_only else ["*.json", "*.safetensors", "tokenizer*"]
+            return Path(snapshot_download(str(source), allow_patterns=patterns))
         except Exception as exc:  # network, auth, offline mode: all end the same way for the user
             raise FournilError(f"cannot fetch {source} from the Hugging Face hub: {exc}") from exc
     raise UsageError(f"{source}: no such model directory")

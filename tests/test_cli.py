@@ -1,0 +1,84 @@
+"""The `fournil` command: help with examples everywhere, exit codes 0/1/2, JSON on stdout, logs on stderr."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from fournil.cli import build_parser, main
+
+
+def verbs(parser=None, prefix=()):
+    """Every leaf command, e.g. ('model', 'info')."""
+    parser = parser or build_parser()
+    for action in parser._actions:
+        if action.__class__.__name__ == "_SubParsersAction":
+            for name, sub in action.choices.items():
+                yield from verbs(sub, (*prefix, name))
+            return
+    yield prefix
+
+
+def test_entry_point_runs_as_a_process():
+    result = subprocess.run([sys.executable, "-m", "fournil", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("fournil ")
+
+
+@pytest.mark.parametrize("verb", list(verbs()), ids=" ".join)
+def test_every_verb_has_help_with_examples(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*verb, "--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "examples:" in out and "--quiet" in out and "--json" in out
+
+
+def test_model_info_json(capsys):
+    assert main(["model", "info", "croissant-1.3b", "--json", "--batch-size", "2", "--seq-len", "1024"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["parameters"]["total"] == 1_345_423_360
+    assert data["memory"]["batch_size"] == 2 and data["memory"]["seq_len"] == 1024
+
+
+def test_model_info_table(capsys):
+    assert main(["model", "info", "croissant-10m"]) == 0
+    out = capsys.readouterr().out
+    assert "10,522,880" in out and "AdamW" in out and "activations" in out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["model", "info", "croissant-9b"], "recipe not found"),
+    (["model", "info", "croissant-1m", "--batch-size", "0"], "must be positive"),
+    (["model", "convert", "/nonexistent/dir", "/tmp/x"], "no such model directory"),
+])
+def test_bad_input_exits_2_with_a_message(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_recipe_exits_2_naming_file_line_and_key(tmp_path, capsys):
+    recipe = tmp_path / "bad.yaml"
+    recipe.write_text("name: bad\nmodel:\n  dim: 64\n  n_heads: 4\n  layers: 2\n")
+    assert main(["model", "info", str(recipe)]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipe}:5: model.layers: unknown key; did you mean 'n_layers'?" in err.replace("\n", "")
+
+
+def test_usage_error_exits_2():
+    with pytest.raises(SystemExit) as exit_:
+        main(["model", "info"])
+    assert exit_.value.code == 2
+
+
+def test_init_info_convert_verify(tmp_path, capsys):
+    model_dir, bf16_dir = tmp_path / "m", tmp_path / "m-bf16"
+    assert main(["model", "init", "croissant-1m", str(model_dir), "--seed", "3", "--quiet"]) == 0
+    assert capsys.readouterr().err == ""  # --quiet: nothing on stderr when all is well
+    assert main(["model", "info", str(model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["parameters"]["total"] == 1_377_408
+    assert main(["model", "convert", str(model_dir), str(bf16_dir), "--dtype", "bfloat16", "-q"]) == 0
+    assert json.loads((bf16_dir / "config.json").read_text())["dtype"] == "bfloat16"
+    assert main(["model", "verify", str(model_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["ok"] and result["max_abs_diff"] < 1e-5 and result["transformers_class"] == "LlamaForCausalLM"
