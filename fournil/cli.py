@@ -16,7 +16,7 @@ from rich.text import Text
 from fournil import __version__
 from fournil.console import EXIT_FAILURE, FournilError, setup, stderr
 
-STAGES = ("fournil.model.cli",)
+STAGES = ("fournil.model.cli", "fournil.train.cli")
 
 EPILOG = """\
 stages (data flows left to right):
@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    for module in STAGES:  # a stage may give its verb a default action (`fournil train RECIPE`)
+        normalize = getattr(importlib.import_module(module), "normalize_argv", None)
+        argv = normalize(argv) if normalize else argv
     args = parser.parse_args(argv)
     setup(quiet=args.quiet, verbose=args.verbose)
     try:

@@ -26,6 +26,7 @@ from fournil.console import UsageError
 from fournil.model.config import ModelConfig
 from fournil.train.config import TrainConfig
 
+_INVALID = object()  # a value that failed conversion (its problem is already recorded)
 RECIPE_DIRS = (
     Path(__file__).resolve().parent / "_recipes",  # installed wheel (force-included)
     Path(__file__).resolve().parent.parent / "recipes",  # source checkout / editable install
@@ -110,9 +111,6 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: dict[str, Any] 
         target[leaf] = value
     problems: list[tuple[int | None, str, str]] = []
     recipe = build(Recipe, data, "", lines, problems)
-    if not problems:
-        for key, msg in recipe.check():
-            problems.append((lines.get(key), key, msg))
     if problems:
         raise RecipeError(source, problems)
     return recipe
@@ -138,27 +136,28 @@ def build(cls: type, data: Any, prefix: str, lines: dict[str, int], problems: li
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    n_unknown_before = len(problems)
     for key in data:
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
             problems.append((lines.get(prefix + str(key)), prefix + str(key),
                              f"unknown key; {hint}(allowed: {', '.join(fields)})"))
-    values = {}
-    n_before = len(problems)
+    values, valid = {}, len(problems) == n_unknown_before
     for name, f in fields.items():
         key = prefix + name
         if name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 problems.append((lines.get(where), key, "required key is missing"))
+                valid = False
             continue
         values[name] = _convert(hints[name], data[name], key, lines, problems)
-    if len(problems) > n_before:
-        return None
+        valid &= values[name] is not _INVALID and not (values[name] is None and dataclasses.is_dataclass(hints[name]))
+    if not valid:
+        return None  # cross-field checks would only repeat what is already reported
     obj = cls(**values)
-    if hasattr(obj, "check") and cls is not Recipe:
-        for name, msg in obj.check():
-            problems.append((lines.get(prefix + name), prefix + name, msg))
+    for name, msg in obj.check() if hasattr(obj, "check") else ():
+        problems.append((lines.get(prefix + name, lines.get(where)), prefix + name, msg))
     return obj
 
 
@@ -171,6 +170,7 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
         allowed = typing.get_args(hint)
         if value not in allowed:
             problems.append((line, key, f"{value!r} is not allowed; choose one of: {', '.join(map(str, allowed))}"))
+            return _INVALID
         return value
     if origin in (types.UnionType, typing.Union):
         options = typing.get_args(hint)
@@ -183,9 +183,10 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
         if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):
             want = f"a list of {len(args)}" if args[-1] is not Ellipsis else "a list"
             problems.append((line, key, f"expected {want}, got {_describe(value)}"))
-            return value
+            return _INVALID
         item_types = [args[0]] * len(value) if args[-1] is Ellipsis else args
-        return tuple(_convert(t, v, f"{key}[{i}]", lines, problems) for i, (t, v) in enumerate(zip(item_types, value, strict=True)))
+        items = tuple(_convert(t, v, f"{key}[{i}]", lines, problems) for i, (t, v) in enumerate(zip(item_types, value, strict=True)))
+        return _INVALID if _INVALID in items else items
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -195,6 +196,7 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
             pass
     if hint in (int, float, str, bool) and (type(value) is not hint):
         problems.append((line, key, f"expected {hint.__name__}, got {_describe(value)}"))
+        return _INVALID
     return value
 
 

@@ -25,6 +25,15 @@ class TrainConfig:
     batch_tokens: int = 15_728_640  # global batch in tokens (7680 × 2048), reached with grad accumulation
     micro_batch_size: int = 4  # sequences per forward/backward on one device
     seed: int = 1234
+    precision: Literal["float32", "bfloat16"] = "float32"  # autocast dtype for matmuls; weights stay float32
+    compile: bool = False  # torch.compile the model (first step costs 25–40 s on a CPU)
+    activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~30 % more compute
+    log_interval: int = 10  # steps between console/JSONL log lines
+    eval_interval: int = 200  # steps between per-language validation (bits per byte); 0 = only at the end
+    eval_tokens: int = 65536  # validation tokens per language (capped by what the shards hold)
+    checkpoint_interval: int = 500  # steps between checkpoints; 0 = only at the end
+    keep_checkpoints: int = 2  # keep the newest N complete checkpoints
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure this machine's matmul peak
 
     @property
     def tokens(self) -> int:
@@ -32,20 +41,25 @@ class TrainConfig:
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
-        for name in ("lr", "steps", "seq_len", "batch_tokens", "micro_batch_size"):
+        for name in ("lr", "steps", "seq_len", "batch_tokens", "micro_batch_size", "log_interval", "eval_tokens",
+                     "keep_checkpoints"):
             if getattr(self, name) <= 0:
                 problems.append((name, f"must be > 0, got {getattr(self, name)}"))
         if not 0 <= self.min_lr_ratio <= 1:
             problems.append(("min_lr_ratio", f"must be in [0, 1], got {self.min_lr_ratio}"))
         if not all(0 <= b < 1 for b in self.betas):
             problems.append(("betas", f"each beta must be in [0, 1), got {list(self.betas)}"))
-        for name in ("weight_decay", "grad_clip", "warmup_steps"):
+        for name in ("weight_decay", "grad_clip", "warmup_steps", "eval_interval", "checkpoint_interval", "peak_flops"):
             if getattr(self, name) < 0:
                 problems.append((name, f"must be >= 0, got {getattr(self, name)}"))
         if self.seq_len > 0 and self.batch_tokens % self.seq_len:
             problems.append(("batch_tokens", f"{self.batch_tokens} is not a multiple of seq_len={self.seq_len}"))
         if not 0 < self.decay_fraction <= 1:
             problems.append(("decay_fraction", f"must be in (0, 1], got {self.decay_fraction}"))
+        sequences = self.batch_tokens // self.seq_len if self.seq_len > 0 else 0
+        if sequences and self.micro_batch_size > 0 and sequences % self.micro_batch_size:
+            problems.append(("micro_batch_size", f"{self.micro_batch_size} does not divide the global batch of "
+                                                 f"{sequences} sequences (batch_tokens / seq_len)"))
         if self.warmup_steps >= self.steps > 0:
             problems.append(("warmup_steps", f"{self.warmup_steps} must be smaller than steps={self.steps}"))
         return problems

@@ -1,0 +1,100 @@
+"""`fournil train …`: pretrain on packed shards, resume, plot a run."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  fournil train croissant-10m --shards out/shards --out out/run
+  fournil train croissant-10m --shards out/shards --out out/run --resume        (continue after a crash)
+  fournil train croissant-1m --shards out/shards --out out/smoke --set train.steps=50 --set train.lr=1e-3
+  fournil train croissant-10m --shards out/shards-fr --out out/cpt --init-from out/base-model
+  fournil train plot out/run                                                    (loss/throughput PNGs)
+"""
+
+ACTIONS = ("pretrain", "plot")
+
+
+def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from fournil.cli import HelpFormatter
+
+    train = subparsers.add_parser(
+        "train", help="pretraining with exact resume; plots of a run",
+        description="Train a model on packed shards. `fournil train RECIPE …` is short for "
+        "`fournil train pretrain RECIPE …`.", epilog=EPILOG, formatter_class=HelpFormatter,
+    )
+    actions = train.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    pretrain = actions.add_parser(
+        "pretrain", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="pretrain (the default action)",
+        description="Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to "
+        "train.batch_tokens, warmup + cosine/WSD schedule, per-language validation in bits per byte, and "
+        "atomic checkpoints. --resume continues bit for bit from the newest complete checkpoint.",
+    )
+    pretrain.add_argument("recipe", help="recipe file or preset name")
+    pretrain.add_argument("--shards", type=Path, required=True, help="shards directory (from the corpus stage)")
+    pretrain.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, metrics, model")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    pretrain.add_argument("--init-from", help="start from this HF Llama directory (continued pretraining)")
+    pretrain.add_argument("--max-steps", type=int, help="stop after this step (the schedule keeps its length)")
+    pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                          help="override a recipe value, e.g. train.lr=1e-3 (repeatable; YAML syntax for values)")
+    pretrain.set_defaults(handler=cmd_pretrain)
+
+    plot = actions.add_parser(
+        "plot", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="loss, learning-rate, throughput and validation PNGs of a run",
+        description="Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png.",
+    )
+    plot.add_argument("run", type=Path, help="run directory")
+    plot.set_defaults(handler=cmd_plot)
+
+
+def normalize_argv(argv: list[str]) -> list[str]:
+    """`fournil train RECIPE …` → `fournil train pretrain RECIPE …`."""
+    if argv[:1] == ["train"] and len(argv) > 1 and argv[1] not in (*ACTIONS, "-h", "--help"):
+        return ["train", "pretrain", *argv[1:]]
+    return argv
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    import yaml
+
+    from fournil.console import UsageError
+
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--set {pair!r}: expected KEY=VALUE, e.g. train.lr=1e-3")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from fournil.console import print_json
+    from fournil.recipe import load_recipe
+    from fournil.train.loop import train
+
+    recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
+    summary = train(recipe, args.shards, args.out, resume=args.resume, init_from=args.init_from,
+                    max_steps=args.max_steps)
+    result = {"run": str(summary.run_dir), "steps": summary.steps, "loss": summary.final_loss,
+              "validation_bpb": summary.validation_bpb, "tokens_per_s": summary.tokens_per_second}
+    if args.json:
+        print_json(result)
+    else:
+        log.info("done: %s", result)
+
+
+def cmd_plot(args: argparse.Namespace) -> None:
+    from fournil.train.plot import plot_run
+
+    for path in plot_run(args.run):
+        print(path)

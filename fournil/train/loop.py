@@ -1,0 +1,238 @@
+"""The pretraining loop: AdamW, gradient accumulation to a global batch in tokens, clipping, schedules,
+per-language validation in bits per byte, atomic checkpoints and exact resume.
+
+One function, `train()`, in the nanoGPT spirit: read it top to bottom to know what a step does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from fournil import artifacts
+from fournil.console import FournilError, UsageError, progress_bar
+from fournil.corpus.shards import Shards
+from fournil.model.info import flops_per_token
+from fournil.model.llama import Llama
+from fournil.recipe import Recipe, to_dict
+from fournil.train import checkpoint
+from fournil.train.data import Loader
+from fournil.train.schedule import lr_at
+
+log = logging.getLogger(__name__)
+METRICS = "metrics.jsonl"
+
+
+@dataclass
+class Summary:
+    run_dir: Path
+    steps: int
+    final_loss: float
+    validation_bpb: dict[str, float]
+    tokens_per_second: float
+
+
+def make_optimizer(model: Llama, recipe: Recipe) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (projections, embeddings) only; norms' gains are not decayed."""
+    t = recipe.train
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=torch.cuda.is_available() or None)
+
+
+def check_data(recipe: Recipe, shards: Shards) -> None:
+    """Everything about the data that would fail later must fail before step 0."""
+    problems = []
+    if shards.vocab_size != recipe.model.vocab_size:
+        problems.append(f"shards were tokenised with a {shards.vocab_size}-token vocabulary but model.vocab_size is "
+                        f"{recipe.model.vocab_size} (another tokenizer?)")
+    if shards.seq_len != recipe.train.seq_len:
+        problems.append(f"shards are packed for seq_len {shards.seq_len} but train.seq_len is {recipe.train.seq_len}")
+    global_batch = recipe.train.batch_tokens // recipe.train.seq_len
+    if len(shards) and len(shards) < global_batch:
+        problems.append(f"shards hold {len(shards)} samples, fewer than one global batch ({global_batch})")
+    if problems:
+        raise UsageError(f"{shards.directory}: " + "; ".join(problems))
+
+
+@torch.no_grad()
+def validation_bpb(model: Llama, shards: Shards, max_tokens: int, seq_len: int, batch_size: int) -> dict[str, float]:
+    """Bits per byte per language: mean next-token loss (nats) × tokens per UTF-8 byte of the stream ÷ ln 2."""
+    was_training = model.training
+    model.eval()
+    results = {}
+    for language in shards.languages:
+        stream, n_bytes = shards.validation(language)
+        if len(stream) < 2 or n_bytes == 0:
+            continue
+        tokens = torch.from_numpy(stream[: max_tokens + 1].astype("int64"))
+        n_full = (len(tokens) - 1) // seq_len
+        full = tokens[: n_full * seq_len + 1].unfold(0, seq_len + 1, seq_len)  # (n_full, seq_len + 1) windows
+        batches = list(full.split(batch_size)) if n_full else []
+        if len(tokens) - 1 > n_full * seq_len:  # the shorter last window
+            batches.append(tokens[n_full * seq_len :][None])
+        total_nats, total_predicted = 0.0, 0
+        for batch in batches:
+            logits = model(batch[:, :-1])
+            total_nats += F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum").item()
+            total_predicted += batch[:, 1:].numel()
+        tokens_per_byte = len(stream) / n_bytes
+        results[language] = total_nats / total_predicted * tokens_per_byte / math.log(2)
+    model.train(was_training)
+    return results
+
+
+def measure_peak_flops(seconds: float = 1.0) -> float:
+    """This device's float32 matmul throughput (FLOP/s), the denominator of MFU on a CPU."""
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return 2 * n**3 * count / (time.perf_counter() - start)
+
+
+def train(
+    recipe: Recipe,
+    shards_dir: str | Path,
+    run_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    max_steps: int | None = None,
+) -> Summary:
+    """Pretrain `recipe.model` on `shards_dir`, writing checkpoints, metrics and a final model to `run_dir`.
+
+    max_steps stops early (the schedule still spans recipe.train.steps) — how tests interrupt a run.
+    """
+    t = recipe.train
+    run_dir = Path(run_dir)
+    shards = Shards(shards_dir)
+    check_data(recipe, shards)
+    global_batch = t.batch_tokens // t.seq_len
+    accumulation = global_batch // t.micro_batch_size
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(run_dir / "recipe.json", to_dict(recipe))
+
+    torch.manual_seed(t.seed)
+    loader = Loader(shards, global_batch, t.seed)
+    start_step = 0
+    last = checkpoint.latest(run_dir) if resume else None
+    if resume and last is None:
+        log.info("no checkpoint in %s: starting from step 0", run_dir)
+    if last is not None:
+        model, optimizer, state = checkpoint.load(last, lambda m: make_optimizer(m, recipe))
+        if state["recipe"]["model"] != to_dict(recipe.model):
+            raise UsageError(f"{last}: checkpoint was made with another model config than this recipe")
+        loader.load_state_dict(state["loader"])
+        start_step = state["step"]
+        log.info("resuming from %s (step %d)", last, start_step)
+    else:
+        if init_from is not None:
+            from fournil.model.hf import load_model
+
+            model = load_model(init_from, dtype="float32")
+            if model.config.vocab_size != recipe.model.vocab_size:
+                raise UsageError(f"{init_from}: vocabulary of {model.config.vocab_size} tokens, recipe expects "
+                                 f"{recipe.model.vocab_size}; continued pretraining needs the model's own tokenizer")
+        else:
+            model = Llama(recipe.model)
+        optimizer = make_optimizer(model, recipe)
+    model.train()
+    metrics = _Metrics(run_dir / METRICS, keep_through_step=start_step)
+
+    autocast = (torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+                if t.precision == "bfloat16" else contextlib.nullcontext())
+    flops = flops_per_token(recipe.model, t.seq_len)["training"]
+    peak = t.peak_flops or measure_peak_flops()
+    end_step = min(t.steps, max_steps) if max_steps is not None else t.steps
+    loss_value, tps, val = float("nan"), 0.0, {}
+
+    with progress_bar(transient=False) as bar:
+        task = bar.add_task("train", total=t.steps, completed=start_step)
+        window_start, window_tokens = time.perf_counter(), 0
+        for step in range(start_step, end_step):
+            lr = lr_at(step, t)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            indices = loader.next_batch()
+            loss_sum = 0.0
+            for micro in range(accumulation):
+                inputs, targets = loader.tensors(indices[micro * t.micro_batch_size : (micro + 1) * t.micro_batch_size])
+                with autocast:
+                    logits = model(inputs)
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                (loss / accumulation).backward()
+                loss_sum += loss.item()
+            loss_value = loss_sum / accumulation
+            if not math.isfinite(loss_value):
+                good = checkpoint.latest(run_dir)
+                raise FournilError(f"loss became {loss_value} at step {step + 1}; last good checkpoint: "
+                                   f"{good or 'none'}. Lower train.lr or check the data, then --resume.")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf")).item()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            window_tokens += t.batch_tokens
+            bar.update(task, completed=done, description=f"train loss {loss_value:.3f}")
+
+            if done % t.log_interval == 0 or done == end_step:
+                elapsed = time.perf_counter() - window_start
+                tps = window_tokens / elapsed
+                record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
+                          "tokens": done * t.batch_tokens, "tokens_per_s": tps, "mfu": tps * flops / peak,
+                          "eta_s": (t.steps - done) * t.batch_tokens / tps, "epoch": loader.epoch}
+                metrics.write(record)
+                log.info("step %d  loss %.4f  lr %.2e  grad %.2f  %.0f tok/s  MFU %.1f%%", done, loss_value, lr,
+                         grad_norm, tps, 100 * record["mfu"])
+                window_start, window_tokens = time.perf_counter(), 0
+            pause = time.perf_counter()
+            if (t.eval_interval and done % t.eval_interval == 0) or done == end_step:
+                val = validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size)
+                if val:
+                    metrics.write({"step": done, "val_bpb": val})
+                    log.info("step %d  validation bits/byte: %s", done,
+                             "  ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))
+            if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == end_step:
+                checkpoint.save(run_dir, done, model, optimizer,
+                                {"loader": loader.state_dict(), "recipe": to_dict(recipe)}, t.keep_checkpoints)
+            window_start += time.perf_counter() - pause  # throughput counts training time only
+
+    if end_step == t.steps:
+        final = checkpoint.latest(run_dir)
+        from fournil.model.hf import save_model
+
+        save_model(model, run_dir / "model", manifest={"recipe": recipe.name, "steps": t.steps,
+                                                       "from_checkpoint": str(final)})
+    return Summary(run_dir, end_step, loss_value, val, tps)
+
+
+class _Metrics:
+    """metrics.jsonl, one JSON object per line; on resume, lines after the checkpoint's step are dropped so the
+    file describes exactly the run that produced the weights."""
+
+    def __init__(self, path: Path, keep_through_step: int):
+        self.path = path
+        kept = []
+        if path.exists():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                with contextlib.suppress(json.JSONDecodeError):  # a line cut by a kill
+                    if json.loads(line)["step"] <= keep_through_step:
+                        kept.append(line)
+        artifacts.write_text(path, "".join(line + "\n" for line in kept))
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the run)
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
