@@ -2,9 +2,10 @@
 
     RUN/checkpoints/step-000200/
         model/              a complete Hugging Face model directory (exportable as it is)
-        optimizer.pt        AdamW state (tensors and numbers only; loaded with weights_only=True)
+        dcp/                model + AdamW state in torch.distributed.checkpoint format: sharded per rank when
+                            distributed, and re-sharded on load, so a run saved on N ranks resumes on M
         state.json          step, loader position, recipe
-        rng.pt              torch RNG state
+        rng.pt              torch RNG state of rank 0
         fournil.json        manifest, written last
 
 A checkpoint is assembled in a hidden temporary directory and renamed into place in one atomic step; older
@@ -14,18 +15,30 @@ checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
 
 from fournil import artifacts
-from fournil.model.hf import load_model, save_model
-from fournil.model.llama import Llama
+from fournil.model.config import ModelConfig
+from fournil.model.hf import save_state_dict
+from fournil.train.parallel import World, barrier
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -47,40 +60,58 @@ def latest(run_dir: str | Path) -> Path | None:
 def save(
     run_dir: str | Path,
     step: int,
-    model: Llama,
+    model: nn.Module,
+    config: ModelConfig,
     optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     keep: int,
+    world: World,
 ) -> Path:
+    """Collective: every rank calls it. Rank 0 writes the HF model and publishes the checkpoint."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, tmp / "model", dtype="float32")
-    with artifacts.atomic_path(tmp / "optimizer.pt") as path:
-        torch.save(optimizer.state_dict(), path)
-    with artifacts.atomic_path(tmp / "rng.pt") as path:
-        torch.save({"torch": torch.get_rng_state()}, path)
-    artifacts.write_json(tmp / "state.json", {"step": step, **state})
-    artifacts.write_manifest(tmp, producer="fournil.train.checkpoint", step=step)
-    if final.exists():  # the same step saved again (a resumed run): replace it, never leave a mix
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    for old in checkpoint_dirs(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in root.glob(".tmp-step-*"):  # leftovers of a killed save
-        shutil.rmtree(stale, ignore_errors=True)
+    tmp = root / f".tmp-step-{step:06d}"
+    if world.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(world)
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    with _single_process_is_intended():
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / "dcp")
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.is_main:
+        if config.tie_embeddings:
+            full.pop("lm_head.weight", None)
+        save_state_dict({k: v.float().contiguous() for k, v in full.items()}, config, tmp / "model")
+        with artifacts.atomic_path(tmp / "rng.pt") as path:
+            torch.save({"torch": torch.get_rng_state()}, path)
+        artifacts.write_json(tmp / "state.json", {"step": step, "world_size": world.size, **state})
+        artifacts.write_manifest(tmp, producer="fournil.train.checkpoint", step=step)
+        if final.exists():  # the same step saved again (a resumed run): replace it, never leave a mix
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        for old in checkpoint_dirs(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        for stale in root.glob(".tmp-step-*"):  # leftovers of a killed save
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier(world)
     return final
 
 
-def load(checkpoint: Path, optimizer_factory) -> tuple[Llama, torch.optim.Optimizer, dict[str, Any]]:
-    """The model, an optimizer made by `optimizer_factory(model)` with its state restored, and state.json."""
-    model = load_model(checkpoint / "model", dtype="float32")
-    optimizer = optimizer_factory(model)
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-    rng = torch.load(checkpoint / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    state = json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
-    return model, optimizer, state
+def load(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Collective: restore model and optimizer in place (re-sharding as needed); return state.json."""
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    target = {"model": model_state, "optimizer": optimizer_state}
+    with _single_process_is_intended():
+        dcp.load(target, checkpoint_id=checkpoint / "dcp")
+    set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
+    torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True)["torch"])
+    return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+@contextlib.contextmanager
+def _single_process_is_intended() -> Iterator[None]:
+    """DCP warns when used without a process group; for a single-process run that is exactly the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield

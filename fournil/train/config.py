@@ -25,6 +25,7 @@ class TrainConfig:
     batch_tokens: int = 15_728_640  # global batch in tokens (7680 × 2048), reached with grad accumulation
     micro_batch_size: int = 4  # sequences per forward/backward on one device
     seed: int = 1234
+    parallel: Literal["fsdp", "ddp"] = "fsdp"  # data parallelism when launched by torchrun (FSDP2 shards state)
     precision: Literal["float32", "bfloat16"] = "float32"  # autocast dtype for matmuls; weights stay float32
     compile: bool = False  # torch.compile the model (first step costs 25–40 s on a CPU)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~30 % more compute

@@ -10,6 +10,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +26,7 @@ from fournil.corpus.shards import Shards
 from fournil.model.info import flops_per_token
 from fournil.model.llama import Llama
 from fournil.recipe import Recipe, to_dict
-from fournil.train import checkpoint
+from fournil.train import checkpoint, parallel
 from fournil.train.data import Loader
 from fournil.train.schedule import lr_at
 
@@ -41,7 +43,7 @@ class Summary:
     tokens_per_second: float
 
 
-def make_optimizer(model: Llama, recipe: Recipe) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (projections, embeddings) only; norms' gains are not decayed."""
     t = recipe.train
     decay = [p for p in model.parameters() if p.dim() >= 2]
@@ -66,7 +68,8 @@ def check_data(recipe: Recipe, shards: Shards) -> None:
 
 
 @torch.no_grad()
-def validation_bpb(model: Llama, shards: Shards, max_tokens: int, seq_len: int, batch_size: int) -> dict[str, float]:
+def validation_bpb(model: torch.nn.Module, shards: Shards, max_tokens: int, seq_len: int, batch_size: int,
+                   device: torch.device | None = None) -> dict[str, float]:
     """Bits per byte per language: mean next-token loss (nats) × tokens per UTF-8 byte of the stream ÷ ln 2."""
     was_training = model.training
     model.eval()
@@ -75,7 +78,7 @@ def validation_bpb(model: Llama, shards: Shards, max_tokens: int, seq_len: int, 
         stream, n_bytes = shards.validation(language)
         if len(stream) < 2 or n_bytes == 0:
             continue
-        tokens = torch.from_numpy(stream[: max_tokens + 1].astype("int64"))
+        tokens = torch.from_numpy(stream[: max_tokens + 1].astype("int64")).to(device)
         n_full = (len(tokens) - 1) // seq_len
         full = tokens[: n_full * seq_len + 1].unfold(0, seq_len + 1, seq_len)  # (n_full, seq_len + 1) windows
         batches = list(full.split(batch_size)) if n_full else []
@@ -114,53 +117,61 @@ def train(
 ) -> Summary:
     """Pretrain `recipe.model` on `shards_dir`, writing checkpoints, metrics and a final model to `run_dir`.
 
-    max_steps stops early (the schedule still spans recipe.train.steps) — how tests interrupt a run.
+    Launched by torchrun, every rank runs this function (DDP or FSDP2 per train.parallel). max_steps stops
+    early (the schedule still spans recipe.train.steps) — how tests interrupt a run.
     """
     t = recipe.train
     run_dir = Path(run_dir)
     shards = Shards(shards_dir)
     check_data(recipe, shards)
+    world = parallel.setup()
     global_batch = t.batch_tokens // t.seq_len
-    accumulation = global_batch // t.micro_batch_size
-    run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(run_dir / "recipe.json", to_dict(recipe))
+    if global_batch % (world.size * t.micro_batch_size):
+        raise UsageError(f"global batch of {global_batch} sequences does not split into {world.size} ranks × "
+                         f"micro_batch_size {t.micro_batch_size}; change train.batch_tokens or micro_batch_size")
+    accumulation = global_batch // (world.size * t.micro_batch_size)
+    if world.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(run_dir / "recipe.json", to_dict(recipe))
 
     torch.manual_seed(t.seed)
-    loader = Loader(shards, global_batch, t.seed)
+    if init_from is not None and not resume:
+        from fournil.model.hf import load_model
+
+        model = load_model(init_from, dtype="float32")
+        if model.config.vocab_size != recipe.model.vocab_size:
+            raise UsageError(f"{init_from}: vocabulary of {model.config.vocab_size} tokens, recipe expects "
+                             f"{recipe.model.vocab_size}; continued pretraining needs the model's own tokenizer")
+    else:
+        model = Llama(recipe.model)
+    config = model.config
+    model = parallel.parallelize(model.to(world.device), world, t.parallel, t.activation_checkpointing, t.compile)
+    optimizer = make_optimizer(model, recipe)
+    loader = Loader(shards, global_batch, t.seed, world.rank, world.size)
     start_step = 0
     last = checkpoint.latest(run_dir) if resume else None
     if resume and last is None:
         log.info("no checkpoint in %s: starting from step 0", run_dir)
     if last is not None:
-        model, optimizer, state = checkpoint.load(last, lambda m: make_optimizer(m, recipe))
+        state = checkpoint.load(last, model, optimizer)
         if state["recipe"]["model"] != to_dict(recipe.model):
             raise UsageError(f"{last}: checkpoint was made with another model config than this recipe")
         loader.load_state_dict(state["loader"])
         start_step = state["step"]
-        log.info("resuming from %s (step %d)", last, start_step)
-    else:
-        if init_from is not None:
-            from fournil.model.hf import load_model
-
-            model = load_model(init_from, dtype="float32")
-            if model.config.vocab_size != recipe.model.vocab_size:
-                raise UsageError(f"{init_from}: vocabulary of {model.config.vocab_size} tokens, recipe expects "
-                                 f"{recipe.model.vocab_size}; continued pretraining needs the model's own tokenizer")
-        else:
-            model = Llama(recipe.model)
-        optimizer = make_optimizer(model, recipe)
+        log.info("resuming from %s (step %d, saved on %d ranks, now %d)", last, start_step,
+                 state.get("world_size", 1), world.size)
     model.train()
-    metrics = _Metrics(run_dir / METRICS, keep_through_step=start_step)
+    metrics = _Metrics(run_dir / METRICS, keep_through_step=start_step, enabled=world.is_main)
 
-    autocast = (torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16)
+    autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16)
                 if t.precision == "bfloat16" else contextlib.nullcontext())
     flops = flops_per_token(recipe.model, t.seq_len)["training"]
-    peak = t.peak_flops or measure_peak_flops()
+    peak = (t.peak_flops or measure_peak_flops()) * world.size
     end_step = min(t.steps, max_steps) if max_steps is not None else t.steps
     loss_value, tps, val = float("nan"), 0.0, {}
 
     with progress_bar(transient=False) as bar:
-        task = bar.add_task("train", total=t.steps, completed=start_step)
+        task = bar.add_task("train", total=t.steps, completed=start_step, visible=world.is_main)
         window_start, window_tokens = time.perf_counter(), 0
         for step in range(start_step, end_step):
             lr = lr_at(step, t)
@@ -171,16 +182,17 @@ def train(
             for micro in range(accumulation):
                 inputs, targets = loader.tensors(indices[micro * t.micro_batch_size : (micro + 1) * t.micro_batch_size])
                 with autocast:
-                    logits = model(inputs)
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+                    logits = model(inputs.to(world.device))
+                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(world.device).flatten())
                 (loss / accumulation).backward()
                 loss_sum += loss.item()
-            loss_value = loss_sum / accumulation
+            loss_value = parallel.all_mean(loss_sum / accumulation, world)
             if not math.isfinite(loss_value):
                 good = checkpoint.latest(run_dir)
                 raise FournilError(f"loss became {loss_value} at step {step + 1}; last good checkpoint: "
                                    f"{good or 'none'}. Lower train.lr or check the data, then --resume.")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf")).item()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf"))
+            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             done = step + 1
@@ -194,27 +206,34 @@ def train(
                           "tokens": done * t.batch_tokens, "tokens_per_s": tps, "mfu": tps * flops / peak,
                           "eta_s": (t.steps - done) * t.batch_tokens / tps, "epoch": loader.epoch}
                 metrics.write(record)
-                log.info("step %d  loss %.4f  lr %.2e  grad %.2f  %.0f tok/s  MFU %.1f%%", done, loss_value, lr,
-                         grad_norm, tps, 100 * record["mfu"])
+                if world.is_main:
+                    log.info("step %d  loss %.4f  lr %.2e  grad %.2f  %.0f tok/s  MFU %.1f%%", done, loss_value, lr,
+                             grad_norm, tps, 100 * record["mfu"])
                 window_start, window_tokens = time.perf_counter(), 0
             pause = time.perf_counter()
             if (t.eval_interval and done % t.eval_interval == 0) or done == end_step:
-                val = validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size)
+                val = validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size, world.device)
                 if val:
                     metrics.write({"step": done, "val_bpb": val})
-                    log.info("step %d  validation bits/byte: %s", done,
-                             "  ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))
+                    if world.is_main:
+                        log.info("step %d  validation bits/byte: %s", done,
+                                 "  ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))
             if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == end_step:
-                checkpoint.save(run_dir, done, model, optimizer,
-                                {"loader": loader.state_dict(), "recipe": to_dict(recipe)}, t.keep_checkpoints)
+                checkpoint.save(run_dir, done, model, config, optimizer,
+                                {"loader": loader.state_dict(), "recipe": to_dict(recipe)}, t.keep_checkpoints, world)
             window_start += time.perf_counter() - pause  # throughput counts training time only
 
-    if end_step == t.steps:
+    if end_step == t.steps and world.is_main:
         final = checkpoint.latest(run_dir)
-        from fournil.model.hf import save_model
-
-        save_model(model, run_dir / "model", manifest={"recipe": recipe.name, "steps": t.steps,
-                                                       "from_checkpoint": str(final)})
+        export = run_dir / ".tmp-model"
+        shutil.rmtree(export, ignore_errors=True)
+        shutil.copytree(final / "model", export)
+        artifacts.write_manifest(export, producer="fournil.train", recipe=recipe.name, steps=t.steps,
+                                 from_checkpoint=str(final))
+        shutil.rmtree(run_dir / "model", ignore_errors=True)
+        os.rename(export, run_dir / "model")
+    parallel.barrier(world)
+    parallel.teardown(world)
     return Summary(run_dir, end_step, loss_value, val, tps)
 
 
@@ -222,8 +241,10 @@ class _Metrics:
     """metrics.jsonl, one JSON object per line; on resume, lines after the checkpoint's step are dropped so the
     file describes exactly the run that produced the weights."""
 
-    def __init__(self, path: Path, keep_through_step: int):
-        self.path = path
+    def __init__(self, path: Path, keep_through_step: int, enabled: bool = True):
+        self.path, self.enabled = path, enabled
+        if not enabled:  # ranks other than 0 log nothing
+            return
         kept = []
         if path.exists():
             for line in path.read_text(encoding="utf-8").splitlines():
@@ -234,5 +255,7 @@ class _Metrics:
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the run)
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

@@ -99,7 +99,7 @@ def test_resume_in_process_after_max_steps(tiny_recipe, shards_dir, tmp_path):
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({"model.vocab_size": 4096}, "4096"),
+    ({"model.vocab_size": 4096, "tokenizer.vocab_size": 4096}, "4096"),
     ({"train.seq_len": 64, "train.batch_tokens": 512}, "packed for seq_len 32"),
     ({"train.batch_tokens": 32 * 400, "train.micro_batch_size": 4}, "fewer than one global batch"),
 ])
