@@ -16,7 +16,7 @@ from rich.text import Text
 from fournil import __version__
 from fournil.console import EXIT_FAILURE, FournilError, setup, stderr
 
-STAGES = ("fournil.model.cli", "fournil.train.cli")
+STAGES = ("fournil.tokenizer.cli", "fournil.model.cli", "fournil.train.cli")
 
 EPILOG = """\
 stages (data flows left to right):

@@ -24,6 +24,7 @@ import yaml
 
 from fournil.console import UsageError
 from fournil.model.config import ModelConfig
+from fournil.tokenizer.config import TokenizerConfig
 from fournil.train.config import TrainConfig
 
 _INVALID = object()  # a value that failed conversion (its problem is already recorded)
@@ -39,11 +40,15 @@ class Recipe:
 
     name: str
     description: str = ""
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
+        if self.tokenizer.vocab_size != self.model.vocab_size:
+            problems.append(("model.vocab_size", f"{self.model.vocab_size} differs from tokenizer.vocab_size="
+                                                 f"{self.tokenizer.vocab_size}; they must be equal"))
         if self.train.seq_len > self.model.max_seq_len:
             problems.append(
                 ("train.seq_len", f"{self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")
@@ -178,6 +183,13 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
             return None
         inner = [o for o in options if o is not type(None)]
         return _convert(inner[0], value, key, lines, problems)
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            problems.append((line, key, f"expected a mapping, got {_describe(value)}"))
+            return _INVALID
+        items = {k: _convert(value_type, v, f"{key}.{k}", lines, problems) for k, v in value.items()}
+        return _INVALID if _INVALID in items.values() else {key_type(k): v for k, v in items.items()}
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):

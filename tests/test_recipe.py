@@ -7,12 +7,14 @@ from fournil.recipe import RecipeError, find_recipe, list_presets, load_recipe, 
 
 GOOD = """\
 name: t
+tokenizer:
+  vocab_size: 300
 model:
   dim: 64
   n_layers: 2
   n_heads: 4
   ffn_dim: 176
-  vocab_size: 100
+  vocab_size: 300
   max_seq_len: 128
 train:
   lr: 3e-4
@@ -44,19 +46,19 @@ def test_good_recipe():
 
 def test_unknown_key_names_file_line_and_suggestion():
     text = bad(GOOD.replace("  n_heads: 4", "  n_head: 4"))
-    assert "r.yaml:5: model.n_head: unknown key; did you mean 'n_heads'?" in text
+    assert "r.yaml:7: model.n_head: unknown key; did you mean 'n_heads'?" in text
     assert "allowed: dim, n_layers, n_heads" in text
 
 
 def test_unknown_section():
-    assert "r.yaml:15: tokeniser: unknown key" in bad(GOOD + "tokeniser: {}\n")
+    assert "r.yaml:17: tokeniser: unknown key" in bad(GOOD + "tokeniser: {}\n")
 
 
 def test_wrong_type():
-    assert "r.yaml:4: model.n_layers: expected int, got str 'two'" in bad(GOOD.replace("n_layers: 2", "n_layers: two"))
+    assert "r.yaml:6: model.n_layers: expected int, got str 'two'" in bad(GOOD.replace("n_layers: 2", "n_layers: two"))
     assert "model.dim: expected int, got float 64.5" in bad(GOOD.replace("dim: 64", "dim: 64.5"))
     text = bad(GOOD.replace("  dim: 64", "  dim: 64\n  tie_embeddings: 'yes please'"))
-    assert "r.yaml:4: model.tie_embeddings: expected bool, got str 'yes please'" in text
+    assert "r.yaml:6: model.tie_embeddings: expected bool, got str 'yes please'" in text
 
 
 def test_bool_is_not_an_int():
@@ -65,7 +67,7 @@ def test_bool_is_not_an_int():
 
 def test_wrong_value_lists_allowed_values():
     text = bad(GOOD + "  schedule: cosin\n")
-    assert "r.yaml:15: train.schedule: 'cosin' is not allowed; choose one of: cosine, wsd" in text
+    assert "r.yaml:17: train.schedule: 'cosin' is not allowed; choose one of: cosine, wsd" in text
 
 
 def test_cross_field_rules_name_the_field():
@@ -107,3 +109,11 @@ def test_overrides_are_validated():
 def test_unknown_recipe_lists_presets():
     with pytest.raises(UsageError, match=r"known presets: .*croissant-1.3b"):
         find_recipe("croissant-9b")
+
+
+def test_mapping_values_are_typed_and_vocab_sizes_must_agree():
+    recipe = parse_recipe(GOOD.replace("  vocab_size: 300\nmodel", "  vocab_size: 300\n  weights: {fr: 1, en: 2}\nmodel"))
+    assert recipe.tokenizer.weights == {"fr": 1.0, "en": 2.0}
+    text = bad(GOOD.replace("  vocab_size: 300\nmodel", "  vocab_size: 300\n  weights: {fr: lots}\nmodel"))
+    assert "tokenizer.weights.fr: expected float, got str 'lots'" in text
+    assert "model.vocab_size: 512 differs from tokenizer.vocab_size=300" in bad(GOOD.replace("  vocab_size: 300\n  max", "  vocab_size: 512\n  max"))
