@@ -16,7 +16,14 @@ from rich.text import Text
 from fournil import __version__
 from fournil.console import EXIT_FAILURE, FournilError, setup, stderr
 
-STAGES = ("fournil.tokenizer.cli", "fournil.model.cli", "fournil.train.cli")
+STAGES = (
+    "fournil.corpus.cli",
+    "fournil.tokenizer.cli",
+    "fournil.model.cli",
+    "fournil.train.cli",
+    "fournil.eval.cli",
+    "fournil.infer.cli",
+)
 
 EPILOG = """\
 stages (data flows left to right):

@@ -1,0 +1,1 @@
+"""Eval stage: FrenchBench, translation and lm-eval interop (being built)."""

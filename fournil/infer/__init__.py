@@ -1,0 +1,1 @@
+"""Infer stage: generation, chat, translation, quantisation, GGUF and the server (being built)."""
