@@ -138,6 +138,11 @@ class Tokenizer:
 
     def fingerprint(self) -> str:
         """sha256 of tokenizer.json's canonical text: shards record it so a mismatched tokenizer is caught."""
-        import hashlib
+        return fingerprint(self.to_json())
 
-        return hashlib.sha256(json.dumps(json.loads(self.to_json()), sort_keys=True).encode()).hexdigest()
+
+def fingerprint(tokenizer_json: str) -> str:
+    """sha256 of a tokenizer.json's canonical form (sorted keys): equal for equal tokenizers, however written."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(json.loads(tokenizer_json), sort_keys=True).encode()).hexdigest()

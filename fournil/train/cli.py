@@ -15,9 +15,10 @@ examples:
   fournil train croissant-1m --shards out/shards --out out/smoke --set train.steps=50 --set train.lr=1e-3
   fournil train croissant-10m --shards out/shards-fr --out out/cpt --init-from out/base-model
   fournil train plot out/run                                                    (loss/throughput PNGs)
+  fournil train export out/run out/model-step200 --step 200 --dtype bfloat16     (any checkpoint → HF dir)
 """
 
-ACTIONS = ("pretrain", "plot")
+ACTIONS = ("pretrain", "plot", "export")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -54,6 +55,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     plot.add_argument("run", type=Path, help="run directory")
     plot.set_defaults(handler=cmd_plot)
+
+    export = actions.add_parser(
+        "export", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="a checkpoint of a run as a Hugging Face model directory",
+        description="Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally "
+        "cast; works while the run is still training.",
+    )
+    export.add_argument("run", type=Path, help="run directory")
+    export.add_argument("out", type=Path, help="output model directory")
+    export.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
+    export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
+    export.set_defaults(handler=cmd_export)
 
 
 def normalize_argv(argv: list[str]) -> list[str]:
@@ -98,3 +111,19 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
     for path in plot_run(args.run):
         print(path)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from fournil.console import UsageError
+    from fournil.model.hf import convert
+    from fournil.train import checkpoint
+
+    found = checkpoint.checkpoint_dirs(args.run)
+    if args.step is not None:
+        found = [p for p in found if p.name == f"step-{args.step:06d}"]
+    if not found:
+        available = ", ".join(p.name for p in checkpoint.checkpoint_dirs(args.run)) or "none"
+        raise UsageError(f"{args.run}: no complete checkpoint" + (f" for step {args.step}" if args.step else "")
+                         + f" (available: {available})")
+    convert(found[-1] / "model", args.out, dtype=args.dtype)
+    log.info("wrote %s from %s", args.out, found[-1])

@@ -26,7 +26,7 @@ class TrainConfig:
     micro_batch_size: int = 4  # sequences per forward/backward on one device
     seed: int = 1234
     parallel: Literal["fsdp", "ddp"] = "fsdp"  # data parallelism when launched by torchrun (FSDP2 shards state)
-    precision: Literal["float32", "bfloat16"] = "float32"  # autocast dtype for matmuls; weights stay float32
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"  # autocast for matmuls (auto: bf16 on CUDA, fp32 on CPU); weights stay fp32
     compile: bool = False  # torch.compile the model (first step costs 25–40 s on a CPU)
     activation_checkpointing: bool = False  # recompute each block in backward: less memory, ~30 % more compute
     log_interval: int = 10  # steps between console/JSONL log lines
@@ -34,6 +34,7 @@ class TrainConfig:
     eval_tokens: int = 65536  # validation tokens per language (capped by what the shards hold)
     checkpoint_interval: int = 500  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2  # keep the newest N complete checkpoints
+    loggers: tuple[str, ...] = ()  # extra metric sinks besides metrics.jsonl: "tensorboard", "wandb" (if installed)
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure this machine's matmul peak
 
     @property
@@ -55,6 +56,9 @@ class TrainConfig:
                 problems.append((name, f"must be >= 0, got {getattr(self, name)}"))
         if self.seq_len > 0 and self.batch_tokens % self.seq_len:
             problems.append(("batch_tokens", f"{self.batch_tokens} is not a multiple of seq_len={self.seq_len}"))
+        unknown = sorted(set(self.loggers) - {"tensorboard", "wandb"})
+        if unknown:
+            problems.append(("loggers", f"unknown logger(s) {unknown}; choose from: tensorboard, wandb"))
         if not 0 < self.decay_fraction <= 1:
             problems.append(("decay_fraction", f"must be in (0, 1], got {self.decay_fraction}"))
         sequences = self.batch_tokens // self.seq_len if self.seq_len > 0 else 0

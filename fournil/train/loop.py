@@ -49,7 +49,55 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=torch.cuda.is_available() or None)
+    # fused: one kernel per parameter group instead of a dozen elementwise passes (CUDA and CPU alike)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=True)
+
+
+def accumulate_gradients(model: torch.nn.Module, micro_batches, accumulation: int, autocast,
+                         device: torch.device) -> float:
+    """Forward/backward over one step's micro-batches, gradients summed as the mean over them; mean loss."""
+    loss_sum = 0.0
+    for inputs, targets in micro_batches:
+        with autocast:
+            logits = model(inputs.to(device))
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(device).flatten())
+        (loss / accumulation).backward()
+        loss_sum += loss.item()
+    return loss_sum / accumulation
+
+
+def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float) -> float:
+    """Clip the global gradient norm (0 = no clipping), step, clear gradients; the pre-clip norm."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+def continued_pretraining_recipe(recipe: Recipe, init_from: Path, shards: Shards) -> Recipe:
+    """The recipe with the starting model's own architecture, after checking the shards speak its tokenizer."""
+    from dataclasses import replace
+
+    from fournil.model.hf import read_config, resolve
+    from fournil.tokenizer.bpe import fingerprint
+
+    directory = resolve(init_from)
+    config = read_config(directory)
+    problems = []
+    if config.vocab_size != shards.vocab_size:
+        problems.append(f"{directory} has a {config.vocab_size}-token vocabulary but the shards were tokenised with "
+                        f"{shards.vocab_size} tokens")
+    tokenizer_json = directory / "tokenizer.json"
+    expected = shards.index.get("tokenizer_sha256")
+    if expected and tokenizer_json.is_file() and fingerprint(tokenizer_json.read_text(encoding="utf-8")) != expected:
+        problems.append(f"{tokenizer_json} is not the tokenizer the shards were made with")
+    if problems:
+        raise UsageError("continued pretraining needs data tokenised with the starting model's own tokenizer: "
+                         + "; ".join(problems) + f". Re-pack the corpus with --tokenizer {directory}.")
+    if config != recipe.model:
+        log.info("continued pretraining: using %s's architecture instead of the recipe's model section", directory)
+    return replace(recipe, model=config, tokenizer=replace(recipe.tokenizer, vocab_size=config.vocab_size))
 
 
 def check_data(recipe: Recipe, shards: Shards) -> None:
@@ -58,6 +106,8 @@ def check_data(recipe: Recipe, shards: Shards) -> None:
     if shards.vocab_size != recipe.model.vocab_size:
         problems.append(f"shards were tokenised with a {shards.vocab_size}-token vocabulary but model.vocab_size is "
                         f"{recipe.model.vocab_size} (another tokenizer?)")
+    if recipe.train.seq_len > recipe.model.max_seq_len:
+        problems.append(f"train.seq_len {recipe.train.seq_len} exceeds the model's context {recipe.model.max_seq_len}")
     if shards.seq_len != recipe.train.seq_len:
         problems.append(f"shards are packed for seq_len {shards.seq_len} but train.seq_len is {recipe.train.seq_len}")
     global_batch = recipe.train.batch_tokens // recipe.train.seq_len
@@ -120,9 +170,11 @@ def train(
     Launched by torchrun, every rank runs this function (DDP or FSDP2 per train.parallel). max_steps stops
     early (the schedule still spans recipe.train.steps) — how tests interrupt a run.
     """
-    t = recipe.train
     run_dir = Path(run_dir)
     shards = Shards(shards_dir)
+    if init_from is not None:
+        recipe = continued_pretraining_recipe(recipe, Path(init_from), shards)
+    t = recipe.train
     check_data(recipe, shards)
     world = parallel.setup()
     global_batch = t.batch_tokens // t.seq_len
@@ -139,9 +191,6 @@ def train(
         from fournil.model.hf import load_model
 
         model = load_model(init_from, dtype="float32")
-        if model.config.vocab_size != recipe.model.vocab_size:
-            raise UsageError(f"{init_from}: vocabulary of {model.config.vocab_size} tokens, recipe expects "
-                             f"{recipe.model.vocab_size}; continued pretraining needs the model's own tokenizer")
     else:
         model = Llama(recipe.model)
     config = model.config
@@ -161,10 +210,13 @@ def train(
         log.info("resuming from %s (step %d, saved on %d ranks, now %d)", last, start_step,
                  state.get("world_size", 1), world.size)
     model.train()
-    metrics = _Metrics(run_dir / METRICS, keep_through_step=start_step, enabled=world.is_main)
+    metrics = _Metrics(run_dir / METRICS, keep_through_step=start_step, enabled=world.is_main,
+                       loggers=t.loggers, recipe=recipe)
 
-    autocast = (torch.autocast(world.device.type, dtype=torch.bfloat16)
-                if t.precision == "bfloat16" else contextlib.nullcontext())
+    bf16 = t.precision == "bfloat16" or (t.precision == "auto" and world.device.type == "cuda")
+    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    if world.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     flops = flops_per_token(recipe.model, t.seq_len)["training"]
     peak = (t.peak_flops or measure_peak_flops()) * world.size
     end_step = min(t.steps, max_steps) if max_steps is not None else t.steps
@@ -178,23 +230,15 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             indices = loader.next_batch()
-            loss_sum = 0.0
-            for micro in range(accumulation):
-                inputs, targets = loader.tensors(indices[micro * t.micro_batch_size : (micro + 1) * t.micro_batch_size])
-                with autocast:
-                    logits = model(inputs.to(world.device))
-                loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.to(world.device).flatten())
-                (loss / accumulation).backward()
-                loss_sum += loss.item()
-            loss_value = parallel.all_mean(loss_sum / accumulation, world)
+            micro_batches = (loader.tensors(indices[i : i + t.micro_batch_size])
+                             for i in range(0, len(indices), t.micro_batch_size))
+            loss_value = parallel.all_mean(accumulate_gradients(model, micro_batches, accumulation, autocast,
+                                                                world.device), world)
             if not math.isfinite(loss_value):
                 good = checkpoint.latest(run_dir)
                 raise FournilError(f"loss became {loss_value} at step {step + 1}; last good checkpoint: "
                                    f"{good or 'none'}. Lower train.lr or check the data, then --resume.")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or float("inf"))
-            grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm = clip_and_step(model, optimizer, t.grad_clip)
             done = step + 1
             window_tokens += t.batch_tokens
             bar.update(task, completed=done, description=f"train loss {loss_value:.3f}")
@@ -239,10 +283,11 @@ def train(
 
 class _Metrics:
     """metrics.jsonl, one JSON object per line; on resume, lines after the checkpoint's step are dropped so the
-    file describes exactly the run that produced the weights."""
+    file describes exactly the run that produced the weights. Optionally mirrored to TensorBoard / W&B."""
 
-    def __init__(self, path: Path, keep_through_step: int, enabled: bool = True):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, keep_through_step: int, enabled: bool = True, loggers: tuple[str, ...] = (),
+                 recipe: Recipe | None = None):
+        self.path, self.enabled, self._sinks = path, enabled, []
         if not enabled:  # ranks other than 0 log nothing
             return
         kept = []
@@ -253,9 +298,39 @@ class _Metrics:
                         kept.append(line)
         artifacts.write_text(path, "".join(line + "\n" for line in kept))
         self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (lives as long as the run)
+        for name in loggers:
+            self._sinks.append(_open_sink(name, path.parent, recipe))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
+        flat = {f"val_bpb/{k}": v for k, v in record.get("val_bpb", {}).items()}
+        flat.update({f"train/{k}": v for k, v in record.items() if k not in ("step", "val_bpb")})
+        for sink in self._sinks:
+            sink(flat, record["step"])
+
+
+def _open_sink(name: str, run_dir: Path, recipe: Recipe | None):
+    """A function (scalars, step) → None writing to TensorBoard or Weights & Biases; clear error if missing."""
+    try:
+        if name == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+
+            def tensorboard(scalars: dict[str, float], step: int) -> None:
+                for key, value in scalars.items():
+                    writer.add_scalar(key, value, step)
+                writer.flush()
+
+            return tensorboard
+        import wandb
+
+        wandb_run = wandb.init(project="fournil", dir=str(run_dir), config=to_dict(recipe) if recipe else None,
+                               resume="allow")
+        return lambda scalars, step: wandb_run.log(scalars, step=step)
+    except ImportError as exc:
+        raise UsageError(f"train.loggers asks for {name}, which is not installed ({exc.name}): "
+                         f"pip install {name}, or remove it from the recipe") from exc

@@ -15,7 +15,7 @@ PRESETS = list_presets()
 
 
 def test_ladder_exists():
-    for name in ("croissant-1m", "croissant-10m", "croissant-100m", "croissant-300m", "croissant-1.3b"):
+    for name in ("croissant-1m", "croissant-10m", "croissant-40m", "croissant-100m", "croissant-300m", "croissant-1.3b"):
         assert name in PRESETS
 
 
@@ -48,7 +48,7 @@ def test_ladder_follows_the_same_shape_rules(name):
 
 def test_ladder_sizes_are_ordered_and_named_right():
     sizes = {name: param_counts(load_recipe(name).model).total for name in PRESETS if name.startswith("croissant-")}
-    expected = {"croissant-1m": 1e6, "croissant-10m": 1e7, "croissant-100m": 1e8, "croissant-300m": 3e8,
+    expected = {"croissant-1m": 1e6, "croissant-10m": 1e7, "croissant-40m": 4e7, "croissant-100m": 1e8, "croissant-300m": 3e8,
                 "croissant-1.3b": 1.3e9}
     for name, target in expected.items():
         assert 0.7 * target < sizes[name] < 1.45 * target, (name, sizes[name])

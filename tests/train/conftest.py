@@ -23,9 +23,11 @@ def markov_document(rng: np.random.Generator, low: int, high: int, length: int) 
     return np.array(tokens)
 
 
-def write_shards(directory, seed: int = 0, documents: int = 120, seq_len: int = 32, vocab: int = VOCAB):
+def write_shards(directory, seed: int = 0, documents: int = 120, seq_len: int = 32, vocab: int = VOCAB,
+                 tokenizer_sha256: str = ""):
     rng = np.random.default_rng(seed)
-    writer = ShardWriter(directory, seq_len=seq_len, vocab_size=vocab, eos_id=2, tokens_per_shard=2000)
+    writer = ShardWriter(directory, seq_len=seq_len, vocab_size=vocab, eos_id=2, tokens_per_shard=2000,
+                         tokenizer_sha256=tokenizer_sha256)
     ranges = {"fr": (100, 130), "en": (130, 160), "code": (160, 190)}
     for i in range(documents):
         category = ("fr", "en", "code")[i % 3]

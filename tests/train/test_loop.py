@@ -148,6 +148,55 @@ def test_cli_train_and_plot(shards_dir, tmp_path, capsys):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+def test_cli_export_any_checkpoint(tiny_recipe, shards_dir, tmp_path, capsys):
+    train(tiny_recipe, shards_dir, tmp_path / "run", max_steps=6)
+    assert main(["train", "export", str(tmp_path / "run"), str(tmp_path / "m3"), "--step", "3", "-q"]) == 0
+    assert main(["train", "export", str(tmp_path / "run"), str(tmp_path / "m"), "--dtype", "bfloat16", "-q"]) == 0
+    assert json.loads((tmp_path / "m/config.json").read_text())["dtype"] == "bfloat16"
+    assert main(["train", "export", str(tmp_path / "run"), str(tmp_path / "x"), "--step", "4"]) == 2
+    assert "available: step-000003, step-000006" in capsys.readouterr().err
+
+
 def test_cli_bad_override(shards_dir, tmp_path, capsys):
     assert main(["train", "croissant-1m", "--shards", str(shards_dir), "--out", str(tmp_path), "--set", "train.lr"]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
+
+
+def test_continued_pretraining_starts_from_the_given_model(tiny_recipe, shards_dir, tmp_path):
+    base = train(tiny_recipe, shards_dir, tmp_path / "base")
+    cpt = train(load_recipe("croissant-1m", overrides={**TINY, "train.steps": 3, "train.warmup_steps": 1}),
+                shards_dir, tmp_path / "cpt", init_from=tmp_path / "base/model")
+    first = losses(tmp_path / "cpt")[0]
+    assert first < 5.0 < losses(tmp_path / "base")[0]  # a trained start, not ln(2048) ≈ 7.6
+    assert cpt.steps == 3 and base.steps == 12
+
+
+def test_continued_pretraining_explains_a_tokenizer_mismatch(tmp_path):
+    from fournil.model.config import ModelConfig
+    from fournil.model.hf import save_model
+    from fournil.model.llama import Llama
+
+    model_dir = tmp_path / "smol"
+    save_model(Llama(ModelConfig(dim=64, n_layers=1, n_heads=4, ffn_dim=176, vocab_size=1000)), model_dir)
+    with pytest.raises(UsageError, match=r"own tokenizer: .*1000-token vocabulary.*2048 tokens"):
+        train(load_recipe("croissant-1m", overrides=TINY), write_shards(tmp_path / "s"), tmp_path / "r",
+              init_from=model_dir)
+    save_model(Llama(ModelConfig(dim=64, n_layers=1, n_heads=4, ffn_dim=176, vocab_size=2048)), model_dir)
+    (model_dir / "tokenizer.json").write_text('{"model": {"type": "BPE"}}')
+    shards = write_shards(tmp_path / "s2", tokenizer_sha256="0" * 64)
+    with pytest.raises(UsageError, match="is not the tokenizer the shards were made with"):
+        train(load_recipe("croissant-1m", overrides=TINY), shards, tmp_path / "r2", init_from=model_dir)
+
+
+def test_tensorboard_logger(tiny_recipe, shards_dir, tmp_path):
+    from dataclasses import replace
+
+    recipe = replace(tiny_recipe, train=replace(tiny_recipe.train, loggers=("tensorboard",), steps=4))
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(UsageError, match="pip install tensorboard"):
+            train(recipe, shards_dir, tmp_path)
+        return
+    train(recipe, shards_dir, tmp_path)
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
