@@ -36,7 +36,7 @@ def run() -> list[dict]:
     theirs = LlamaForCausalLM(LlamaConfig(**to_hf_config(config))).train()
     theirs.load_state_dict(ours.state_dict())
     ours = parallelize(ours, World(), "fsdp", activation_checkpointing=False, compile=True).train()
-    our_opt = make_optimizer(ours, recipe)
+    our_opt = make_optimizer(ours, recipe.train)
     their_opt = torch.optim.AdamW(theirs.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     tokens = torch.randint(0, config.vocab_size, (BATCH, SEQ_LEN + 1))
     inputs, targets = tokens[:, :-1], tokens[:, 1:]

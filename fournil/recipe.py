@@ -43,12 +43,15 @@ class Recipe:
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
+    sft: TrainConfig | None = None  # supervised fine-tuning: same fields, its own schedule and batch
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
         if self.tokenizer.vocab_size != self.model.vocab_size:
             problems.append(("model.vocab_size", f"{self.model.vocab_size} differs from tokenizer.vocab_size="
                                                  f"{self.tokenizer.vocab_size}; they must be equal"))
+        if self.sft is not None and self.sft.seq_len > self.model.max_seq_len:
+            problems.append(("sft.seq_len", f"{self.sft.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}"))
         if self.train.seq_len > self.model.max_seq_len:
             problems.append(
                 ("train.seq_len", f"{self.train.seq_len} exceeds model.max_seq_len={self.model.max_seq_len}")

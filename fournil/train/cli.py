@@ -14,11 +14,13 @@ examples:
   fournil train croissant-10m --shards out/shards --out out/run --resume        (continue after a crash)
   fournil train croissant-1m --shards out/shards --out out/smoke --set train.steps=50 --set train.lr=1e-3
   fournil train croissant-10m --shards out/shards-fr --out out/cpt --init-from out/base-model
+  fournil train sft demo --tokenizer out/tok --init-from out/run/model --out out/chat \
+      --chat chat.jsonl --pairs fournil/corpus/sample/parallel.jsonl.gz       (answers-only loss)
   fournil train plot out/run                                                    (loss/throughput PNGs)
   fournil train export out/run out/model-step200 --step 200 --dtype bfloat16     (any checkpoint → HF dir)
 """
 
-ACTIONS = ("pretrain", "plot", "export")
+ACTIONS = ("pretrain", "sft", "plot", "export")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -47,6 +49,25 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe value, e.g. train.lr=1e-3 (repeatable; YAML syntax for values)")
     pretrain.set_defaults(handler=cmd_pretrain)
+
+    sft = actions.add_parser(
+        "sft", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="supervised fine-tuning on chat data and translation pairs",
+        description="Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with "
+        "`messages`) and EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into "
+        "translation instructions in both directions. Loss on assistant answers only; same checkpoints and "
+        "exact resume as pretraining; the final model directory carries the tokenizer and chat template.",
+    )
+    sft.add_argument("recipe", help="recipe file or preset name (needs an `sft` section)")
+    sft.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory of the model")
+    sft.add_argument("--init-from", required=True, help="model directory to fine-tune")
+    sft.add_argument("--out", type=Path, required=True, help="run directory")
+    sft.add_argument("--chat", type=Path, nargs="*", default=[], help="jsonl files of {messages: [...]}")
+    sft.add_argument("--pairs", type=Path, nargs="*", default=[], help="jsonl(.gz) files of {en, fr} pairs")
+    sft.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
+    sft.add_argument("--max-steps", type=int, help="stop after this step (the schedule keeps its length)")
+    sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
+    sft.set_defaults(handler=cmd_sft)
 
     plot = actions.add_parser(
         "plot", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
@@ -100,6 +121,22 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                     max_steps=args.max_steps)
     result = {"run": str(summary.run_dir), "steps": summary.steps, "loss": summary.final_loss,
               "validation_bpb": summary.validation_bpb, "tokens_per_s": summary.tokens_per_second}
+    if args.json:
+        print_json(result)
+    else:
+        log.info("done: %s", result)
+
+
+def cmd_sft(args: argparse.Namespace) -> None:
+    from fournil.console import print_json
+    from fournil.recipe import load_recipe
+    from fournil.train.sft import finetune
+
+    recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
+    summary = finetune(recipe, args.tokenizer, args.init_from, args.out, chat=args.chat, pairs=args.pairs,
+                       resume=args.resume, max_steps=args.max_steps)
+    result = {"run": str(summary.run_dir), "steps": summary.steps, "loss": summary.final_loss,
+              "validation": summary.validation}
     if args.json:
         print_json(result)
     else:

@@ -27,7 +27,8 @@ from fournil.model.info import flops_per_token
 from fournil.model.llama import Llama
 from fournil.recipe import Recipe, to_dict
 from fournil.train import checkpoint, parallel
-from fournil.train.data import Loader
+from fournil.train.config import TrainConfig
+from fournil.train.data import Loader, ShardSamples
 from fournil.train.schedule import lr_at
 
 log = logging.getLogger(__name__)
@@ -39,13 +40,16 @@ class Summary:
     run_dir: Path
     steps: int
     final_loss: float
-    validation_bpb: dict[str, float]
+    validation: dict[str, dict[str, float]]  # {"val_bpb": {"fr": …, "en": …}} or {"val_loss": {…}}
     tokens_per_second: float
 
+    @property
+    def validation_bpb(self) -> dict[str, float]:
+        return self.validation.get("val_bpb", {})
 
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices (projections, embeddings) only; norms' gains are not decayed."""
-    t = recipe.train
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
@@ -53,7 +57,7 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=True)
 
 
-def accumulate_gradients(model: torch.nn.Module, micro_batches, accumulation: int, autocast,
+def accumulate_gradients(model: torch.nn.Module, micro_batches: list, accumulation: int, autocast,
                          device: torch.device) -> float:
     """Forward/backward over one step's micro-batches, gradients summed as the mean over them; mean loss."""
     loss_sum = 0.0
@@ -170,12 +174,33 @@ def train(
     Launched by torchrun, every rank runs this function (DDP or FSDP2 per train.parallel). max_steps stops
     early (the schedule still spans recipe.train.steps) — how tests interrupt a run.
     """
-    run_dir = Path(run_dir)
     shards = Shards(shards_dir)
     if init_from is not None:
         recipe = continued_pretraining_recipe(recipe, Path(init_from), shards)
     t = recipe.train
     check_data(recipe, shards)
+
+    def validate(model: torch.nn.Module, device: torch.device) -> dict[str, dict[str, float]]:
+        return {"val_bpb": validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size, device)}
+
+    return run(recipe, t, ShardSamples(shards), validate, run_dir, resume, init_from, max_steps)
+
+
+def run(
+    recipe: Recipe,
+    t: TrainConfig,
+    dataset,
+    validate,
+    run_dir: str | Path,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    max_steps: int | None = None,
+    model_files: tuple[Path, ...] = (),
+) -> Summary:
+    """The loop shared by pretraining and fine-tuning: `dataset` has `__len__` and `collate(indices)`;
+    `validate(model, device)` returns {metric: {name: value}} for the log; `model_files` (tokenizer files, say)
+    are copied into the final model directory."""
+    run_dir = Path(run_dir)
     world = parallel.setup()
     global_batch = t.batch_tokens // t.seq_len
     if global_batch % (world.size * t.micro_batch_size):
@@ -195,8 +220,8 @@ def train(
         model = Llama(recipe.model)
     config = model.config
     model = parallel.parallelize(model.to(world.device), world, t.parallel, t.activation_checkpointing, t.compile)
-    optimizer = make_optimizer(model, recipe)
-    loader = Loader(shards, global_batch, t.seed, world.rank, world.size)
+    optimizer = make_optimizer(model, t)
+    loader = Loader(dataset, global_batch, t.seed, world.rank, world.size)
     start_step = 0
     last = checkpoint.latest(run_dir) if resume else None
     if resume and last is None:
@@ -230,17 +255,18 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             indices = loader.next_batch()
-            micro_batches = (loader.tensors(indices[i : i + t.micro_batch_size])
-                             for i in range(0, len(indices), t.micro_batch_size))
+            micro_batches = [loader.tensors(indices[i : i + t.micro_batch_size])
+                             for i in range(0, len(indices), t.micro_batch_size)]
             loss_value = parallel.all_mean(accumulate_gradients(model, micro_batches, accumulation, autocast,
                                                                 world.device), world)
+            step_tokens = world.size * sum(inputs.numel() for inputs, _ in micro_batches)
             if not math.isfinite(loss_value):
                 good = checkpoint.latest(run_dir)
                 raise FournilError(f"loss became {loss_value} at step {step + 1}; last good checkpoint: "
                                    f"{good or 'none'}. Lower train.lr or check the data, then --resume.")
             grad_norm = clip_and_step(model, optimizer, t.grad_clip)
             done = step + 1
-            window_tokens += t.batch_tokens
+            window_tokens += step_tokens
             bar.update(task, completed=done, description=f"train loss {loss_value:.3f}")
 
             if done % t.log_interval == 0 or done == end_step:
@@ -256,12 +282,13 @@ def train(
                 window_start, window_tokens = time.perf_counter(), 0
             pause = time.perf_counter()
             if (t.eval_interval and done % t.eval_interval == 0) or done == end_step:
-                val = validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size, world.device)
+                val = {metric: values for metric, values in validate(model, world.device).items() if values}
                 if val:
-                    metrics.write({"step": done, "val_bpb": val})
-                    if world.is_main:
-                        log.info("step %d  validation bits/byte: %s", done,
-                                 "  ".join(f"{k} {v:.3f}" for k, v in sorted(val.items())))
+                    metrics.write({"step": done, **val})
+                    for metric, values in val.items():
+                        if world.is_main:
+                            log.info("step %d  %s: %s", done, metric,
+                                     "  ".join(f"{k} {v:.3f}" for k, v in sorted(values.items())))
             if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == end_step:
                 checkpoint.save(run_dir, done, model, config, optimizer,
                                 {"loader": loader.state_dict(), "recipe": to_dict(recipe)}, t.keep_checkpoints, world)
@@ -272,6 +299,8 @@ def train(
         export = run_dir / ".tmp-model"
         shutil.rmtree(export, ignore_errors=True)
         shutil.copytree(final / "model", export)
+        for path in model_files:
+            shutil.copy2(path, export / Path(path).name)
         artifacts.write_manifest(export, producer="fournil.train", recipe=recipe.name, steps=t.steps,
                                  from_checkpoint=str(final))
         shutil.rmtree(run_dir / "model", ignore_errors=True)
