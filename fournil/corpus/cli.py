@@ -1,9 +1,118 @@
-"""`fournil` verbs of the corpus stage (being built: see the issue tracker)."""
+"""`fournil corpus …`: build a cleaned, deduplicated FR/EN/code/parallel corpus, pack it into shards, report it."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  fournil corpus run corpus.yaml --out out/corpus                 the whole chain, all cores, resumable
+  fournil corpus run --sample --out out/sample-corpus --workers 2  the embedded sample corpus
+  fournil corpus pack out/corpus out/tok --out out/shards --seq-len 2048
+  fournil corpus report out/corpus --shards out/shards            DATASHEET.md, datasheet.json, datasheet.png
+
+a corpus recipe (YAML; or a recipe with a `corpus:` section):
+  sources:
+    wiki-fr: {path: data/wiki_fr/, category: fr, licence: CC-BY-SA-4.0}
+    web-en:  {path: data/en.jsonl.zst, category: en, text_field: content}
+    code:    {path: src/, category: code, weight: 0.5}
+    tatoeba: {path: data/tatoeba.tsv, category: parallel}
+    po:      {path: locales/, category: parallel, format: po}
+  mix: {fr: 0.44, en: 0.44, code: 0.095, parallel: 0.024}
+  eval_sets: {flores: eval/flores.jsonl}
+rerunning after a kill resumes from datatrove's completion markers; the output is the same as one clean run.
+"""
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """No verbs yet."""
+    from fournil.cli import HelpFormatter
+
+    stage = subparsers.add_parser(
+        "corpus", help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
+        description="The corpus stage on datatrove: readers for jsonl(.gz/.zst), parquet, text, parallel pairs "
+        "(x.en/x.fr, TSV, .po), NFC and boilerplate clean-up, PII scrubbing, FR/EN language routing, "
+        "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.",
+        epilog=EPILOG, formatter_class=HelpFormatter,
+    )
+    actions = stage.add_subparsers(dest="action", metavar="<action>", required=True)
+
+    run = actions.add_parser(
+        "run", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="run the whole chain from sources to a corpus directory",
+        description="Read every source, clean, route by language, filter, decontaminate, deduplicate, and write "
+        "docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes.",
+    )
+    run.add_argument("config", nargs="?", help="corpus recipe YAML (or a recipe with a `corpus:` section)")
+    run.add_argument("--out", type=Path, required=True, help="corpus directory to write")
+    run.add_argument("--sample", action="store_true", help="use the embedded sample corpus as the sources")
+    run.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    run.add_argument("--tasks", type=int, help="datatrove tasks per stage (default: files, at most 4 per worker)")
+    run.add_argument("--max-errors", type=int, default=100,
+                     help="bad input records tolerated before the run stops (-1: no limit)")
+    run.add_argument("--force", action="store_true", help="discard a previous run in --out and start over")
+    run.set_defaults(handler=cmd_run)
+
+    pack = actions.add_parser(
+        "pack", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="tokenise a corpus directory and write shuffled, packed training shards",
+        description="Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream "
+        "per language, apply the mix (repeats per source), shuffle by seed and write shards the train stage reads.",
+    )
+    pack.add_argument("corpus", type=Path, help="corpus directory written by `fournil corpus run`")
+    pack.add_argument("tokenizer", type=Path, help="tokenizer directory (or its tokenizer.json)")
+    pack.add_argument("--out", type=Path, required=True, help="shards directory to write")
+    pack.add_argument("--seq-len", type=int, default=2048, help="tokens per training sample")
+    pack.add_argument("--seed", type=int, help="shuffle and validation seed (default: the corpus recipe's)")
+    pack.add_argument("--val-docs", type=int, help="held-out documents per language (default: the recipe's)")
+    pack.add_argument("--tokens-per-shard", type=int, default=1 << 24, help="tokens per shard file")
+    pack.set_defaults(handler=cmd_pack)
+
+    report = actions.add_parser(
+        "report", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+        help="write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory",
+        description="Per source and category: bytes, documents, tokens, share of the mix, upsampling factor, "
+        "rejects by reason, language-ID confusion, length histograms, input errors, decontamination.",
+    )
+    report.add_argument("corpus", type=Path, help="corpus directory")
+    report.add_argument("--shards", type=Path, help="shards directory: adds token counts from its index")
+    report.set_defaults(handler=cmd_report)
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from fournil.console import UsageError, print_json
+    from fournil.corpus.pipeline import load_config, run, sample_config
+    from fournil.corpus.report import write_report
+
+    if bool(args.config) == bool(args.sample):
+        raise UsageError("give a corpus recipe or --sample (one of them)")
+    config = sample_config() if args.sample else load_config(args.config)
+    stats = run(config, args.out, workers=args.workers, tasks=args.tasks, max_errors=args.max_errors,
+                force=args.force)
+    write_report(args.out)
+    log.info("wrote %s (%s documents kept)", args.out,
+             f"{sum(c['documents'] for c in stats['categories'].values()):,}")
+    if args.json:
+        print_json({k: v for k, v in stats.items() if k != "sources"} | {"out": str(args.out)})
+
+
+def cmd_pack(args: argparse.Namespace) -> None:
+    from fournil.console import print_json
+    from fournil.corpus.pack import pack
+
+    index = pack(args.corpus, args.tokenizer, args.out, seq_len=args.seq_len, seed=args.seed,
+                 val_docs=args.val_docs, tokens_per_shard=args.tokens_per_shard)
+    if args.json:
+        print_json(index)
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from fournil.console import print_json
+    from fournil.corpus.report import write_report
+
+    data = write_report(args.corpus, shards=args.shards)
+    if args.json:
+        print_json(data)

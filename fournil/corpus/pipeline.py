@@ -1,0 +1,390 @@
+"""`fournil corpus run`: the whole chain as datatrove pipelines, resumable from datatrove's completion markers.
+
+Layout of a corpus directory:
+    docs/{fr,en,code,parallel}.jsonl.gz   cleaned, deduplicated documents, sorted by id (gzip mtime 0: byte-stable)
+    rejects/<step>/*.jsonl.gz             every dropped document with `filter_reason` in its metadata
+    stats.json                            counts per source and category, rejects by reason, language-ID confusion,
+                                          length histograms, input errors, decontamination, the mix plan
+    work/, logs/                          intermediate files and datatrove logs, stats and completion markers
+    fournil.json                          manifest, written last
+
+Stages (each a datatrove executor; a rerun skips every task that has its completion marker):
+    1 filter   read sources → clean → language routing → quality → decontaminate → work/filtered
+    2-4        MinHash signatures, buckets, clusters (datatrove's 4-stage near-dup dedup)
+    5 dedup    drop the near-duplicates → work/dedup
+    6 finalise (this process) exact dedup on normalised text, docs/, stats.json, manifest
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+from fournil import artifacts
+from fournil.console import FournilError, UsageError, is_quiet
+from fournil.corpus.config import CATEGORIES, CorpusConfig
+from fournil.corpus.mix import format_plan, plan_mix
+
+log = logging.getLogger(__name__)
+DOCS = "docs"
+STATS = "stats.json"
+_WORD = re.compile(r"\w+")
+LENGTH_BINS = [0, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000]  # UTF-8 bytes
+
+
+def load_config(path: str | Path) -> CorpusConfig:
+    """A corpus YAML file (top-level keys are `CorpusConfig` fields) or a recipe with a `corpus:` section.
+
+    Relative source and eval-set paths are resolved against the file's folder.
+    """
+    import dataclasses
+
+    import yaml
+
+    from fournil.recipe import RecipeError, _key_lines, build
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise UsageError(f"{path}: cannot read corpus recipe: {exc}") from exc
+    lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+    prefix = ""
+    if isinstance(data, dict) and "corpus" in data:
+        data, prefix = data["corpus"], "corpus."
+    problems: list = []
+    config = build(CorpusConfig, data, prefix, lines, problems)
+    if problems:
+        raise RecipeError(str(path), problems)
+    base = path.resolve().parent
+    sources = {name: dataclasses.replace(s, path=str(base / Path(s.path).expanduser()))
+               for name, s in config.sources.items()}
+    evals = {name: str(base / Path(p).expanduser()) for name, p in config.eval_sets.items()}
+    return dataclasses.replace(config, sources=sources, eval_sets=evals)
+
+
+def sample_config(**overrides) -> CorpusConfig:
+    """The embedded sample corpus (fr, en, code, parallel) as sources."""
+    from fournil.corpus import SAMPLE_DIR
+    from fournil.corpus.config import SourceConfig
+
+    sources = {f"sample-{c}": SourceConfig(path=str(SAMPLE_DIR / f"{c}.jsonl.gz"), category=c, licence="see LICENSES")
+               for c in CATEGORIES}
+    return CorpusConfig(sources=sources, **overrides)
+
+
+def config_hash(config: CorpusConfig) -> str:
+    from dataclasses import asdict
+
+    return artifacts.sha256_json(asdict(config))
+
+
+def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: int | None = None,
+        max_errors: int = 100, force: bool = False) -> dict:
+    """Run every stage into `out`; returns the stats written to stats.json."""
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+    from datatrove.utils.hashing import HashConfig
+
+    from fournil.corpus.dedup import FastWords, Signature
+    from fournil.corpus.filters import CleanText, Decontaminate, LanguageRouter, QualityFilter
+    from fournil.corpus.readers import SourceReader
+
+    out = Path(out)
+    if not config.sources:
+        raise UsageError("the corpus recipe declares no sources")
+    for name, source in config.sources.items():
+        if not SourceReader({name: source}, "").files:
+            raise UsageError(f"source {name!r}: no files at {source.path}")
+    for name, path in config.eval_sets.items():
+        if not Path(path).exists():
+            raise UsageError(f"eval_sets.{name}: {path} does not exist")
+    digest = config_hash(config)
+    marker = out / "work" / "config.sha256"
+    if force and out.exists():
+        for sub in ("work", "logs", "rejects", DOCS):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / artifacts.MANIFEST).unlink(missing_ok=True)
+    if marker.is_file() and marker.read_text().strip() != digest:
+        raise UsageError(f"{out} holds a run of a different corpus recipe; use --force to start over, or a new --out")
+    manifest = artifacts.read_manifest(out)
+    if manifest and manifest.get("complete") and manifest.get("config_sha256") == digest:
+        log.info("%s is complete for this recipe; nothing to do", out)
+        return json.loads((out / STATS).read_text(encoding="utf-8"))
+    artifacts.write_text(marker, digest + "\n")
+
+    workers = workers or os.cpu_count() or 1
+    reader = SourceReader(config.sources, str(out / "work" / "errors"), seed=config.seed, max_errors=max_errors)
+    tasks = tasks or max(1, min(len(reader.files), 4 * workers))
+    work, logs = out / "work", out / "logs"
+
+    def rejects(step: str):
+        return JsonlWriter(str(out / "rejects"), output_filename=f"{step}/${{rank}}.jsonl.gz")
+
+    minhash = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
+                            hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.seed + 1,
+                            hash_config=HashConfig(hash_fc="xxhash", precision=64))
+
+    def filtered_reader():
+        return JsonlReader(str(work / "filtered"), compression=None, glob_pattern="*.jsonl")
+
+    stages = [
+        ("filter", tasks, lambda: [
+            reader,
+            CleanText(config, exclusion_writer=rejects("clean")),
+            LanguageRouter(config, exclusion_writer=rejects("language")),
+            QualityFilter(config, exclusion_writer=rejects("quality")),
+            Decontaminate(config, exclusion_writer=rejects("decontaminate")),
+            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
+        ]),
+        ("minhash-signatures", tasks, lambda: [
+            filtered_reader(), Signature(str(work / "minhash" / "signatures"), config=minhash, language=FastWords())]),
+        ("minhash-buckets", config.minhash_buckets, lambda: [
+            MinhashDedupBuckets(str(work / "minhash" / "signatures"), str(work / "minhash" / "buckets"),
+                                config=minhash)]),
+        ("minhash-clusters", 1, lambda: [
+            MinhashDedupCluster(str(work / "minhash" / "buckets"), str(work / "minhash" / "clusters"),
+                                config=minhash)]),
+        ("dedup", tasks, lambda: [
+            filtered_reader(),
+            MinhashDedupFilter(str(work / "minhash" / "clusters"), exclusion_writer=rejects("minhash")),
+            JsonlWriter(str(work / "dedup"), output_filename="${rank}.jsonl", compression=None),
+        ]),
+    ]
+    started = time.time()
+    for i, (name, n_tasks, build) in enumerate(stages, 1):
+        if name != "filter" and not any((work / "filtered").glob("*.jsonl")):
+            break  # nothing survived the filters: nothing to deduplicate
+        executor = LocalPipelineExecutor(build(), tasks=n_tasks, workers=min(workers, n_tasks),
+                                         logging_dir=str(logs / name), skip_completed=True)
+        try:
+            _run_stage(executor, f"{i}/{len(stages) + 1} {name}", logs / name, n_tasks, logs / "datatrove.log")
+        except Exception as exc:
+            _raise_input_errors(work / "errors", max_errors)
+            raise FournilError(f"stage {name} failed: {type(exc).__name__}: {exc} (see {logs / name}/logs)") from exc
+        if name == "filter":
+            _raise_input_errors(work / "errors", max_errors)
+    log.info("stage %d/%d finalise: exact dedup, %s/, %s", len(stages) + 1, len(stages) + 1, DOCS, STATS)
+    stats = finalise(config, out)
+    stats["seconds"] = round(time.time() - started, 1)
+    artifacts.write_json(out / STATS, stats)
+    for line in format_plan(stats["plan"]):
+        log.info("%s", line)
+    from dataclasses import asdict
+
+    artifacts.write_manifest(out, producer="fournil.corpus", config_sha256=digest, config=asdict(config),
+                             documents={c: v["documents"] for c, v in stats["categories"].items()})
+    return stats
+
+
+def _run_stage(executor, label: str, logging_dir: Path, n_tasks: int, logfile: Path) -> None:
+    """Run one executor with datatrove's own logging sent to a file and a task progress bar on our stderr."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    completions = logging_dir / "completions"
+    saved = os.dup(2)
+    console = Console(file=os.fdopen(os.dup(saved), "w"), stderr=True)
+    done = threading.Event()
+
+    def poll(bar: Progress, task) -> None:
+        while not done.wait(0.5):
+            bar.update(task, completed=len(list(completions.glob("*"))) if completions.is_dir() else 0)
+
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=False, disable=is_quiet())
+    with bar, open(logfile, "a") as sink:
+        task = bar.add_task(f"stage {label}", total=n_tasks)
+        poller = threading.Thread(target=poll, args=(bar, task), daemon=True)
+        poller.start()
+        sys.stderr.flush()
+        os.dup2(sink.fileno(), 2)
+        try:
+            executor.run()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            done.set()
+            poller.join()
+            bar.update(task, completed=len(list(completions.glob("*"))) if completions.is_dir() else 0)
+    if completions.is_dir() and len(list(completions.glob("*"))) < n_tasks:
+        raise FournilError(f"{n_tasks - len(list(completions.glob('*')))} task(s) did not complete")
+
+
+def read_input_errors(errors_dir: Path) -> list[dict]:
+    out = []
+    for path in sorted(errors_dir.glob("*.jsonl")):
+        out += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return out
+
+
+def _raise_input_errors(errors_dir: Path, max_errors: int) -> None:
+    errors = read_input_errors(errors_dir)
+    for err in errors[:5]:
+        log.warning("bad input: %s:%s: %s: %s", err["file"], err["line"], err["kind"], err["detail"])
+    if len(errors) > 5:
+        log.warning("… and %d more bad input records (all in %s)", len(errors) - 5, errors_dir)
+    if 0 <= max_errors < len(errors):
+        counts = Counter(e["kind"] for e in errors)
+        first = "".join(f"\n  {e['file']}:{e['line']}: {e['kind']}: {e['detail']}" for e in errors[:3])
+        raise FournilError(f"{len(errors)} bad input records exceed --max-errors {max_errors} "
+                           f"({', '.join(f'{k}: {v}' for k, v in counts.most_common())}); fix the input or "
+                           f"raise the budget, then rerun (finished tasks are kept). First ones:{first}")
+
+
+def iter_jsonl(paths: list[Path]) -> Iterator[dict]:
+    for path in paths:
+        opener = gzip.open if path.name.endswith(".gz") else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
+
+
+def exact_key(text: str) -> bytes:
+    """Exact-duplicate key: lower-cased words only, so case, spacing and punctuation variants collide."""
+    return hashlib.blake2b(" ".join(_WORD.findall(text.lower())).encode(), digest_size=16).digest()
+
+
+def _histogram(sizes: list[int]) -> list[int]:
+    import bisect
+
+    counts = [0] * len(LENGTH_BINS)
+    for size in sizes:
+        counts[bisect.bisect_right(LENGTH_BINS, size) - 1] += 1
+    return counts
+
+
+def finalise(config: CorpusConfig, out: Path) -> dict:
+    """Exact dedup, write docs/<category>.jsonl.gz sorted by id, and gather every count the datasheet needs."""
+    from fournil.corpus.filters import eval_ngrams
+
+    docs = sorted(iter_jsonl(sorted((out / "work" / "dedup").glob("*.jsonl"))), key=lambda d: d["id"])
+    seen: set[bytes] = set()
+    kept: dict[str, list[dict]] = defaultdict(list)
+    exact_rejects = []
+    for doc in docs:
+        key = exact_key(doc["text"])
+        if key in seen:
+            doc["metadata"]["filter_reason"] = "exact_duplicate"
+            exact_rejects.append(doc)
+            continue
+        seen.add(key)
+        kept[doc["metadata"]["category"]].append(doc)
+    _write_gz(out / "rejects" / "exact" / "00000.jsonl.gz", exact_rejects)
+    for category in CATEGORIES:
+        path = out / DOCS / f"{category}.jsonl.gz"
+        if kept.get(category):
+            _write_gz(path, [{"text": d["text"], "id": d["id"], "source": d["metadata"]["source"],
+                              "lang": d["metadata"].get("lang")} for d in kept[category]])
+        else:
+            path.unlink(missing_ok=True)
+
+    sources: dict[str, dict] = {}
+    for name, source in sorted(config.sources.items()):
+        sources[name] = {"category": source.category, "licence": source.licence, "documents": 0, "bytes": 0,
+                         "input_documents": 0, "input_bytes": 0, "rejects": {}, "lengths": []}
+    confusion: dict[str, Counter] = defaultdict(Counter)
+    for category, items in kept.items():
+        for doc in items:
+            s = sources[doc["metadata"]["source"]]
+            size = len(doc["text"].encode())
+            s["documents"] += 1
+            s["bytes"] += size
+            s["input_documents"] += 1
+            s["input_bytes"] += doc["metadata"].get("raw_bytes", size)
+            s["lengths"].append(size)
+            confusion[category][doc["metadata"].get("lang", "?")] += 1
+    for step_dir in sorted(p for p in (out / "rejects").iterdir() if p.is_dir()):
+        for doc in iter_jsonl(sorted(step_dir.glob("*.jsonl.gz"))):
+            _count_reject(doc, STEP_REASONS.get(step_dir.name, step_dir.name), sources, confusion)
+    errors = read_input_errors(out / "work" / "errors")
+    for s in sources.values():
+        s["length_histogram"] = _histogram(s.pop("lengths"))
+    sizes = {name: s["bytes"] for name, s in sources.items()}
+    plan = plan_mix(sizes, {n: s["category"] for n, s in sources.items()},
+                    {n: config.sources[n].weight for n in sources}, config.mix, config.max_epochs)
+    plan["unit"] = "bytes"
+    for name, s in sources.items():
+        s["factor"] = plan["sources"][name]["factor"]
+    categories = {}
+    for category in sorted({s["category"] for s in sources.values()}):
+        members = [s for s in sources.values() if s["category"] == category]
+        rejects: Counter = Counter()
+        for s in members:
+            rejects.update(s["rejects"])
+        categories[category] = {
+            "documents": sum(s["documents"] for s in members), "bytes": sum(s["bytes"] for s in members),
+            "input_documents": sum(s["input_documents"] for s in members),
+            "input_bytes": sum(s["input_bytes"] for s in members), "rejects": dict(rejects),
+            "share": plan["categories"].get(category, {}).get("share", 0.0),
+            "target": plan["categories"].get(category, {}).get("target", 0.0),
+            "length_histogram": [sum(col) for col in zip(*(s["length_histogram"] for s in members), strict=True)],
+        }
+    decontam = {}
+    if config.eval_sets:
+        texts = eval_ngrams(config.eval_sets, config.decontam_ngrams)[1]
+        for name in sorted(config.eval_sets):
+            dropped = sum(s["rejects"].get(f"decontam_{name}", 0) for s in sources.values())
+            decontam[name] = {"eval_texts": texts.get(name, 0), "documents_removed": dropped}
+    return {"sources": sources, "categories": categories, "plan": plan, "length_bins": LENGTH_BINS,
+            "language_confusion": {c: dict(v) for c, v in sorted(confusion.items())},
+            "input_errors": {"total": len(errors), "by_kind": dict(Counter(e["kind"] for e in errors)),
+                             "first": errors[:20]},
+            "decontamination": decontam, "pii": _step_stats(out, "pii_"),
+            "boilerplate_lines": _step_stats(out, "boilerplate_lines").get("boilerplate_lines", 0)}
+
+
+STEP_REASONS = {"minhash": "near_duplicate"}  # steps whose rejects carry no `filter_reason` of their own
+
+
+def _count_reject(doc: dict, default_reason: str, sources: dict, confusion: dict) -> None:
+    meta = doc["metadata"]
+    s = sources[meta["source"]]
+    reason = meta.get("filter_reason", default_reason)
+    s["rejects"][reason] = s["rejects"].get(reason, 0) + 1
+    s["input_documents"] += 1
+    s["input_bytes"] += meta.get("raw_bytes", len(doc["text"].encode()))
+    if "lang" in meta:
+        confusion[meta["category"]][meta["lang"]] += 1
+
+
+def _step_stats(out: Path, prefix: str) -> dict[str, int]:
+    """Counters our steps sent to datatrove's merged stats (PII replacements, boilerplate lines)."""
+    totals: Counter = Counter()
+    for path in (out / "logs" / "filter" / "stats").glob("*.json"):
+        with contextlib.suppress(ValueError, OSError):
+            for step in json.loads(path.read_text(encoding="utf-8")):
+                for key, value in step.get("stats", {}).items():
+                    if key.startswith(prefix):
+                        totals[key] += value.get("total", 0) if isinstance(value, dict) else value
+    return dict(totals)
+
+
+def _write_gz(path: Path, records: list[dict]) -> None:
+    """gzip with mtime 0, so the same documents give the same bytes on every run."""
+    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+        for record in records:
+            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())

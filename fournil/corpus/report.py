@@ -1,0 +1,108 @@
+"""`fournil corpus report`: the datasheet of a corpus directory — DATASHEET.md, datasheet.json, datasheet.png.
+
+The same table as CroissantLLM's data section (bytes, documents, tokens per category) for the user's own data,
+plus what the pipeline did to it: rejects by reason, language-ID confusion, upsampling, length histograms.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from fournil import artifacts
+from fournil.console import UsageError
+from fournil.corpus.pipeline import STATS
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.2f}"
+
+
+def write_report(corpus: Path, shards: Path | None = None) -> dict:
+    corpus = Path(corpus)
+    stats_path = corpus / STATS
+    if not stats_path.is_file():
+        raise UsageError(f"{corpus}: no {STATS} (run `fournil corpus run` first)")
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    tokens: dict[str, int] = {}
+    if shards is not None:
+        index_path = Path(shards) / "index.json"
+        if not index_path.is_file():
+            raise UsageError(f"{shards}: not a shards directory (no index.json)")
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+        tokens = {c: v["tokens"] for c, v in index["categories"].items()}
+        stats["shards"] = {"dir": str(shards), "tokens": tokens, "validation": index.get("validation", {})}
+    artifacts.write_json(corpus / "datasheet.json", stats)
+    artifacts.write_text(corpus / "DATASHEET.md", _markdown(stats, tokens))
+    _plot(stats, corpus / "datasheet.png")
+    return stats
+
+
+def _markdown(stats: dict, tokens: dict[str, int]) -> str:
+    out = ["# Datasheet", "",
+           "Produced by `fournil corpus run`; counts after cleaning, filtering and deduplication.", "",
+           "## Categories", "",
+           "| category | documents | MB | tokens (mixed) | share | target | input docs | rejected |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, c in stats["categories"].items():
+        rejected = sum(c["rejects"].values())
+        out.append(f"| {name} | {c['documents']:,} | {_mb(c['bytes'])} | {tokens.get(name, 0):,} | "
+                   f"{c['share']:.1%} | {c['target']:.1%} | {c['input_documents']:,} | {rejected:,} |")
+    out += ["", "## Sources", "", "| source | category | licence | documents | MB | upsampling | rejects |",
+            "|---|---|---|---:|---:|---:|---|"]
+    for name, s in stats["sources"].items():
+        rejects = ", ".join(f"{k} {v}" for k, v in sorted(s["rejects"].items(), key=lambda kv: -kv[1])) or "—"
+        out.append(f"| {name} | {s['category']} | {s['licence']} | {s['documents']:,} | {_mb(s['bytes'])} | "
+                   f"×{s['factor']:.2f} | {rejects} |")
+    out += ["", "## Language identification (category → detected)", ""]
+    langs = sorted({lang for row in stats["language_confusion"].values() for lang in row})
+    out += ["| category | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
+    for category, row in stats["language_confusion"].items():
+        out.append(f"| {category} | " + " | ".join(f"{row.get(lang, 0):,}" for lang in langs) + " |")
+    errors = stats["input_errors"]
+    out += ["", "## Input errors", "", f"{errors['total']} bad records: "
+            + (", ".join(f"{k} {v}" for k, v in errors["by_kind"].items()) or "none") + "."]
+    out += [f"- `{e['file']}:{e['line']}` {e['kind']}: {e['detail']}" for e in errors["first"][:5]]
+    if stats["decontamination"]:
+        out += ["", "## Decontamination", "", "| benchmark | eval texts | documents removed |", "|---|---:|---:|"]
+        out += [f"| {k} | {v['eval_texts']:,} | {v['documents_removed']:,} |"
+                for k, v in stats["decontamination"].items()]
+    if stats.get("pii"):
+        out += ["", "## PII replaced", "", ", ".join(f"{k.removeprefix('pii_')} {v:,}" for k, v in stats["pii"].items())]
+    out += ["", "## Length histogram (documents per UTF-8 size bin)", "",
+            "| bin ≥ bytes | " + " | ".join(stats["categories"]) + " |", "|---:|" + "---:|" * len(stats["categories"])]
+    for i, low in enumerate(stats["length_bins"]):
+        out.append(f"| {low:,} | " + " | ".join(str(c["length_histogram"][i]) for c in stats["categories"].values())
+                   + " |")
+    return "\n".join(out) + "\n"
+
+
+def _plot(stats: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = list(stats["categories"])
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].bar(cats, [stats["categories"][c]["share"] for c in cats], label="mix share")
+    axes[0].scatter(cats, [stats["categories"][c]["target"] for c in cats], color="red", zorder=3, label="target")
+    axes[0].set_title("share of the mix")
+    axes[0].legend()
+    reasons: dict[str, int] = {}
+    for c in stats["categories"].values():
+        for k, v in c["rejects"].items():
+            reasons[k] = reasons.get(k, 0) + v
+    top = sorted(reasons.items(), key=lambda kv: -kv[1])[:12]
+    axes[1].barh([k for k, _ in top], [v for _, v in top])
+    axes[1].set_title("rejects by reason")
+    labels = [f"≥{b:,}" for b in stats["length_bins"]]
+    for c in cats:
+        axes[2].plot(labels, stats["categories"][c]["length_histogram"], marker="o", label=c)
+    axes[2].set_title("document length (bytes)")
+    axes[2].tick_params(axis="x", rotation=60)
+    axes[2].legend()
+    fig.tight_layout()
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=80)
+    plt.close(fig)
