@@ -1,1 +1,26 @@
-"""Eval stage: FrenchBench, translation and lm-eval interop (being built)."""
+"""Eval stage: FrenchBench, Belebele, an English sanity set and translation, offline, in agreement with lm-eval.
+
+Public API: `Engine` (batched log-likelihoods, greedy generation), `TASKS`/`GROUPS`/`resolve_tasks`, `evaluate`
+(one task), `run` (a results directory), `write_report`, `EvalConfig`. Imported lazily so that `fournil --help`
+does not pay for torch and transformers.
+"""
+
+from importlib import import_module
+
+_API = {
+    "Engine": "fournil.eval.engine",
+    "TASKS": "fournil.eval.tasks",
+    "GROUPS": "fournil.eval.tasks",
+    "resolve_tasks": "fournil.eval.tasks",
+    "evaluate": "fournil.eval.runner",
+    "run": "fournil.eval.runner",
+    "write_report": "fournil.eval.report",
+    "EvalConfig": "fournil.eval.config",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'fournil.eval' has no attribute {name!r}")

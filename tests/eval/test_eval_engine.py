@@ -1,0 +1,128 @@
+"""The engine's packed, batched scoring and cached greedy decoding equal the plain one-row-at-a-time computation."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fournil.console import UsageError
+
+
+def plain_loglikelihood(engine, context: str, continuation: str) -> tuple[float, bool]:
+    """One unpadded row through the model, lm-eval's way: ctx + cont, score the continuation's tokens."""
+    ctx, cont = engine.encode_pair(context, continuation)
+    row = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        logprobs = F.log_softmax(engine.model(row)[0].float(), dim=-1)
+    targets = torch.tensor(cont)
+    picked = logprobs[len(ctx) - 1:len(ctx) - 1 + len(cont)]
+    return picked.gather(1, targets[:, None]).sum().item(), bool((picked.argmax(-1) == targets).all())
+
+
+def plain_greedy(engine, prompt: str, max_tokens: int) -> list[int]:
+    ids = engine.encode(prompt)
+    out = []
+    for _ in range(max_tokens):
+        with torch.no_grad():
+            token = int(engine.model(torch.tensor([ids + out]))[0, -1].argmax())
+        if token == engine.eos_id:
+            break
+        out.append(token)
+    return out
+
+
+REQUESTS = [
+    ("Question: Quelle planète est la plus proche du Soleil ?\nRéponse:", " Mercure"),
+    ("Question: Quelle planète est la plus proche du Soleil ?\nRéponse:", " Vénus"),
+    ("Question: Quelle planète est la plus proche du Soleil ?\nRéponse:", " la planète Mars, sans doute"),
+    ("La phrase suivante est correcte grammaticalement:\n", " Les enfants jouent."),  # trailing space moves
+    ("Le chat ", "dort"),
+    ("Bonjour", " tout le monde, comment allez-vous aujourd'hui ?"),
+]
+
+
+def test_packed_batched_loglikelihood_equals_plain_rows(engine):
+    got = engine.loglikelihood(REQUESTS)
+    for (context, continuation), (ll, greedy) in zip(REQUESTS, got, strict=True):
+        want_ll, want_greedy = plain_loglikelihood(engine, context, continuation)
+        assert ll == pytest.approx(want_ll, abs=1e-3), (context, continuation)
+        assert greedy == want_greedy
+
+
+def test_shared_context_is_computed_once(engine):
+    """Three choices of one question: one prefill of the context, then the three continuations in one row."""
+    shapes = []
+    hook = engine.model.model.embed_tokens.register_forward_hook(
+        lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    try:
+        engine.loglikelihood(REQUESTS[:3])
+    finally:
+        hook.remove()
+    ctx, _ = engine.encode_pair(*REQUESTS[0])
+    inputs = sum(len(engine.encode_pair(*r)[1]) - 1 for r in REQUESTS[:3])  # a last token is never an input
+    assert shapes == [(1, len(ctx)), (1, inputs)]
+
+
+def test_empty_context_is_scored_after_the_prefix_token(engine):
+    (ll, _), = engine.loglikelihood([("", "Bonjour")])
+    tokens = engine.encode("Bonjour")
+    row = torch.tensor([[engine.prefix_id, *tokens]])
+    with torch.no_grad():
+        logprobs = F.log_softmax(engine.model(row)[0].float(), dim=-1)
+    want = sum(logprobs[i, t].item() for i, t in enumerate(tokens))
+    assert ll == pytest.approx(want, abs=1e-3)
+
+
+def test_rolling_windows_cover_every_token_once(engine, monkeypatch):
+    text = "Le train part dans dix minutes, merci beaucoup pour votre aide et à bientôt."
+    tokens = engine.encode(text)
+    monkeypatch.setattr(engine, "max_length", 8)
+    (total,) = engine.loglikelihood_rolling([text])
+    want, previous = 0.0, engine.prefix_id
+    for start in range(0, len(tokens), 8):
+        block = tokens[start:start + 8]
+        row = torch.tensor([[previous, *block[:-1]]])
+        with torch.no_grad():
+            logprobs = F.log_softmax(engine.model(row)[0].float(), dim=-1)
+        want += sum(logprobs[i, t].item() for i, t in enumerate(block))
+        previous = block[-1]
+    assert len(tokens) > 16  # at least three windows
+    assert total == pytest.approx(want, abs=1e-3)
+
+
+def test_batched_cached_greedy_equals_plain_argmax_loop(engine):
+    prompts = ["Le chat dort sur", "Bonjour, je voudrais réserver une table pour deux personnes ce soir", "Paris"]
+    got = engine.generate(prompts, until=("\u2603",), max_tokens=12, batch_size=3)  # a stop that never occurs
+    for prompt, text in zip(prompts, got, strict=True):
+        want = engine.tokenizer.decode(plain_greedy(engine, prompt, 12), skip_special_tokens=True)
+        assert text == want
+
+
+def test_generation_is_bounded_and_cut_at_stop_sequences(engine):
+    (free,) = engine.generate(["Le chat"], until=("\u2603",), max_tokens=5)
+    assert len(plain_greedy(engine, "Le chat", 5)) == 5  # this random model never stops by itself
+    assert free == engine.tokenizer.decode(plain_greedy(engine, "Le chat", 5), skip_special_tokens=True)
+    stop = free[1:3]
+    (cut,) = engine.generate(["Le chat"], until=(stop,), max_tokens=5)
+    assert stop not in cut and free.startswith(cut)
+    with pytest.raises(UsageError, match="max tokens"):
+        engine.generate(["x"], max_tokens=0)
+
+
+def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(model_dir, tmp_path):
+    from fournil.eval.engine import Engine
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for path in model_dir.iterdir():
+        (bad / path.name).write_bytes(path.read_bytes())
+    config = json.loads((bad / "config.json").read_text())
+    config["vocab_size"] = 300
+    (bad / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    state = {k: (v[:300] if v.shape[0] == 600 else v) for k, v in load_file(bad / "model.safetensors").items()}
+    save_file(state, bad / "model.safetensors")
+    with pytest.raises(UsageError, match=r"tokenizer has 600 tokens but config\.json says vocab_size=300"):
+        Engine(bad, device="cpu")
