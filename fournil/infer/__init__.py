@@ -1,1 +1,25 @@
-"""Infer stage: generation, chat, translation, quantisation, GGUF and the server (being built)."""
+"""Infer stage: generation, chat, translation, weight-only quantisation, GGUF import/export (server: to come).
+
+Public API: `SamplingConfig`, `Engine`, `decode_steps`, `PromptTokenizer`, `quantize`, `load_quantized`,
+`import_gguf`, `export_gguf`. Imported lazily so that `fournil --help` does not pay for torch.
+"""
+
+from importlib import import_module
+
+_API = {
+    "SamplingConfig": "fournil.infer.config",
+    "Engine": "fournil.infer.generate",
+    "decode_steps": "fournil.infer.generate",
+    "PromptTokenizer": "fournil.infer.prompt",
+    "quantize": "fournil.infer.quantize",
+    "load_quantized": "fournil.infer.quantize",
+    "import_gguf": "fournil.infer.gguf_io",
+    "export_gguf": "fournil.infer.gguf_io",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str):
+    if name in _API:
+        return getattr(import_module(_API[name]), name)
+    raise AttributeError(f"module 'fournil.infer' has no attribute {name!r}")

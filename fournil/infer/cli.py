@@ -1,9 +1,222 @@
-"""`fournil` verbs of the infer stage (being built: see the issue tracker)."""
+"""`fournil` verbs of the infer stage, top level: generate, chat, translate, quantize, export gguf, import gguf."""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EPILOG = """\
+examples:
+  fournil import gguf SmolLM2-135M-Instruct.Q4_1.gguf out/smol      (dequantised HF directory)
+  fournil generate out/smol "The capital of France is" --max-tokens 32
+  fournil generate out/smol "Il était une fois" --temperature 0.8 --top-p 0.95 --seed 1
+  fournil generate out/smol "Bonjour" "Hello" --no-stream --json   (several prompts: one batch)
+  fournil chat out/smol                                              (/reset clears, /exit leaves)
+  echo "The weather is nice today." | fournil translate out/smol --from en --to fr
+  fournil quantize out/smol out/smol-int8 --bits 8 --report
+  fournil export gguf out/smol out/smol-f16.gguf --type f16
+"""
+
+
+def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--max-tokens", type=int, default=max_tokens, help="new tokens per prompt")
+    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; higher = more random")
+    group.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
+    group.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × the top probability")
+    group.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty on seen tokens (1 = off)")
+    group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
+    group.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
+    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    """No verbs yet."""
+    from fournil.cli import HelpFormatter
+
+    def leaf(parent, name: str, help: str, description: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+                                 help=help, description=description)
+
+    gen = leaf(subparsers, "generate", "continue a prompt (streamed), or a batch of prompts",
+               "Greedy or sampled continuation with a KV cache. One prompt streams token by token; several "
+               "prompts run as one left-padded batch.")
+    gen.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
+    gen.add_argument("prompts", nargs="+", metavar="prompt", help="prompt text ('-' reads stdin)")
+    gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
+    gen.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
+                     help="print tokens as they come (one prompt, no --json)")
+    _sampling_flags(gen, 256)
+    gen.set_defaults(handler=cmd_generate)
+
+    chat = leaf(subparsers, "chat", "interactive chat with the model's chat template",
+                "A terminal chat: the history is rendered with the model's chat template (ChatML for fournil "
+                "models) every turn and replies stream. /reset clears the history, /exit or end of input leaves.")
+    chat.add_argument("model", type=Path, help="model directory with a chat template")
+    chat.add_argument("--system", help="system message at the start of the conversation")
+    _sampling_flags(chat, 512)
+    chat.set_defaults(handler=cmd_chat)
+
+    tr = leaf(subparsers, "translate", "translate files or stdin line by line (en↔fr)",
+              "One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / "
+              "'French: …' pairs); --chat sends each line as a user turn through the chat template instead.")
+    tr.add_argument("model", type=Path, help="model directory")
+    tr.add_argument("files", nargs="*", type=Path, help="text files (default: stdin)")
+    tr.add_argument("--from", dest="source", required=True, choices=("en", "fr"), help="source language")
+    tr.add_argument("--to", dest="target", required=True, choices=("en", "fr"), help="target language")
+    tr.add_argument("--chat", action="store_true", help="use the chat template (chat models)")
+    tr.add_argument("--batch-size", type=int, default=8, help="lines per batch")
+    _sampling_flags(tr, 128)
+    tr.set_defaults(handler=cmd_translate)
+
+    quant = leaf(subparsers, "quantize", "weight-only int8 (per channel) or 4-bit (group-wise) model directory",
+                 "Quantise the blocks' linear weights; our engine runs the result directly. --report measures "
+                 "perplexity before and after on a text (default: the embedded EN+FR sample corpus).")
+    quant.add_argument("model", type=Path, help="floating-point model directory")
+    quant.add_argument("out", type=Path, help="output directory")
+    quant.add_argument("--bits", type=int, choices=(8, 4), default=8, help="8: int8 per channel; 4: 4-bit groups")
+    quant.add_argument("--group-size", type=int, default=32, help="inputs per 4-bit group")
+    quant.add_argument("--report", action="store_true", help="perplexity of both models and the change")
+    quant.add_argument("--text", type=Path, help="text file for --report")
+    quant.set_defaults(handler=cmd_quantize)
+
+    for verb, helptext in (("export", "write a model as another format (gguf)"),
+                           ("import", "read another format (gguf) into a model directory")):
+        parser = subparsers.add_parser(verb, help=helptext, description=helptext.capitalize() + ".",
+                                       epilog=EPILOG, formatter_class=HelpFormatter)
+        formats = parser.add_subparsers(dest="format", metavar="<format>", required=True)
+        if verb == "export":
+            exp = leaf(formats, "gguf", "a model directory → one GGUF file for llama.cpp",
+                       "Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template "
+                       "in one GGUF file that llama.cpp loads.")
+            exp.add_argument("model", type=Path, help="floating-point model directory")
+            exp.add_argument("out", type=Path, help="output .gguf file")
+            exp.add_argument("--type", dest="qtype", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),
+                             help="tensor type of the matrices (norms stay f32)")
+            exp.set_defaults(handler=cmd_export_gguf)
+        else:
+            imp = leaf(formats, "gguf", "a GGUF Llama → a model directory transformers and fournil load",
+                       "Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json "
+                       "from the GGUF vocabulary and merges, keep the chat template.")
+            imp.add_argument("file", type=Path, help="GGUF file (architecture llama)")
+            imp.add_argument("out", type=Path, help="output model directory")
+            imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                             help="dtype of the saved weights")
+            imp.set_defaults(handler=cmd_import_gguf)
+
+
+def _sampling(args: argparse.Namespace):
+    from fournil.infer.config import SamplingConfig
+
+    return SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                          stop=tuple(args.stop), seed=args.seed).validate()
+
+
+def _engine(args: argparse.Namespace):
+    from fournil.console import status
+    from fournil.infer.generate import Engine
+
+    with status(f"loading {args.model}"):
+        return Engine.load(args.model, dtype=args.dtype)
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from fournil.console import print_json
+
+    sampling = _sampling(args)
+    prompts = [sys.stdin.read() if p == "-" else p for p in args.prompts]
+    engine = _engine(args)
+    if len(prompts) == 1 and args.stream and not args.json:
+        for delta in engine.stream(prompts[0], sampling, chat=args.chat):
+            sys.stdout.write(delta)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        return
+    results = engine.complete(prompts, sampling, chat=args.chat)
+    if args.json:
+        print_json([{"prompt": p, **asdict(r)} for p, r in zip(prompts, results, strict=True)])
+        return
+    for r in results:
+        sys.stdout.write(r.text + "\n")
+
+
+def cmd_chat(args: argparse.Namespace) -> None:
+    from fournil.infer.chat import HELP, chat_loop
+
+    sampling = _sampling(args)
+    engine = _engine(args)
+    if sys.stdin.isatty():
+        log.info(HELP)
+    chat_loop(engine, sampling, sys.stdin, sys.stdout, system=args.system)
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    from fournil.console import UsageError
+    from fournil.infer.translate import check_pair, translate_lines
+
+    check_pair(args.source, args.target)
+    sampling = _sampling(args)
+    lines: list[str] = []
+    for file in args.files:
+        try:
+            lines += file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{file}: cannot read as UTF-8 text: {exc}") from exc
+    if not args.files:
+        lines = sys.stdin.read().splitlines()
+    engine = _engine(args)
+    for line in translate_lines(engine, lines, args.source, args.target, sampling, chat=args.chat,
+                                batch_size=args.batch_size):
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def cmd_quantize(args: argparse.Namespace) -> None:
+    from fournil.console import UsageError, print_json, print_table, status
+    from fournil.infer.quantize import quantize, report, sample_text
+
+    with status(f"quantising {args.model} to {args.bits} bits"):
+        quantize(args.model, args.out, args.bits, args.group_size)
+    log.info("wrote %s", args.out)
+    if not args.report:
+        return
+    try:
+        text = args.text.read_text(encoding="utf-8") if args.text else sample_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{args.text}: cannot read as UTF-8 text: {exc}") from exc
+    with status("measuring perplexity (floating point and quantised)"):
+        result = report(args.model, args.out, text)
+    if args.json:
+        print_json(result)
+    else:
+        print_table(f"perplexity, {args.bits}-bit vs float32", [
+            ("tokens", f"{result['tokens']:,}"),
+            ("float32", f"{result['perplexity_fp32']:.4f}"),
+            (f"{args.bits}-bit", f"{result['perplexity_quantized']:.4f}"),
+            ("change", f"{result['change_percent']:+.3f} %"),
+        ])
+
+
+def cmd_export_gguf(args: argparse.Namespace) -> None:
+    from fournil.console import status
+    from fournil.infer.gguf_io import export_gguf
+
+    with status(f"writing {args.out}"):
+        export_gguf(args.model, args.out, args.qtype)
+    log.info("wrote %s", args.out)
+
+
+def cmd_import_gguf(args: argparse.Namespace) -> None:
+    from fournil.console import status
+    from fournil.infer.gguf_io import import_gguf
+
+    with status(f"importing {args.file}"):
+        import_gguf(args.file, args.out, args.dtype)
+    log.info("wrote %s", args.out)

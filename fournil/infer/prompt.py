@@ -1,0 +1,153 @@
+"""Text in and out of a model directory: its tokenizer.json, special ids, chat template, streaming detokenisation.
+
+Reads the HF tokenizer files any model directory carries (ours, an imported GGUF's, a transformers one) with the
+`tokenizers` library and renders chat templates in a sandboxed Jinja environment, as transformers does, without
+importing transformers (it would add seconds to every `fournil generate`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from fournil.console import UsageError
+
+
+class PromptTokenizer:
+    """Encode prompts, decode completions, render the chat template, know which ids end a turn."""
+
+    def __init__(self, hf: Any, config: dict[str, Any], eos_ids: Iterable[int] = ()):
+        self.hf = hf
+        self.config = config
+        self.template: str | None = config.get("chat_template") if isinstance(config.get("chat_template"), str) \
+            else None
+        specials = {name: self._content(config.get(name)) for name in ("bos_token", "eos_token", "pad_token")}
+        self.bos_token, self.eos_token, self.pad_token = specials["bos_token"], specials["eos_token"], \
+            specials["pad_token"]
+        ids = set(eos_ids)
+        if self.eos_token is not None and (i := hf.token_to_id(self.eos_token)) is not None:
+            ids.add(i)
+        self.eos_ids = frozenset(ids)
+        pad = hf.token_to_id(self.pad_token) if self.pad_token else None
+        self.pad_id = pad if pad is not None else min(self.eos_ids, default=0)
+
+    @staticmethod
+    def _content(token: Any) -> str | None:
+        return token.get("content") if isinstance(token, dict) else token
+
+    @classmethod
+    def load(cls, directory: str | Path) -> PromptTokenizer:
+        """tokenizer.json + tokenizer_config.json (+ chat_template.jinja) + generation_config.json's eos ids."""
+        from tokenizers import Tokenizer as HFTokenizer
+
+        directory = Path(directory)
+        file = directory / "tokenizer.json"
+        if not file.is_file():
+            raise UsageError(f"{directory}: no tokenizer.json (copy the tokenizer directory's files into it)")
+        try:
+            hf = HFTokenizer.from_file(str(file))
+        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
+            raise UsageError(f"{file}: not a valid tokenizer.json: {exc}") from exc
+        config = _read_json(directory / "tokenizer_config.json")
+        jinja = directory / "chat_template.jinja"
+        if jinja.is_file():
+            config["chat_template"] = jinja.read_text(encoding="utf-8")
+        eos = _read_json(directory / "generation_config.json").get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        return cls(hf, config, eos_ids)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str, special: bool = True) -> list[int]:
+        """Token ids; `special` adds what the tokenizer's post-processor adds (BOS for Llama-style tokenizers)."""
+        return self.hf.encode(text, add_special_tokens=special).ids
+
+    def encode_batch(self, texts: Sequence[str], special: bool = True) -> list[list[int]]:
+        return [e.ids for e in self.hf.encode_batch(list(texts), add_special_tokens=special)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.hf.decode(list(ids), skip_special_tokens=True)
+
+    def chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> list[int]:
+        """Token ids of a conversation rendered with the chat template (which brings its own BOS)."""
+        if self.template is None:
+            raise UsageError("this model directory has no chat template (tokenizer_config.json chat_template)")
+        return self.encode(self.render(messages, add_generation_prompt), special=False)
+
+    def render(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        from jinja2 import TemplateError
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                            extensions=["jinja2.ext.loopcontrols"])
+
+        def raise_exception(message: str) -> None:
+            raise TemplateError(message)
+
+        env.globals["raise_exception"] = raise_exception
+        try:
+            return env.from_string(self.template or "").render(
+                messages=messages, add_generation_prompt=add_generation_prompt,
+                bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+        except TemplateError as exc:
+            raise UsageError(f"chat template failed: {exc}") from exc
+
+
+class StreamDecoder:
+    """Turns a growing list of ids into text deltas; holds back bytes of an unfinished UTF-8 character and any
+    tail that may still become a stop string, so what was printed never has to be taken back."""
+
+    def __init__(self, tokenizer: PromptTokenizer, stop: Sequence[str] = ()):
+        self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self.ids: list[int] = []
+        self.text = ""  # everything decoded so far (stop string excluded once found)
+        self.emitted = 0
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Add one token; return the new printable text (possibly empty)."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+            return ""
+        self.text = text
+        for s in self.stop:
+            if (at := text.find(s)) >= 0:
+                self.text, self.stopped = text[:at], True
+        end = len(self.text) if self.stopped else len(self.text) - _held_back(self.text, self.stop)
+        delta = self.text[self.emitted:end] if end > self.emitted else ""
+        self.emitted = max(self.emitted, end)
+        return delta
+
+    def flush(self) -> str:
+        """The held-back rest at the end of generation."""
+        delta = self.text[self.emitted:]
+        self.emitted = len(self.text)
+        return delta
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
+    best = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object")
+    return data

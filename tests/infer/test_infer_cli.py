@@ -1,0 +1,100 @@
+"""The infer verbs end to end through `fournil.cli.main`: generate, chat (stdin), translate, quantize, export and
+import gguf; bad input exits 2 with the file or field named."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+from fournil.cli import main
+
+
+def run(capsys, *argv):
+    code = main([*argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_generate_batch_json_equals_stream(tiny_dir, capsys):
+    code, out, _ = run(capsys, "generate", str(tiny_dir), "Bonjour", "Hello, my name is", "--max-tokens", "6",
+                       "--json", "-q")
+    assert code == 0
+    results = json.loads(out)
+    assert [r["prompt"] for r in results] == ["Bonjour", "Hello, my name is"]
+    assert all(len(r["tokens"]) <= 6 and r["finish_reason"] in ("stop", "length") for r in results)
+    code, streamed, _ = run(capsys, "generate", str(tiny_dir), "Bonjour", "--max-tokens", "6", "-q")
+    assert code == 0 and streamed == results[0]["text"] + "\n"
+
+
+def test_chat_reads_stdin_with_reset_and_exit(tiny_dir, capsys, monkeypatch):
+    from fournil.infer.chat import chat_loop
+    from fournil.infer.config import SamplingConfig
+    from fournil.infer.generate import Engine
+
+    engine = Engine.load(tiny_dir)
+    out = io.StringIO()
+    history = chat_loop(engine, SamplingConfig(max_tokens=4), io.StringIO("Salut\n/reset\nHello\nAgain\n/exit\nNot read\n"),
+                        out)
+    assert [m["content"] for m in history if m["role"] == "user"] == ["Hello", "Again"]
+    assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
+    assert "(conversation cleared)" in out.getvalue()
+    monkeypatch.setattr("sys.stdin", io.StringIO("Bonjour\n"))
+    code, text, _ = run(capsys, "chat", str(tiny_dir), "--max-tokens", "3", "-q")
+    assert code == 0 and text.endswith("\n")
+
+
+def test_translate_one_line_out_per_line_in(tiny_dir, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.stdin", io.StringIO("The bread is warm.\n\nI like cheese.\n"))
+    code, out, _ = run(capsys, "translate", str(tiny_dir), "--from", "en", "--to", "fr", "--max-tokens", "5",
+                       "--batch-size", "2", "-q")
+    assert code == 0 and len(out.splitlines()) == 3 and out.splitlines()[1] == ""
+    source = tmp_path / "fr.txt"
+    source.write_text("Le pain est chaud.\n", encoding="utf-8")
+    code, out, _ = run(capsys, "translate", str(tiny_dir), str(source), "--from", "fr", "--to", "en", "--chat",
+                       "--max-tokens", "4", "-q")
+    assert code == 0 and len(out.splitlines()) == 1
+
+
+def test_few_shot_prompt_layout():
+    from fournil.infer.translate import few_shot_prompt
+
+    prompt = few_shot_prompt("Good morning.", "en", "fr")
+    assert prompt.startswith("English: The bakery opens at seven in the morning.\nFrench: La boulangerie")
+    assert prompt.endswith("\n\nEnglish: Good morning.\nFrench:")
+
+
+def test_quantize_report_json(tiny_dir, tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("Le chat dort sur le canapé. The cat sleeps on the sofa. " * 4, encoding="utf-8")
+    code, out, _ = run(capsys, "quantize", str(tiny_dir), str(tmp_path / "q8"), "--bits", "8", "--report",
+                       "--text", str(text), "--json", "-q")
+    result = json.loads(out)
+    assert code == 0 and result["tokens"] > 20 and abs(result["change_percent"]) < 5
+
+
+def test_export_then_import_gguf_cli(tiny_dir, tmp_path, capsys):
+    gguf_file = tmp_path / "tiny.gguf"
+    assert run(capsys, "export", "gguf", str(tiny_dir), str(gguf_file), "--type", "f16", "-q")[0] == 0
+    assert run(capsys, "import", "gguf", str(gguf_file), str(tmp_path / "back"), "-q")[0] == 0
+    assert json.loads((tmp_path / "back" / "fournil.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{tiny}", "x", "--top-p", "2"], "top_p"),
+    (["generate", "{tmp}/nope", "x"], "nope"),
+    (["import", "gguf", "{tmp}/bad.gguf", "{tmp}/out"], "bad.gguf"),
+    (["export", "gguf", "{tiny}", "{tmp}/x.gguf", "--type", "q2_k"], "invalid choice"),
+    (["translate", "{tiny}", "--from", "en", "--to", "en"], "--to"),
+])
+def test_bad_input_exits_2_naming_the_culprit(tiny_dir, tmp_path, capsys, monkeypatch, argv, message):
+    (tmp_path / "bad.gguf").write_bytes(b"not a gguf file at all")
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n"))
+    argv = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in argv]
+    try:
+        code, _, err = run(capsys, *argv)
+    except SystemExit as exc:  # argparse rejects choices itself
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2 and message in err.replace("\n", " ")
+    assert not (tmp_path / "out" / "fournil.json").exists() and not (tmp_path / "x.gguf").exists()
