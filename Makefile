@@ -24,10 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m fournil model info croissant-1.3b
-	$(BIN)/python -m fournil model init croissant-10m out/demo-model --seed 0
-	$(BIN)/python -m fournil model info out/demo-model
-	$(BIN)/python -m fournil model verify out/demo-model
+	$(BIN)/python -m fournil bake recipes/demo.yaml --out out/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check fournil tests benchmarks

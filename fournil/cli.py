@@ -23,6 +23,7 @@ STAGES = (
     "fournil.train.cli",
     "fournil.eval.cli",
     "fournil.infer.cli",
+    "fournil.bake.pipeline",
 )
 
 EPILOG = """\

@@ -22,7 +22,10 @@ from typing import Any, Literal
 
 import yaml
 
+from fournil.bake.config import PlanConfig
 from fournil.console import UsageError
+from fournil.corpus.config import CorpusConfig
+from fournil.eval.config import EvalConfig
 from fournil.model.config import ModelConfig
 from fournil.tokenizer.config import TokenizerConfig
 from fournil.train.config import TrainConfig
@@ -36,14 +39,17 @@ RECIPE_DIRS = (
 
 @dataclass(kw_only=True)
 class Recipe:
-    """A whole recipe: one section per stage. Later stages add their sections here."""
+    """A whole recipe: one section per stage (each stage's config.py is pure data, importable from here)."""
 
     name: str
     description: str = ""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig
     train: TrainConfig = field(default_factory=TrainConfig)
     sft: TrainConfig | None = None  # supervised fine-tuning: same fields, its own schedule and batch
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)  # `fournil bake --plan`: GPUs, MFU, unique tokens
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -131,6 +137,8 @@ def to_dict(config: Any) -> dict[str, Any]:
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, tuple | list):
             return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
         return value
 
     return plain(config)
@@ -193,6 +201,13 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
             return _INVALID
         items = {k: _convert(value_type, v, f"{key}.{k}", lines, problems) for k, v in value.items()}
         return _INVALID if _INVALID in items.values() else {key_type(k): v for k, v in items.items()}
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            problems.append((line, key, f"expected a list, got {_describe(value)}"))
+            return _INVALID
+        items = [_convert(item_type, v, f"{key}[{i}]", lines, problems) for i, v in enumerate(value)]
+        return _INVALID if _INVALID in items else items
     if origin is tuple:
         args = typing.get_args(hint)
         if not isinstance(value, list | tuple) or (args[-1] is not Ellipsis and len(value) != len(args)):

@@ -1,0 +1,107 @@
+"""The bake's eval step: per-language bits per byte, language consistency, FrenchBench fixtures, translation.
+
+Language consistency is the bake's check that a bilingual model answers in the language it is addressed in,
+measured, not eyeballed: for held-out EN–FR pairs, the model reads the first half of one side and scores both
+second halves (the same content in French and in English). It should find the continuation in the prompt's
+language more likely (fewer bits per byte) than its translation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fournil import artifacts
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def continuation_bits_per_byte(model, tokenizer, prompt: str, continuation: str) -> float:
+    """−log2 p(continuation | prompt) ÷ UTF-8 bytes of the continuation."""
+    prompt_ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
+    ids = tokenizer.encode(prompt + continuation)
+    ids = [tokenizer.bos_id, *ids]
+    start = len(prompt_ids) - 1 if ids[: len(prompt_ids)] == prompt_ids else len(prompt_ids) - 2
+    tokens = torch.tensor([ids])
+    logits = model(tokens[:, :-1]).float()
+    nats = F.cross_entropy(logits[0, start:], tokens[0, start + 1 :], reduction="sum").item()
+    return nats / math.log(2) / max(1, len(continuation.encode()))
+
+
+def language_consistency(model, tokenizer, pairs: list[dict], limit: int = 100) -> dict[str, float]:
+    """Share of held-out pairs where the model prefers continuing in the prompt's language, per prompt language."""
+    wins = {"fr": 0, "en": 0}
+    used = 0
+    for pair in pairs[:limit]:
+        halves = {}
+        for language in ("fr", "en"):
+            words = pair[language].split()
+            if len(words) < 6:
+                break
+            cut = len(words) // 2
+            halves[language] = (" ".join(words[:cut]), " " + " ".join(words[cut:]))
+        if len(halves) < 2:
+            continue
+        used += 1
+        for language, other in (("fr", "en"), ("en", "fr")):
+            prompt = halves[language][0]
+            same = continuation_bits_per_byte(model, tokenizer, prompt, halves[language][1])
+            switched = continuation_bits_per_byte(model, tokenizer, prompt, halves[other][1])
+            wins[language] += same < switched
+    return {f"{language}_prompt_stays_{language}": wins[language] / used for language in wins} | {"pairs": used}
+
+
+FIXTURES = Path(__file__).parents[1] / "eval" / "fixtures"  # small FrenchBench-schema sets shipped with fournil
+
+
+def benchmark_tasks(recipe, model_dir: Path, out: Path) -> dict[str, dict]:
+    """recipe.eval's tasks (FrenchBench, translation on the held-out sample pairs…) through `fournil eval`.
+
+    The data comes from recipe.eval.data when that directory exists, else from the fixtures fournil ships, which
+    keep the demo offline (their scores show the pipeline works, not how good a model is).
+    """
+    from fournil.eval.runner import run
+    from fournil.eval.tasks import resolve_tasks
+
+    e = recipe.eval
+    data = Path(e.data) if Path(e.data).is_dir() else FIXTURES
+    rows = run(model_dir, resolve_tasks(e.tasks), data, out, num_fewshot=e.num_fewshot, limit=e.limit, seed=e.seed,
+               batch_size=e.batch_size, batch_tokens=e.batch_tokens, max_gen_tokens=e.max_gen_tokens)
+    return {row["task"]: {"language": row["language"], "n": row["n"], **{k: v for k, v in row["metrics"].items()
+                                                                       if isinstance(v, int | float)}}
+            for row in rows}
+
+
+def evaluate_bake(recipe, out: Path) -> dict:
+    """Everything the report shows about the final model, written to OUT/eval/results.json."""
+    from fournil.corpus import iter_sample
+    from fournil.corpus.shards import Shards
+    from fournil.model.hf import load_model
+    from fournil.tokenizer.bpe import Tokenizer
+    from fournil.train.loop import validation_bpb
+
+    model_dir = out / "sft" / "model"
+    model = load_model(model_dir).eval()
+    tokenizer = Tokenizer.load(out / "tokenizer")
+    results: dict = {"model": str(model_dir)}
+    shards = Shards(out / "shards")
+    t = recipe.train
+    results["bits_per_byte"] = {
+        "pretrained": validation_bpb(load_model(out / "pretrain" / "model").eval(), shards, t.eval_tokens, t.seq_len,
+                                     t.micro_batch_size),
+        "fine_tuned": validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size),
+    }
+    test_pairs = [p for p in iter_sample("parallel") if p.get("split") == "test"]
+    results["language_consistency"] = language_consistency(model, tokenizer, test_pairs)
+    log.info("language consistency: %s", results["language_consistency"])
+    results["tasks"] = benchmark_tasks(recipe, model_dir, out / "eval" / "tasks")
+    (out / "eval").mkdir(parents=True, exist_ok=True)
+    artifacts.write_json(out / "eval" / "results.json", results)
+    artifacts.write_manifest(out / "eval", producer="fournil.bake.evaluate", model=str(model_dir))
+    return json.loads(json.dumps(results))

@@ -1,0 +1,108 @@
+"""OUT/REPORT.md: every number of a bake and its charts, assembled from the artifacts the steps wrote."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import fournil
+from fournil import artifacts
+
+
+def _json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _metrics(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _image(out: Path, path: Path, alt: str) -> str:
+    return f"![{alt}]({path.relative_to(out).as_posix()})\n" if path.is_file() else ""
+
+
+def write_report(recipe, out: Path) -> Path:
+    from fournil.corpus.report import write_report as corpus_report
+    from fournil.train.plot import plot_run
+
+    lines = [f"# Bake report: {recipe.name}", "",
+             f"{recipe.description}  ", f"fournil {fournil.__version__}, "
+             f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}", ""]
+    steps = {p.stem: _json(p) for p in sorted((out / ".bake").glob("*.json"))}
+    lines += ["| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {marker.get('seconds', '–')} |" for name, marker in steps.items()] + [""]
+
+    lines += ["## 1. Corpus", ""]
+    if (out / "corpus").is_dir():
+        corpus_report(out / "corpus", out / "shards" if (out / "shards").is_dir() else None)
+        lines.append("Datasheet: [corpus/DATASHEET.md](corpus/DATASHEET.md)\n")
+        for png in sorted((out / "corpus").glob("*.png")):
+            lines.append(_image(out, png, png.stem))
+    index = _json(out / "shards" / "index.json")
+    if index:
+        lines += ["| category | documents | tokens |", "|---|---|---|"]
+        lines += [f"| {c} | {v['documents']:,} | {v['tokens']:,} |" for c, v in sorted(index["categories"].items())]
+        lines += ["", "Held-out validation: " + ", ".join(f"{k} {v['tokens']:,} tokens"
+                                                      for k, v in sorted(index["validation"].items())), ""]
+
+    lines += ["## 2. Tokenizer", ""]
+    fertility = _json(out / "tokenizer" / "fertility.json") or []
+    if fertility:
+        lines += ["Fertility on the held-out EN–FR test pairs (never trained on):", "",
+                  "| tokenizer | vocab | FR tokens/word | EN tokens/word | FR/EN |", "|---|---|---|---|---|"]
+        for row in fertility:
+            langs = row.get("languages", row)
+            fr, en = langs.get("fr", {}), langs.get("en", {})
+            lines.append(f"| {row.get('name', '?')} | {row.get('vocab_size', '–')} | "
+                         f"{fr.get('tokens_per_word', float('nan')):.3f} | {en.get('tokens_per_word', float('nan')):.3f}"
+                         f" | {row.get('fr_en_ratio', float('nan')):.3f} |")
+        lines += ["", _image(out, out / "tokenizer" / "fertility.png", "fertility")]
+
+    for title, run in (("## 3. Pretraining", out / "pretrain"), ("## 4. Supervised fine-tuning", out / "sft")):
+        lines += [title, ""]
+        records = _metrics(run)
+        steps_logged = [r for r in records if "loss" in r]
+        if steps_logged:
+            plot_run(run)
+            last = steps_logged[-1]
+            lines += [f"{last['step']} steps, final training loss {last['loss']:.3f} nats/token, "
+                      f"{last['tokens_per_s']:,.0f} tokens/s, MFU {100 * last['mfu']:.1f} %.", ""]
+            for record in [r for r in records if "val_bpb" in r or "val_loss" in r][-1:]:
+                values = record.get("val_bpb") or record.get("val_loss")
+                unit = "bits/byte" if "val_bpb" in record else "nats/token (answers)"
+                lines += ["Validation " + unit + ": " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(values.items())),
+                          ""]
+            lines += [_image(out, run / "plots" / "loss.png", "loss"),
+                      _image(out, run / "plots" / "throughput.png", "throughput")]
+
+    lines += ["## 5. Evaluation", ""]
+    results = _json(out / "eval" / "results.json") or {}
+    bpb = results.get("bits_per_byte", {})
+    if bpb:
+        languages = sorted({k for v in bpb.values() for k in v})
+        lines += ["Bits per byte on held-out text (lower is better):", "",
+                  "| model | " + " | ".join(languages) + " |", "|---" * (len(languages) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(f"{v.get(k, float('nan')):.3f}" for k in languages) + " |"
+                  for name, v in bpb.items()] + [""]
+    consistency = results.get("language_consistency")
+    if consistency:
+        lines += [f"Language consistency on {consistency['pairs']} held-out pairs: after a French prompt the "
+                  f"French continuation is preferred in {100 * consistency['fr_prompt_stays_fr']:.0f} % of cases, "
+                  f"after an English prompt the English one in {100 * consistency['en_prompt_stays_en']:.0f} %.", ""]
+    for task, scores in sorted(results.get("tasks", {}).items()):
+        lines.append(f"- {task}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                               for k, v in scores.items()))
+    lines += ["", "## 6. Export", ""]
+    for name in ("model", "model-q8_0.gguf"):
+        path = out / name
+        if path.exists():
+            size = sum(p.stat().st_size for p in path.rglob("*")) if path.is_dir() else path.stat().st_size
+            lines.append(f"- `{name}` ({size / 1e6:.1f} MB)")
+    lines += ["", "Load it with `transformers.AutoModelForCausalLM.from_pretrained('model')`, chat with "
+              "`fournil chat model`, or run the GGUF in llama.cpp.", ""]
+    report = out / "REPORT.md"
+    artifacts.write_text(report, "\n".join(lines))
+    return report

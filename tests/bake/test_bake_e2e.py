@@ -1,0 +1,116 @@
+"""A reduced demo bake end to end: every artifact exists and opens in the tools users have; a kill resumes."""
+
+import gzip
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fournil.corpus import iter_sample
+
+pytestmark = pytest.mark.slow
+
+RECIPE = """\
+name: tiny-bake
+description: the demo bake shrunk for a test
+corpus:
+  sources:
+{sources}
+tokenizer:
+  vocab_size: 600
+  weights: {{fr: 1.0, en: 1.0, code: 0.25, parallel: 0.5}}
+model: {{dim: 64, n_layers: 2, n_heads: 4, ffn_dim: 192, vocab_size: 600, max_seq_len: 256}}
+train: {{lr: 3.0e-3, warmup_steps: 2, steps: 12, seq_len: 64, batch_tokens: 512, micro_batch_size: 8,
+        log_interval: 4, eval_interval: 6, checkpoint_interval: 6, eval_tokens: 2048, peak_flops: 1.0e9}}
+sft: {{lr: 1.0e-3, warmup_steps: 1, steps: 4, seq_len: 128, batch_tokens: 1024, micro_batch_size: 8,
+      log_interval: 2, eval_interval: 4, checkpoint_interval: 4, peak_flops: 1.0e9}}
+"""
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    """A small slice of the embedded sample as the corpus's sources, so the corpus step takes seconds."""
+    root = tmp_path_factory.mktemp("sources")
+    lines = []
+    for category, n in (("fr", 150), ("en", 150), ("code", 10), ("parallel", 600)):
+        path = root / f"{category}.jsonl.gz"
+        rows = [r for r in itertools.islice(iter_sample(category), n)]
+        with gzip.open(path, "wt", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        lines.append(f"    {category}: {{path: {path}, category: {category}, licence: see-sample}}")
+    path = root / "tiny-bake.yaml"
+    path.write_text(RECIPE.format(sources="\n".join(lines)))
+    return path
+
+
+def bake(recipe: Path, out: Path, *extra: str, kill_when: Path | None = None) -> dict | None:
+    command = [sys.executable, "-m", "fournil", "bake", str(recipe), "--out", str(out), "--json", "-q", *extra]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                             start_new_session=True)
+    if kill_when is not None:
+        deadline = time.time() + 600
+        while not kill_when.exists() and child.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        os.killpg(child.pid, signal.SIGKILL)  # the whole group: corpus workers included
+        child.wait()
+        return None
+    stdout, stderr = child.communicate(timeout=900)
+    assert child.returncode == 0, stderr[-3000:]
+    return json.loads(stdout)
+
+
+@pytest.fixture(scope="module")
+def baked(recipe, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bake")
+    bake(recipe, out, kill_when=out / ".bake" / "tokenizer.json")  # killed during shards/pretrain
+    result = bake(recipe, out)
+    return out, result
+
+
+def test_a_killed_bake_resumes_at_the_first_unfinished_step(baked):
+    _, result = baked
+    assert result["steps"]["corpus"] == "skipped" and result["steps"]["tokenizer"] == "skipped"
+    assert result["steps"]["export"] == "ran"
+
+
+def test_a_second_bake_skips_everything(baked, recipe):
+    out, _ = baked
+    assert set(bake(recipe, out)["steps"].values()) == {"skipped"}
+
+
+def test_the_model_opens_in_transformers_with_its_tokenizer(baked):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out, _ = baked
+    model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Bonjour !"}], add_generation_prompt=True,
+                                           return_tensors="pt", return_dict=True)
+    assert model(**prompt).logits.shape[-1] == 600
+
+
+def test_the_gguf_opens_in_llama_cpp(baked):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    out, _ = baked
+    llm = llama_cpp.Llama(model_path=str(out / "model-q8_0.gguf"), n_ctx=128, verbose=False)
+    assert len(llm.tokenize(b"Bonjour le monde")) > 0
+    assert llm.create_completion("Bonjour", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
+
+
+def test_the_report_has_every_section(baked):
+    out, _ = baked
+    report = (out / "REPORT.md").read_text()
+    for heading in ("1. Corpus", "2. Tokenizer", "3. Pretraining", "4. Supervised fine-tuning", "5. Evaluation",
+                    "6. Export"):
+        assert heading in report
+    assert "Language consistency" in report and "model-q8_0.gguf" in report
+    for png in ("pretrain/plots/loss.png", "sft/plots/loss.png", "tokenizer/fertility.png"):
+        assert (out / png).is_file() and png in report
