@@ -5,7 +5,7 @@ Public API: `Engine` (batched log-likelihoods, greedy generation), `TASKS`/`GROU
 does not pay for torch and transformers.
 """
 
-from importlib import import_module
+from fournil.lazy import lazy_getattr
 
 _API = {
     "Engine": "fournil.eval.engine",
@@ -19,8 +19,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'fournil.eval' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)

@@ -4,7 +4,7 @@ Public API: `SamplingConfig`, `Engine`, `decode_steps`, `PromptTokenizer`, `quan
 `import_gguf`, `export_gguf`. Imported lazily so that `fournil --help` does not pay for torch.
 """
 
-from importlib import import_module
+from fournil.lazy import lazy_getattr
 
 _API = {
     "SamplingConfig": "fournil.infer.config",
@@ -18,8 +18,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'fournil.infer' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)

@@ -4,7 +4,7 @@ Public API: `ModelConfig`, `Llama`, `KVCache`, `load_model`, `save_model`, `conv
 `param_counts`. Imported lazily so that `fournil --help` and recipe validation do not pay for torch.
 """
 
-from importlib import import_module
+from fournil.lazy import lazy_getattr
 
 _API = {
     "ModelConfig": "fournil.model.config",
@@ -18,8 +18,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'fournil.model' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)

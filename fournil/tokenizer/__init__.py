@@ -4,7 +4,7 @@ Public API: `TokenizerConfig`, `Tokenizer`, `train`, `save`, `fertility`, `gguf_
 `fournil --help` and recipe validation do not pay for `tokenizers`.
 """
 
-from importlib import import_module
+from fournil.lazy import lazy_getattr
 
 _API = {
     "TokenizerConfig": "fournil.tokenizer.config",
@@ -16,8 +16,4 @@ _API = {
 }
 __all__ = sorted(_API)
 
-
-def __getattr__(name: str):
-    if name in _API:
-        return getattr(import_module(_API[name]), name)
-    raise AttributeError(f"module 'fournil.tokenizer' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _API)
