@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import random
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from fournil.console import UsageError
 from fournil.tokenizer.bpe import Tokenizer
 
+log = logging.getLogger(__name__)
 IGNORE = -100  # cross_entropy's ignore_index: prompt and padding positions
 ROLES = ("system", "user", "assistant")
 
@@ -153,23 +155,28 @@ def finetune(
     if t.seq_len > config.max_seq_len:
         raise UsageError(f"sft.seq_len {t.seq_len} exceeds the model's context {config.max_seq_len}")
     conversations = [c for path in chat for c in read_conversations(Path(path))]
+    translations = []
     for path in pairs:
         records = [r for _, r in read_jsonl(Path(path)) if r.get("split", "train") == "train"]
         bad = [i for i, r in enumerate(records) if not (isinstance(r.get("en"), str) and isinstance(r.get("fr"), str))]
         if bad:
             raise UsageError(f"{path}: {len(bad)} pair(s) lack string 'en' and 'fr' fields (first: record {bad[0] + 1})")
-        conversations += translation_conversations(records, t.seed)
-    if len(conversations) < 2:
-        raise UsageError("fine-tuning needs at least 2 examples (chat files and/or translation pairs)")
+        translations += translation_conversations(records, t.seed)
+    # every chat example is kept; translation pairs only as many as the schedule can use (plus 5 % validation),
+    # so 50 k pairs are not tokenised for a 60-step run
+    needed = t.steps * (t.batch_tokens // t.seq_len) * 21 // 20
+    random.Random(t.seed).shuffle(translations)
+    used = min(len(translations), max(0, needed - len(conversations)))
+    conversations += translations[:used]
+    if used < len(translations):
+        log.info("sft: %d of %d translation pairs used (what %d steps consume)", used, len(translations), t.steps)
     random.Random(t.seed).shuffle(conversations)
     n_val = max(1, len(conversations) // 20)
     train_set = SFTDataset(conversations[n_val:], tokenizer, t.seq_len, name="sft-train")
     val_set = SFTDataset(conversations[:n_val], tokenizer, t.seq_len, name="sft-validation")
     for name, data in (("train", train_set), ("validation", val_set)):
         if data.truncated or data.skipped:
-            import logging
-
-            logging.getLogger(__name__).warning("sft %s: %d examples truncated to %d tokens, %d skipped (answer "
+            log.warning("sft %s: %d examples truncated to %d tokens, %d skipped (answer "
                                                 "beyond the limit)", name, data.truncated, t.seq_len, data.skipped)
 
     @torch.no_grad()
