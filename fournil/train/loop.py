@@ -84,7 +84,6 @@ def continued_pretraining_recipe(recipe: Recipe, init_from: Path, shards: Shards
     from dataclasses import replace
 
     from fournil.model.hf import read_config, resolve
-    from fournil.tokenizer.bpe import fingerprint
 
     directory = resolve(init_from)
     config = read_config(directory)
@@ -94,7 +93,8 @@ def continued_pretraining_recipe(recipe: Recipe, init_from: Path, shards: Shards
                         f"{shards.vocab_size} tokens")
     tokenizer_json = directory / "tokenizer.json"
     expected = shards.index.get("tokenizer_sha256")
-    if expected and tokenizer_json.is_file() and fingerprint(tokenizer_json.read_text(encoding="utf-8")) != expected:
+    # the same file hash `fournil corpus pack` records in the shards' index
+    if expected and tokenizer_json.is_file() and artifacts.sha256_file(tokenizer_json) != expected:
         problems.append(f"{tokenizer_json} is not the tokenizer the shards were made with")
     if problems:
         raise UsageError("continued pretraining needs data tokenised with the starting model's own tokenizer: "

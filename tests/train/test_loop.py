@@ -186,6 +186,12 @@ def test_continued_pretraining_explains_a_tokenizer_mismatch(tmp_path):
     shards = write_shards(tmp_path / "s2", tokenizer_sha256="0" * 64)
     with pytest.raises(UsageError, match="is not the tokenizer the shards were made with"):
         train(load_recipe("croissant-1m", overrides=TINY), shards, tmp_path / "r2", init_from=model_dir)
+    # shards packed with this very tokenizer.json (pack records its file hash) are accepted
+    from fournil.artifacts import sha256_file
+
+    same = write_shards(tmp_path / "s3", tokenizer_sha256=sha256_file(model_dir / "tokenizer.json"))
+    overrides = {**TINY, "train.steps": 2, "train.warmup_steps": 1}
+    assert train(load_recipe("croissant-1m", overrides=overrides), same, tmp_path / "r3", init_from=model_dir).steps == 2
 
 
 def test_tensorboard_logger(tiny_recipe, shards_dir, tmp_path):
