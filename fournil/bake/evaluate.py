@@ -1,9 +1,10 @@
-"""The bake's eval step: per-language bits per byte, language consistency, FrenchBench fixtures, translation.
+"""The bake's eval step: per-language bits per byte, language preference, FrenchBench fixtures, translation.
 
-Language consistency is the bake's check that a bilingual model answers in the language it is addressed in,
-measured, not eyeballed: for held-out EN–FR pairs, the model reads the first half of one side and scores both
-second halves (the same content in French and in English). It should find the continuation in the prompt's
-language more likely (fewer bits per byte) than its translation.
+Language preference is the bake's check that a bilingual model continues in the language it is addressed in,
+measured, not eyeballed. For each held-out EN–FR pair, the second half of the French side is scored twice: after
+the first half in French and after the same first half in English (same content, other language); likewise for
+English. The same text scored after two prompts leaves length and byte counts out of the comparison: a model that
+tracks the language finds each continuation cheaper (fewer bits per byte) after a prompt in its own language.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -34,11 +36,15 @@ def continuation_bits_per_byte(model, tokenizer, prompt: str, continuation: str)
     return nats / math.log(2) / max(1, len(continuation.encode()))
 
 
-def language_consistency(model, tokenizer, pairs: list[dict], limit: int = 100) -> dict[str, float]:
-    """Share of held-out pairs where the model prefers continuing in the prompt's language, per prompt language."""
+def language_preference(model, tokenizer, pairs: list[dict], limit: int = 100) -> dict:
+    """Per continuation language: the share of pairs where it is cheaper after a prompt in its own language, and
+    the mean bits per byte of continuations (rows) after prompts (columns) of each language."""
     wins = {"fr": 0, "en": 0}
+    bits = {(c, p): 0.0 for c in ("fr", "en") for p in ("fr", "en")}
     used = 0
-    for pair in pairs[:limit]:
+    for pair in pairs:
+        if used == limit:
+            break
         halves = {}
         for language in ("fr", "en"):
             words = pair[language].split()
@@ -50,27 +56,41 @@ def language_consistency(model, tokenizer, pairs: list[dict], limit: int = 100) 
             continue
         used += 1
         for language, other in (("fr", "en"), ("en", "fr")):
-            prompt = halves[language][0]
-            same = continuation_bits_per_byte(model, tokenizer, prompt, halves[language][1])
-            switched = continuation_bits_per_byte(model, tokenizer, prompt, halves[other][1])
+            continuation = halves[language][1]
+            same = continuation_bits_per_byte(model, tokenizer, halves[language][0], continuation)
+            switched = continuation_bits_per_byte(model, tokenizer, halves[other][0], continuation)
             wins[language] += same < switched
-    return {f"{language}_prompt_stays_{language}": wins[language] / used for language in wins} | {"pairs": used}
+            bits[(language, language)] += same
+            bits[(language, other)] += switched
+    if not used:
+        return {"pairs": 0}
+    return {"pairs": used, "fr_prefers_fr_prompt": wins["fr"] / used, "en_prefers_en_prompt": wins["en"] / used,
+            "bits_per_byte": {f"{c}_after_{p}": round(v / used, 4) for (c, p), v in bits.items()}}
 
 
 FIXTURES = Path(__file__).parents[1] / "eval" / "fixtures"  # small FrenchBench-schema sets shipped with fournil
 
 
 def benchmark_tasks(recipe, model_dir: Path, out: Path) -> dict[str, dict]:
-    """recipe.eval's tasks (FrenchBench, translation on the held-out sample pairs…) through `fournil eval`.
+    """recipe.eval's tasks (FrenchBench, translation…) through `fournil eval`.
 
-    The data comes from recipe.eval.data when that directory exists, else from the fixtures fournil ships, which
-    keep the demo offline (their scores show the pipeline works, not how good a model is).
+    The data comes from recipe.eval.data when that directory exists. Otherwise FrenchBench tasks read the fixtures
+    fournil ships (their scores show the pipeline works, not how good a model is) and translation reads the
+    embedded sample's 500 held-out pairs, which neither the tokenizer nor any training step has seen.
     """
     from fournil.eval.runner import run
     from fournil.eval.tasks import resolve_tasks
 
     e = recipe.eval
-    data = Path(e.data) if Path(e.data).is_dir() else FIXTURES
+    data = Path(e.data)
+    if not data.is_dir():
+        data = out.parent / "data"
+        if not data.is_dir():
+            tmp = out.parent / ".tmp-data"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(FIXTURES, tmp, ignore=lambda folder, names: ["translation"] if folder == str(FIXTURES)
+                            else [])
+            tmp.rename(data)
     rows = run(model_dir, resolve_tasks(e.tasks), data, out, num_fewshot=e.num_fewshot, limit=e.limit, seed=e.seed,
                batch_size=e.batch_size, batch_tokens=e.batch_tokens, max_gen_tokens=e.max_gen_tokens)
     return {row["task"]: {"language": row["language"], "n": row["n"], **{k: v for k, v in row["metrics"].items()
@@ -98,8 +118,8 @@ def evaluate_bake(recipe, out: Path) -> dict:
         "fine_tuned": validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size),
     }
     test_pairs = [p for p in iter_sample("parallel") if p.get("split") == "test"]
-    results["language_consistency"] = language_consistency(model, tokenizer, test_pairs)
-    log.info("language consistency: %s", results["language_consistency"])
+    results["language_preference"] = language_preference(model, tokenizer, test_pairs)
+    log.info("language preference: %s", results["language_preference"])
     results["tasks"] = benchmark_tasks(recipe, model_dir, out / "eval" / "tasks")
     (out / "eval").mkdir(parents=True, exist_ok=True)
     artifacts.write_json(out / "eval" / "results.json", results)

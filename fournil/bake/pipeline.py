@@ -100,7 +100,7 @@ def _sft(recipe, out: Path) -> None:
     from fournil.train.sft import finetune
 
     finetune(recipe, out / "tokenizer", out / "pretrain" / "model", out / "sft", chat=[CHAT_EXAMPLES],
-             pairs=[SAMPLE_DIR / "parallel.jsonl.gz"], resume=True)
+             pairs=[SAMPLE_DIR / "parallel.jsonl.gz"], resume=True, replay_from=out / "shards")
 
 
 def _eval(recipe, out: Path) -> None:

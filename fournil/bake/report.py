@@ -87,11 +87,17 @@ def write_report(recipe, out: Path) -> Path:
                   "| model | " + " | ".join(languages) + " |", "|---" * (len(languages) + 1) + "|"]
         lines += [f"| {name} | " + " | ".join(f"{v.get(k, float('nan')):.3f}" for k in languages) + " |"
                   for name, v in bpb.items()] + [""]
-    consistency = results.get("language_consistency")
-    if consistency:
-        lines += [f"Language consistency on {consistency['pairs']} held-out pairs: after a French prompt the "
-                  f"French continuation is preferred in {100 * consistency['fr_prompt_stays_fr']:.0f} % of cases, "
-                  f"after an English prompt the English one in {100 * consistency['en_prompt_stays_en']:.0f} %.", ""]
+    preference = results.get("language_preference")
+    if preference and preference.get("pairs"):
+        b = preference["bits_per_byte"]
+        lines += [f"Language preference on {preference['pairs']} held-out pairs: the second half of each pair, "
+                  "scored after its first half in the same language and in the other one (bits per byte):", "",
+                  "| continuation | after a French prompt | after an English prompt | cheaper after its own |",
+                  "|---|---|---|---|",
+                  f"| French | {b['fr_after_fr']:.3f} | {b['fr_after_en']:.3f} | "
+                  f"{100 * preference['fr_prefers_fr_prompt']:.0f} % |",
+                  f"| English | {b['en_after_fr']:.3f} | {b['en_after_en']:.3f} | "
+                  f"{100 * preference['en_prefers_en_prompt']:.0f} % |", ""]
     for task, scores in sorted(results.get("tasks", {}).items()):
         lines.append(f"- {task}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in scores.items()))

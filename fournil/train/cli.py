@@ -15,7 +15,8 @@ examples:
   fournil train croissant-1m --shards out/shards --out out/smoke --set train.steps=50 --set train.lr=1e-3
   fournil train croissant-10m --shards out/shards-fr --out out/cpt --init-from out/base-model
   fournil train sft demo --tokenizer out/tok --init-from out/run/model --out out/chat \
-      --chat chat.jsonl --pairs fournil/corpus/sample/parallel.jsonl.gz       (answers-only loss)
+      --chat chat.jsonl --pairs fournil/corpus/sample/parallel.jsonl.gz \
+      --replay-from out/shards --set sft.replay=0.3     (loss on answers; 30 % pretraining text keeps the LM)
   fournil train plot out/run                                                    (loss/throughput PNGs)
   fournil train export out/run out/model-step200 --step 200 --dtype bfloat16     (any checkpoint → HF dir)
 """
@@ -64,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sft.add_argument("--out", type=Path, required=True, help="run directory")
     sft.add_argument("--chat", type=Path, nargs="*", default=[], help="jsonl files of {messages: [...]}")
     sft.add_argument("--pairs", type=Path, nargs="*", default=[], help="jsonl(.gz) files of {en, fr} pairs")
+    sft.add_argument("--replay-from", type=Path, help="pretraining shards mixed in at the recipe's sft.replay share")
     sft.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     sft.add_argument("--max-steps", type=int, help="stop after this step (the schedule keeps its length)")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
@@ -134,7 +136,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
     summary = finetune(recipe, args.tokenizer, args.init_from, args.out, chat=args.chat, pairs=args.pairs,
-                       resume=args.resume, max_steps=args.max_steps)
+                       resume=args.resume, max_steps=args.max_steps, replay_from=args.replay_from)
     result = {"run": str(summary.run_dir), "steps": summary.steps, "loss": summary.final_loss,
               "validation": summary.validation}
     if args.json:

@@ -36,6 +36,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # keep the newest N complete checkpoints
     loggers: tuple[str, ...] = ()  # extra metric sinks besides metrics.jsonl: "tensorboard", "wandb" (if installed)
     peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure this machine's matmul peak
+    replay: float = 0.0  # fine-tuning only: share of examples that are pretraining text (loss on every token)
 
     @property
     def tokens(self) -> int:
@@ -59,6 +60,8 @@ class TrainConfig:
         unknown = sorted(set(self.loggers) - {"tensorboard", "wandb"})
         if unknown:
             problems.append(("loggers", f"unknown logger(s) {unknown}; choose from: tensorboard, wandb"))
+        if not 0 <= self.replay < 1:
+            problems.append(("replay", f"must be in [0, 1), got {self.replay}"))
         if not 0 < self.decay_fraction <= 1:
             problems.append(("decay_fraction", f"must be in (0, 1], got {self.decay_fraction}"))
         sequences = self.batch_tokens // self.seq_len if self.seq_len > 0 else 0

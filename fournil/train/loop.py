@@ -212,7 +212,8 @@ def run(
         artifacts.write_json(run_dir / "recipe.json", to_dict(recipe))
 
     torch.manual_seed(t.seed)
-    if init_from is not None and not resume:
+    last = checkpoint.latest(run_dir) if resume else None
+    if init_from is not None and last is None:  # a resumed run's weights come from its checkpoint instead
         from fournil.model.hf import load_model
 
         model = load_model(init_from, dtype="float32")
@@ -223,7 +224,6 @@ def run(
     optimizer = make_optimizer(model, t)
     loader = Loader(dataset, global_batch, t.seed, world.rank, world.size)
     start_step = 0
-    last = checkpoint.latest(run_dir) if resume else None
     if resume and last is None:
         log.info("no checkpoint in %s: starting from step 0", run_dir)
     if last is not None:

@@ -118,3 +118,49 @@ def test_bad_chat_lines_name_file_and_line(tokenizer_dir, tmp_path):
     chat.write_text("{oops\n")
     with pytest.raises(UsageError, match=r"chat.jsonl:1: not valid JSON"):
         read_conversations(chat)
+
+
+def _sft_recipe(vocab: int, **extra):
+    return load_recipe("croissant-1m", overrides={
+        "model.vocab_size": vocab, "tokenizer.vocab_size": vocab, "sft.warmup_steps": 1, "sft.steps": 4,
+        "sft.seq_len": 32, "sft.batch_tokens": 256, "sft.micro_batch_size": 4, "sft.log_interval": 1,
+        "sft.eval_interval": 0, "sft.checkpoint_interval": 0, "sft.peak_flops": 1e9, **extra})
+
+
+def _chat_file(path: Path, n: int = 40) -> Path:
+    rows = [{"messages": [{"role": "user", "content": f"Et {i} ?"}, {"role": "assistant", "content": f"{i}."}]}
+            for i in range(n)]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows))
+    return path
+
+
+def test_a_resumable_finetune_without_a_checkpoint_starts_from_the_given_model(tokenizer_dir, tokenizer, tmp_path):
+    """`--resume` before any checkpoint exists (the bake always resumes) must still load --init-from: the
+    regression was a fine-tune from random weights."""
+    from fournil.model.hf import load_model, save_model
+    from fournil.model.llama import Llama
+
+    recipe = _sft_recipe(tokenizer.vocab_size, **{"sft.lr": 1e-9})
+    torch.manual_seed(7)
+    save_model(Llama(recipe.model), tmp_path / "base")
+    finetune(recipe, tokenizer_dir, tmp_path / "base", tmp_path / "run", chat=[_chat_file(tmp_path / "c.jsonl")],
+             resume=True, max_steps=1)
+    base, tuned = load_model(tmp_path / "base").state_dict(), load_model(tmp_path / "run/checkpoints/step-000001/model")
+    for name, weight in tuned.state_dict().items():
+        assert torch.allclose(weight, base[name], atol=1e-6), name
+
+
+def test_replay_mixes_pretraining_windows_learned_on_every_token(tokenizer_dir, tmp_path):
+    """sft.replay = 0.5: as many shard windows as conversations, all tokens learned; validation stays on chats."""
+    from fournil.tokenizer.bpe import Tokenizer
+    from tests.train.conftest import write_shards
+
+    shards = write_shards(tmp_path / "shards", seq_len=32)
+    dataset = SFTDataset([CHAT] * 10, Tokenizer.load(tokenizer_dir), seq_len=32)
+    assert dataset.add_replay(shards, 10, seq_len=32, seed=0) == 10
+    replayed = dataset.examples[10:]
+    assert all(len(ids) == 33 and learn == [False] + [True] * 32 for ids, learn in replayed)
+    assert len({tuple(ids) for ids, _ in replayed}) == 10  # distinct windows
+    with pytest.raises(UsageError, match=r"sft.replay = 0.5 needs the pretraining shards"):
+        finetune(_sft_recipe(2048, **{"sft.replay": 0.5}), tokenizer_dir, tmp_path / "m", tmp_path / "run",
+                 chat=[_chat_file(tmp_path / "c.jsonl")])
