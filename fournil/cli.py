@@ -24,6 +24,7 @@ STAGES = (
     "fournil.eval.cli",
     "fournil.infer.cli",
     "fournil.bake.pipeline",
+    "fournil.bake.scaling",
 )
 
 EPILOG = """\

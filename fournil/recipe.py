@@ -12,8 +12,10 @@ Cross-field rules live in each dataclass's `check()` method, which returns a lis
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +24,7 @@ from typing import Any, Literal
 
 import yaml
 
-from fournil.bake.config import PlanConfig
+from fournil.bake.config import LadderConfig, PlanConfig
 from fournil.console import UsageError
 from fournil.corpus.config import CorpusConfig
 from fournil.eval.config import EvalConfig
@@ -50,6 +52,7 @@ class Recipe:
     sft: TrainConfig | None = None  # supervised fine-tuning: same fields, its own schedule and batch
     eval: EvalConfig = field(default_factory=EvalConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)  # `fournil bake --plan`: GPUs, MFU, unique tokens
+    ladder: LadderConfig | None = None  # `fournil scaling run`: the rungs trained on this recipe's data
 
     def check(self) -> list[tuple[str, str]]:
         problems = []
@@ -112,6 +115,8 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: dict[str, Any] 
         mark = getattr(exc, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
         raise UsageError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from exc
+    except RecursionError as exc:  # PyYAML composes recursively: `[[[[…` thousands deep exhausts the stack
+        raise UsageError(f"{source}: not valid YAML: nested too deeply for a recipe") from exc
     lines = _key_lines(node)
     if data is None:
         data = {}
@@ -120,8 +125,11 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: dict[str, Any] 
     for dotted, value in (overrides or {}).items():
         target = data
         *parents, leaf = dotted.split(".")
-        for part in parents:
+        for depth, part in enumerate(parents):
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):  # `--set model.dim.x=1`: model.dim is a value, not a section
+                key = ".".join(parents[:depth + 1])
+                raise RecipeError(source, [(lines.get(key), dotted, f"cannot set it: {key} is not a mapping")])
         target[leaf] = value
     problems: list[tuple[int | None, str, str]] = []
     recipe = build(Recipe, data, "", lines, problems)
@@ -157,7 +165,7 @@ def build(cls: type, data: Any, prefix: str, lines: dict[str, int], problems: li
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            problems.append((lines.get(prefix + str(key)), prefix + str(key),
+            problems.append((lines.get(prefix + str(key)), prefix + _key_name(key),
                              f"unknown key; {hint}(allowed: {', '.join(fields)})"))
     values, valid = {}, len(problems) == n_unknown_before
     for name, f in fields.items():
@@ -173,7 +181,7 @@ def build(cls: type, data: Any, prefix: str, lines: dict[str, int], problems: li
         return None  # cross-field checks would only repeat what is already reported
     obj = cls(**values)
     for name, msg in obj.check() if hasattr(obj, "check") else ():
-        problems.append((lines.get(prefix + name, lines.get(where)), prefix + name, msg))
+        problems.append((_nearest_line(lines, prefix + name, where), prefix + name, msg))
     return obj
 
 
@@ -199,7 +207,7 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
         if not isinstance(value, dict):
             problems.append((line, key, f"expected a mapping, got {_describe(value)}"))
             return _INVALID
-        items = {k: _convert(value_type, v, f"{key}.{k}", lines, problems) for k, v in value.items()}
+        items = {k: _convert(value_type, v, f"{key}.{_key_name(k)}", lines, problems) for k, v in value.items()}
         return _INVALID if _INVALID in items.values() else {key_type(k): v for k, v in items.items()}
     if origin is list:
         (item_type,) = typing.get_args(hint)
@@ -217,21 +225,40 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
         item_types = [args[0]] * len(value) if args[-1] is Ellipsis else args
         items = tuple(_convert(t, v, f"{key}[{i}]", lines, problems) for i, (t, v) in enumerate(zip(item_types, value, strict=True)))
         return _INVALID if _INVALID in items else items
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:  # YAML 1.1 reads `3e-4` as a string; accept numeric strings for floats only
-            return float(value)
-        except ValueError:
-            pass
+    if hint is float and (isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))):
+        # YAML 1.1 reads `3e-4` as a string: accept numeric strings for floats only; an int of 400 digits
+        # overflows a float, which is reported below as the string it was
+        with contextlib.suppress(ValueError, OverflowError):
+            value = float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        problems.append((line, key, f"expected a finite number, got {value}"))  # NaN passes every `<` check
+        return _INVALID
     if hint in (int, float, str, bool) and (type(value) is not hint):
         problems.append((line, key, f"expected {hint.__name__}, got {_describe(value)}"))
         return _INVALID
     return value
 
 
+def _key_name(key: Any) -> str:
+    """A key as written in messages: quoted when it is empty or holds spaces or control characters at its ends."""
+    text = str(key)
+    return text if text and text.isprintable() and text.strip() == text else repr(key)
+
+
+def _nearest_line(lines: dict[str, int], key: str, where: str) -> int | None:
+    """The line of `key`, else of its closest section written in the file (`sft.seq_len` left at its default)."""
+    parts = key.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in lines:
+            return lines[".".join(parts[:end])]
+    return lines.get(where)
+
+
 def _describe(value: Any) -> str:
-    return "nothing" if value is None else f"{type(value).__name__} {value!r}"
+    if value is None:
+        return "nothing"
+    shown = repr(value)
+    return f"{type(value).__name__} {shown if len(shown) <= 80 else shown[:77] + '…'}"
 
 
 def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
@@ -239,7 +266,7 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
     lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = prefix + str(key_node.value)
+            key = prefix + str(_scalar(key_node))
             lines[key] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, key + "."))
     elif isinstance(node, yaml.SequenceNode):
@@ -247,3 +274,13 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
             key = f"{prefix.rstrip('.')}[{i}]"
             lines[key] = item.start_mark.line + 1
     return lines
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A key as the loader sees it (`null` → None, `0x10` → 16), so its line is found under the same name."""
+    if not isinstance(node, yaml.ScalarNode):
+        return node.value
+    try:
+        return yaml.SafeLoader("").construct_object(node)
+    except yaml.YAMLError:
+        return node.value

@@ -30,3 +30,46 @@ class PlanConfig:
             if value < 0:
                 problems.append((f"available_tokens.{name}", f"must be >= 0, got {value}"))
         return problems
+
+
+@dataclass(kw_only=True)
+class Rung:
+    """One model of a scaling ladder: its shape (the rest of the model section is shared)."""
+
+    name: str
+    dim: int
+    n_layers: int
+    n_heads: int
+    ffn_dim: int
+    lr: float | None = None  # None: the recipe's train.lr
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = [(k, f"must be > 0, got {getattr(self, k)}") for k in ("dim", "n_layers", "n_heads", "ffn_dim")
+                    if getattr(self, k) <= 0]
+        if not problems and self.dim % self.n_heads:
+            problems.append(("n_heads", f"{self.n_heads} does not divide dim={self.dim}"))
+        return problems
+
+
+@dataclass(kw_only=True)
+class LadderConfig:
+    """`fournil scaling run`: small models trained on the same shards, fitted as loss vs compute."""
+
+    rungs: list[Rung]
+    tokens_per_param: float = 20.0  # Hoffmann et al. 2022's compute-optimal ratio sets each rung's steps
+    max_steps: int = 0  # cap on any rung's steps (a CPU smoke ladder); 0 = none
+    evals: int = 4  # validations per rung (the curves in scaling.png)
+    extrapolate: dict[str, float] = field(default_factory=dict)  # name → training FLOPs to predict bits/byte at
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        if len(self.rungs) < 2:
+            problems.append(("rungs", f"a ladder needs at least 2 rungs to fit, got {len(self.rungs)}"))
+        names = [r.name for r in self.rungs]
+        if len(set(names)) != len(names):
+            problems.append(("rungs", f"rung names must be unique, got {names}"))
+        if self.tokens_per_param <= 0:
+            problems.append(("tokens_per_param", f"must be > 0, got {self.tokens_per_param}"))
+        if self.max_steps < 0 or self.evals < 1:
+            problems.append(("max_steps" if self.max_steps < 0 else "evals", "must be >= 0 (max_steps) / >= 1 (evals)"))
+        return problems
