@@ -98,9 +98,16 @@ def write_report(recipe, out: Path) -> Path:
                   f"{100 * preference['fr_prefers_fr_prompt']:.0f} % |",
                   f"| English | {b['en_after_fr']:.3f} | {b['en_after_en']:.3f} | "
                   f"{100 * preference['en_prefers_en_prompt']:.0f} % |", ""]
+    if bpb or (preference and preference.get("pairs")):
+        lines.append(_image(out, _plot_languages(bpb, preference, out / "eval" / "languages.png"), "languages"))
     for task, scores in sorted(results.get("tasks", {}).items()):
         lines.append(f"- {task}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
                                                for k, v in scores.items()))
+    if (out / "eval" / "tasks" / artifacts.MANIFEST).is_file():
+        from fournil.eval.report import write_report as eval_report
+
+        eval_report([out / "eval" / "tasks"], out / "eval", names=[recipe.name])
+        lines += ["", _image(out, out / "eval" / "report.png", "task scores")]
     lines += ["", "## 6. Export", ""]
     for name in ("model", "model-q8_0.gguf"):
         path = out / name
@@ -112,3 +119,38 @@ def write_report(recipe, out: Path) -> Path:
     report = out / "REPORT.md"
     artifacts.write_text(report, "\n".join(lines))
     return report
+
+
+def _plot_languages(bpb: dict, preference: dict | None, path: Path) -> Path:
+    """Bits per byte per language before/after fine-tuning, and each language's continuation after each prompt."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    languages = sorted({k for v in bpb.values() for k in v})
+    width = 0.8 / max(1, len(bpb))
+    for i, (name, values) in enumerate(bpb.items()):
+        left.bar([j + i * width for j in range(len(languages))], [values.get(k, 0) for k in languages], width,
+                 label=name.replace("_", " "))
+    left.set_xticks([j + width * (len(bpb) - 1) / 2 for j in range(len(languages))], languages)
+    left.set(title="held-out bits per byte (lower is better)")
+    if bpb:
+        left.legend()
+    if preference and preference.get("pairs"):
+        b = preference["bits_per_byte"]
+        for i, prompt in enumerate(("fr", "en")):
+            right.bar([j + i * 0.4 for j in range(2)], [b[f"fr_after_{prompt}"], b[f"en_after_{prompt}"]], 0.4,
+                      label=f"after a {'French' if prompt == 'fr' else 'English'} prompt")
+        right.set_xticks([0.2, 1.2], ["French continuation", "English continuation"])
+        low = min(b.values())
+        right.set_ylim(low * 0.95, max(b.values()) * 1.02)
+        right.set(title=f"language preference ({preference['pairs']} held-out pairs), bits/byte")
+        right.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with artifacts.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

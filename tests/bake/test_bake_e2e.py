@@ -100,7 +100,8 @@ def test_the_report_has_every_section(baked):
                     "6. Export"):
         assert heading in report
     assert "Language preference" in report and "model-q8_0.gguf" in report
-    for png in ("pretrain/plots/loss.png", "sft/plots/loss.png", "tokenizer/fertility.png"):
+    for png in ("pretrain/plots/loss.png", "sft/plots/loss.png", "tokenizer/fertility.png", "eval/languages.png",
+                "eval/report.png"):
         assert (out / png).is_file() and png in report
 
 
