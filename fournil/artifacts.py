@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -17,8 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import fournil
+from fournil.console import FournilError
 
 MANIFEST = "fournil.json"
+NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # disk full, file-size limit (RLIMIT_FSIZE), quota
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -38,6 +41,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:  # a full disk is the user's to fix, not a bug: say which file and why
+            raise FournilError(f"cannot write {target}: {exc.strerror}; free some space and rerun "
+                               "(the previous version of the file, if any, is untouched)") from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

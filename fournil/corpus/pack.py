@@ -35,12 +35,21 @@ def load_tokenizer(path: Path):
     file = path / "tokenizer.json" if path.is_dir() else path
     if not file.is_file():
         raise UsageError(f"{path}: no tokenizer.json (give a tokenizer directory written by `fournil tokenizer train`)")
-    tok = Tokenizer.from_file(str(file))
+    try:
+        tok = Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises a bare Exception for bad JSON or an unknown model
+        raise UsageError(f"{file}: not a valid tokenizer.json: {exc}") from exc
     eos_token = "</s>"
     config_file = file.parent / "tokenizer_config.json"
     if config_file.is_file():
-        eos = json.loads(config_file.read_text(encoding="utf-8")).get("eos_token", eos_token)
+        try:
+            tok_config = json.loads(config_file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"{config_file}: not valid JSON: {exc}") from exc
+        eos = tok_config.get("eos_token", eos_token) if isinstance(tok_config, dict) else None
         eos_token = eos.get("content", eos_token) if isinstance(eos, dict) else eos
+        if not isinstance(eos_token, str):
+            raise UsageError(f"{config_file}: eos_token must be a string (or {{content: …}}), got {eos_token!r}")
     eos_id = tok.token_to_id(eos_token)
     if eos_id is None:
         raise UsageError(f"{file}: the tokenizer has no {eos_token!r} token to put between documents")

@@ -59,9 +59,9 @@ def load_config(path: str | Path) -> CorpusConfig:
     try:
         text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:  # RecursionError: `[[[[…`
         raise UsageError(f"{path}: cannot read corpus recipe: {exc}") from exc
-    lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
     prefix = ""
     if isinstance(data, dict) and "corpus" in data:
         data, prefix = data["corpus"], "corpus."

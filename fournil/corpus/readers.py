@@ -14,6 +14,7 @@ import gzip
 import hashlib
 import io
 import json
+import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -60,8 +61,13 @@ def source_files(source: SourceConfig) -> list[Path]:
     if path.is_file():
         return [path]
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
-    return sorted(p for p in path.parent.glob(path.name) if p.is_file())
+        return sorted(p for p in path.rglob("*") if _listed(p) and not p.name.startswith("."))
+    return sorted(p for p in path.parent.glob(path.name) if _listed(p))
+
+
+def _listed(path: Path) -> bool:
+    """Regular files, and symlinks that lead nowhere (dangling, loops): those are reported, never skipped silently."""
+    return path.is_file() or (path.is_symlink() and not path.exists())
 
 
 def file_format(path: Path, source: SourceConfig) -> str:
@@ -78,13 +84,58 @@ def _open_binary(path: Path) -> io.BufferedIOBase:
     if path.name.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.name.endswith(".zst"):
-        import zstandard
-
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+        return io.BufferedReader(_ZstdFile(path))
     return open(path, "rb")
 
 
-_TRUNCATED = (EOFError, gzip.BadGzipFile, zlib.error, OSError)
+class CorruptInput(Exception):
+    """A compressed stream that is not what its suffix says, or ends before its end-of-stream marker."""
+
+
+class _ZstdFile(io.RawIOBase):
+    """A zstd file, frame after frame; unlike zstandard's stream_reader, a truncated last frame is an error."""
+
+    def __init__(self, path: Path):
+        import zstandard
+
+        self._raw = open(path, "rb")  # noqa: SIM115 (closed by close())
+        self._context, self._error = zstandard.ZstdDecompressor(), zstandard.ZstdError
+        self._frame, self._pending, self._buffer = self._context.decompressobj(), False, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target) -> int:
+        while not self._buffer:
+            chunk = self._raw.read(1 << 16)
+            if not chunk:
+                if self._pending:
+                    raise CorruptInput("the zstd stream ends in the middle of a frame (truncated file)")
+                return 0
+            self._buffer = self._feed(chunk)
+        n = min(len(target), len(self._buffer))
+        target[:n], self._buffer = self._buffer[:n], self._buffer[n:]
+        return n
+
+    def _feed(self, chunk: bytes) -> bytes:
+        out = []
+        try:
+            while chunk:
+                if self._frame.eof:  # concatenated frames are one stream
+                    self._frame = self._context.decompressobj()
+                out.append(self._frame.decompress(chunk))
+                self._pending = not self._frame.eof
+                chunk = self._frame.unused_data if self._frame.eof else b""
+        except self._error as exc:
+            raise CorruptInput(f"not a valid zstd stream: {exc}") from exc
+        return b"".join(out)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+_TRUNCATED = (EOFError, gzip.BadGzipFile, zlib.error, CorruptInput)
 
 
 def pair_direction(seed: int, en: str, fr: str) -> bool:
@@ -137,7 +188,12 @@ class SourceReader(PipelineStep):
         source = self.sources[name]
         fmt = file_format(path, source)
         meta = {"source": name, "category": source.category}
-        if fmt != "hf" and path.stat().st_size == 0:
+        try:
+            empty = fmt != "hf" and path.stat().st_size == 0
+        except OSError as exc:  # a dangling symlink or a symlink loop
+            self.error("unreadable_file", path, 0, f"{type(exc).__name__}: {exc.strerror or exc}")
+            return
+        if empty:
             self.error("empty_file", path, 0, "the file is empty")
             return
         reader = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text, "pairs": self._pairs,
@@ -147,6 +203,9 @@ class SourceReader(PipelineStep):
             return
         n, errors_before = 0, len(self._errors)
         for line, text in reader(path, source):
+            if not _encodable(text):  # JSON `\ud83d` escapes decode to lone surrogates, which no writer accepts
+                self.error("invalid_unicode", path, line, "lone UTF-16 surrogate in the text; record skipped")
+                continue
             n += 1
             yield Document(text=text, id=f"{name}/{path.name}:{line}", metadata=dict(meta))
         if n == 0 and len(self._errors) == errors_before:  # an already reported error explains the emptiness
@@ -164,6 +223,8 @@ class SourceReader(PipelineStep):
                         while raw and not raw.endswith(b"\n"):  # skip to the end of that line
                             raw = f.readline(self.max_record_bytes)
                         continue
+                    if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM: drop it, keep the record
+                        raw = raw[3:]
                     if b"\0" in raw:
                         self.error("nul_bytes", path, number, "NUL bytes removed")
                         raw = raw.replace(b"\0", b"")
@@ -173,6 +234,8 @@ class SourceReader(PipelineStep):
                         self.error("invalid_utf8", path, number, f"byte {exc.start}: {exc.reason}; record skipped")
         except _TRUNCATED as exc:
             self.error("truncated_file", path, number + 1, f"{type(exc).__name__}: {exc}; read up to here")
+        except OSError as exc:  # permissions, a symlink loop, a directory where a file was expected
+            self.error("unreadable_file", path, number + 1, f"{type(exc).__name__}: {exc.strerror or exc}")
 
     def _jsonl(self, path: Path, source: SourceConfig) -> Iterator[tuple[int, str]]:
         for number, line in self._lines(path):
@@ -180,8 +243,8 @@ class SourceReader(PipelineStep):
                 continue
             try:
                 record = json.loads(line)
-            except ValueError as exc:
-                self.error("malformed_json", path, number, str(exc)[:120])
+            except (ValueError, RecursionError) as exc:  # RecursionError: `[[[[…` nested past Python's stack
+                self.error("malformed_json", path, number, str(exc)[:120] or "nested too deeply")
                 continue
             text = self._record_text(record, source, path, number)
             if text is not None:
@@ -291,33 +354,68 @@ class SourceReader(PipelineStep):
         entry: dict[str, str] = {}
         key, start, fuzzy = None, 0, False
 
+        broken = False  # a syntax error in the entry: it is reported and skipped, never guessed at
+
         def flush() -> Iterator[tuple[int, str]]:
             en, fr = entry.get("msgid", ""), entry.get("msgstr", "")
-            if en and fr and not fuzzy and "msgid_plural" not in entry:
+            if en and fr and not fuzzy and not broken and "msgid_plural" not in entry:
                 yield start, render_pair(en, fr, self.seed)
+
+        def string(quoted: str, number: int) -> str:
+            nonlocal broken
+            value = _po_string(quoted)
+            if value is None:
+                broken = True
+                self.error("malformed_po", path, number, f"expected a quoted string, got {quoted[:60]!r}")
+                return ""
+            return value
 
         for number, line in self._lines(path):
             line = line.strip()
             if not line:
                 yield from flush()
-                entry, key, fuzzy = {}, None, False
+                entry, key, fuzzy, broken = {}, None, False, False
             elif line.startswith("#,") and "fuzzy" in line:
                 fuzzy = True
             elif line.startswith("#"):
                 continue
-            elif line.startswith('"') and key:
-                entry[key] += _po_string(line)
+            elif line.startswith('"'):
+                if key is None:
+                    broken = True
+                    self.error("malformed_po", path, number, "a string outside any msgid/msgstr")
+                else:
+                    entry[key] += string(line, number)
             else:
                 word, _, rest = line.partition(" ")
+                if word not in _PO_KEYWORDS and not _PO_PLURAL.fullmatch(word):
+                    broken, key = True, None
+                    self.error("malformed_po", path, number, f"unknown keyword {word[:40]!r}")
+                    continue
                 if word == "msgid":
                     start = number
                 key = word
-                entry[key] = _po_string(rest)
+                entry[key] = string(rest.strip(), number)
         yield from flush()
 
 
-def _po_string(quoted: str) -> str:
+def _encodable(text: str) -> bool:
     try:
-        return json.loads(quoted)  # gettext's escapes are a subset of JSON's for the usual \n \t \" \\
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+_PO_KEYWORDS = {"msgid", "msgstr", "msgctxt", "msgid_plural"}
+_PO_PLURAL = re.compile(r"msgstr\[\d+\]")
+
+
+def _po_string(quoted: str) -> str | None:
+    """A gettext string literal's value; None when it is not one (unquoted, unterminated)."""
+    if len(quoted) < 2 or not (quoted.startswith('"') and quoted.endswith('"')):
+        return None
+    try:
+        value = json.loads(quoted)  # gettext's escapes are a subset of JSON's for the usual \n \t \" \\
     except ValueError:
-        return quoted.strip('"')
+        return quoted[1:-1]  # an escape JSON does not know (\a, octal): keep the text as written
+    return value if isinstance(value, str) else None

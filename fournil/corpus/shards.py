@@ -77,7 +77,7 @@ class ShardWriter:
         stream = np.concatenate(parts) if parts else np.zeros(0, self.dtype)
         name = f"val-{language}.bin"
         with artifacts.atomic_path(self.directory / name) as tmp:
-            stream.tofile(tmp)
+            _write_array(tmp, stream)
         self._val[language] = {"file": name, "tokens": int(stream.size), "bytes": n_bytes, "documents": len(parts)}
 
     def _flush(self) -> None:
@@ -86,7 +86,7 @@ class ShardWriter:
         stream = np.concatenate(self._buffer)
         name = f"train-{len(self._shards):05d}.bin"
         with artifacts.atomic_path(self.directory / name) as tmp:
-            stream.tofile(tmp)
+            _write_array(tmp, stream)
         samples = max(0, (stream.size - 1) // self.seq_len)
         self._shards.append({"file": name, "tokens": int(stream.size), "samples": samples,
                              "tail_tokens": int(stream.size - samples * self.seq_len)})
@@ -151,6 +151,13 @@ class Shards:
         """The held-out token stream of `language` and the UTF-8 bytes of the text behind it."""
         entry = self.index["validation"][language]
         return _memmap(self.directory / entry["file"], self.dtype), entry["bytes"]
+
+
+def _write_array(path: Path, array: np.ndarray) -> None:
+    """Raw bytes through Python's file object: a full disk raises OSError with its errno (ENOSPC, EFBIG), where
+    `ndarray.tofile` reports only "N requested and M written"."""
+    with open(path, "wb") as f:
+        f.write(np.ascontiguousarray(array).data)
 
 
 def _memmap(path: Path, dtype: np.dtype) -> np.ndarray:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from fournil import artifacts
@@ -68,8 +69,41 @@ def to_hf_config(config: ModelConfig) -> dict[str, Any]:
     }
 
 
+_INT_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
+_OPTIONAL_INT_FIELDS = ("num_key_value_heads", "head_dim", "max_position_embeddings", "bos_token_id", "pad_token_id")
+_FLOAT_FIELDS = ("rope_theta", "rms_norm_eps", "initializer_range")
+
+
+def _check_types(hf: Any, source: str) -> None:
+    """config.json is input: wrong types become a UsageError here, not a TypeError deep in a comparison."""
+    if not isinstance(hf, dict):
+        raise UsageError(f"{source}: expected a JSON object, got {type(hf).__name__}")
+    problems = []
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    for key in _INT_FIELDS + _OPTIONAL_INT_FIELDS:
+        if key in hf and not (is_int(hf[key]) or (key in _OPTIONAL_INT_FIELDS and hf[key] is None)):
+            problems.append(f"{key}: expected an integer, got {hf[key]!r:.60}")
+    for key in _FLOAT_FIELDS:
+        value = hf.get(key)
+        if value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)
+                                      and math.isfinite(value)):
+            problems.append(f"{key}: expected a finite number, got {value!r:.60}")
+    for key in ("rope_parameters", "rope_scaling"):
+        if hf.get(key) is not None and not isinstance(hf[key], dict):
+            problems.append(f"{key}: expected an object, got {hf[key]!r:.60}")
+    eos = hf.get("eos_token_id")
+    if eos is not None and not (is_int(eos) or (isinstance(eos, list) and eos and all(map(is_int, eos)))):
+        problems.append(f"eos_token_id: expected an integer or a non-empty list of them, got {eos!r:.60}")
+    if problems:
+        raise UsageError(f"{source}: invalid config: {'; '.join(problems)}")
+
+
 def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConfig:
     """Read a transformers Llama config.json; anything we cannot run exactly is an error, not a guess."""
+    _check_types(hf, source)
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     if model_type != "llama" or (archs and archs[0] not in SUPPORTED_ARCHITECTURES):
@@ -102,7 +136,7 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
         ffn_dim=hf["intermediate_size"],
         vocab_size=hf["vocab_size"],
         max_seq_len=hf.get("max_position_embeddings", 2048),
-        rope_theta=float(rope.get("rope_theta", hf.get("rope_theta", 10000.0))),
+        rope_theta=_finite(rope.get("rope_theta", hf.get("rope_theta", 10000.0)), "rope_theta", source),
         norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
         init_std=float(hf.get("initializer_range", 0.02)),
@@ -122,7 +156,7 @@ def read_config(directory: str | Path) -> ModelConfig:
         raise UsageError(f"{directory}: not a model directory (no config.json)")
     try:
         hf = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UsageError(f"{path}: not valid JSON: {exc}") from exc
     try:
         return from_hf_config(hf, str(path))
@@ -135,10 +169,15 @@ def weight_files(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     index = directory / INDEX_FILE
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        except (ValueError, RecursionError, AttributeError) as exc:
+            raise UsageError(f"{index}: not a valid index (a JSON object with a weight_map): {exc}") from exc
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise UsageError(f"{index}: weight_map must map tensor names to shard file names")
         names = sorted(set(weight_map.values()))
         for name in names:
-            if Path(name).name != name or not WEIGHT_FILE.match(name):
+            if Path(name).name != name or not WEIGHT_FILE.match(name) or name == INDEX_FILE:
                 raise UsageError(f"{index}: refusing shard name {name!r} (must be a plain model-*.safetensors name)")
         files = [directory / name for name in names]
         missing = [f.name for f in files if not f.is_file()]
@@ -159,11 +198,36 @@ def weight_files(directory: str | Path) -> list[Path]:
 def read_state_dict(directory: str | Path, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
     state = {}
     for path in weight_files(directory):
-        with safe_open(str(path), framework="pt") as f:
-            for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
-                tensor = f.get_tensor(key)
-                state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():  # noqa: SIM118 (safe_open is not a dict)
+                    tensor = f.get_tensor(key)
+                    state[key] = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+        except (SafetensorError, OSError, ValueError, TypeError) as exc:  # a truncated or foreign file
+            raise UsageError(f"{path}: not a readable safetensors file: {exc}") from exc
     return state
+
+
+def check_size(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse a config.json that asks for far more parameters than the weights hold, before building anything.
+
+    Even on the meta device, a config with a billion layers would build a billion modules; this costs nothing.
+    """
+    from fournil.model.info import param_counts
+
+    wanted = param_counts(config).total
+    held = sum(t.numel() for k, t in state.items() if not IGNORED_KEYS.search(k))
+    if not config.tie_embeddings and "lm_head.weight" not in state:
+        held += config.vocab_size * config.dim  # an untied head left out of the file is reported by name later
+    if wanted > 2 * held + 1_000_000:
+        raise UsageError(f"{source}: config.json describes {wanted:,} parameters but the weights hold {held:,}; "
+                         "refusing to build a model that size (a wrong or hostile config.json?)")
+
+
+def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise UsageError(f"{source}: non-finite values (NaN/inf) in {len(bad)} tensors: {', '.join(bad[:10])}")
 
 
 def check_state_dict(model: Llama, state: dict[str, torch.Tensor], source: str) -> None:
@@ -173,15 +237,17 @@ def check_state_dict(model: Llama, state: dict[str, torch.Tensor], source: str) 
         expected.pop("lm_head.weight", None)
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
     given = {k: tuple(v.shape) for k, v in state.items() if not IGNORED_KEYS.search(k)}
+    not_float = sorted(f"{k}: {state[k].dtype}" for k in set(expected) & set(given) if not state[k].is_floating_point())
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     mismatched = sorted(
         f"{k}: checkpoint {list(given[k])} vs model {list(expected[k])}"
         for k in set(expected) & set(given) if given[k] != expected[k]
     )
-    if missing or unexpected or mismatched:
+    if missing or unexpected or mismatched or not_float:
         parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
+                             ("not floating point", not_float)):
             if items:
                 shown = items[:20] + ([f"… and {len(items) - 20} more"] if len(items) > 20 else [])
                 parts.append(f"{title} ({len(items)}):\n    " + "\n    ".join(shown))
@@ -196,6 +262,7 @@ def load_model(
     config = read_config(directory)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     state = read_state_dict(directory, torch_dtype)
+    check_size(config, state, str(directory))
     with torch.device("meta"):
         model = Llama(config)
     check_state_dict(model, state, str(directory))
@@ -205,9 +272,7 @@ def load_model(
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise UsageError(f"{directory}: non-finite values (NaN/inf) in {len(bad)} tensors: {', '.join(bad[:10])}")
+    check_finite(model.state_dict(), str(directory))
     return model.to(device)
 
 
@@ -301,9 +366,11 @@ def convert(
     if dtype is not None:
         config = _with_dtype(config, dtype)
     state = read_state_dict(src, DTYPES[config.dtype])
+    check_size(config, state, str(src))
     with torch.device("meta"):
         skeleton = Llama(config)
     check_state_dict(skeleton, state, str(src))
+    check_finite(state, str(src))  # a NaN copied into a new directory would only surface at inference
     state = {k: v.contiguous() for k, v in state.items() if not IGNORED_KEYS.search(k)}
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
@@ -317,6 +384,16 @@ def convert(
     if plain:
         (dst / artifacts.MANIFEST).unlink()
     return dst
+
+
+def _finite(value: Any, key: str, source: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{source}: invalid config: {key}: expected a finite number, got {value!r:.60}") from exc
+    if not math.isfinite(number):
+        raise UsageError(f"{source}: invalid config: {key}: expected a finite number, got {value!r:.60}")
+    return number
 
 
 def _with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:

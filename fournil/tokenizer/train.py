@@ -76,9 +76,12 @@ def read_documents(path: Path, skip_test: bool = False, side: str | None = None)
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise UsageError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from exc
+                except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: `[[[[…` thousands deep
+                    reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+                    raise UsageError(f"{path}:{lineno}: not valid JSON: {reason}") from exc
                 text = _row_text(row, side)
+                if text and "\\ud" in line.lower() and not _encodable(text):  # only a JSON escape makes a surrogate
+                    raise UsageError(f"{path}:{lineno}: lone UTF-16 surrogate in the text (a broken \\u escape)")
                 if skip_test and isinstance(row, dict) and row.get("split") == "test":
                     continue
                 if text is None:
@@ -87,6 +90,14 @@ def read_documents(path: Path, skip_test: bool = False, side: str | None = None)
                     yield text
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise UsageError(f"{path}: cannot read: {exc}") from exc
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _row_text(row: object, side: str | None) -> str | None:

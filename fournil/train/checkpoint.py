@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -36,6 +37,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from fournil import artifacts
+from fournil.console import FournilError
 from fournil.model.config import ModelConfig
 from fournil.model.hf import save_state_dict
 from fournil.train.parallel import World, barrier
@@ -75,18 +77,25 @@ def save(
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(world)
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    with _single_process_is_intended():
-        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / "dcp")
-    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    try:
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        with _single_process_is_intended():
+            dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=tmp / "dcp")
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if world.is_main:
+            if config.tie_embeddings:
+                full.pop("lm_head.weight", None)
+            save_state_dict({k: v.float().contiguous() for k, v in full.items()}, config, tmp / "model")
+            with artifacts.atomic_path(tmp / "rng.pt") as path:
+                torch.save({"torch": torch.get_rng_state()}, path)
+            artifacts.write_json(tmp / "state.json", {"step": step, "world_size": world.size, **state})
+            artifacts.write_manifest(tmp, producer="fournil.train.checkpoint", step=step)
+    except (Exception, CheckpointException) as exc:  # DCP raises CheckpointException, a BaseException
+        shutil.rmtree(tmp, ignore_errors=True)  # give the space back; the last complete checkpoint stays
+        previous = latest(run_dir)
+        kept = f"the last complete one, {previous.name}, is intact" if previous else "there is no earlier one"
+        raise FournilError(f"cannot write checkpoint {final.name} ({_reason(exc)}); {kept}") from exc
     if world.is_main:
-        if config.tie_embeddings:
-            full.pop("lm_head.weight", None)
-        save_state_dict({k: v.float().contiguous() for k, v in full.items()}, config, tmp / "model")
-        with artifacts.atomic_path(tmp / "rng.pt") as path:
-            torch.save({"torch": torch.get_rng_state()}, path)
-        artifacts.write_json(tmp / "state.json", {"step": step, "world_size": world.size, **state})
-        artifacts.write_manifest(tmp, producer="fournil.train.checkpoint", step=step)
         if final.exists():  # the same step saved again (a resumed run): replace it, never leave a mix
             shutil.rmtree(final)
         os.rename(tmp, final)
@@ -107,6 +116,24 @@ def load(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
     torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True)["torch"])
     return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost OSError's message (ENOSPC under DCP's and torch.save's wrappers), else the exception's."""
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror
+        if isinstance(seen, FournilError):
+            return str(seen)
+        if isinstance(seen, CheckpointException) and seen.failures:  # {rank: (exception, traceback)}
+            return _reason(next(iter(seen.failures.values()))[0])
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    for needle in ("No space left on device", "File too large", "Disk quota exceeded"):
+        if needle in text:
+            return needle
+    return f"{type(exc).__name__}: {text[:300]}"
 
 
 @contextlib.contextmanager
