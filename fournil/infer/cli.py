@@ -1,9 +1,11 @@
-"""`fournil` verbs of the infer stage, top level: generate, chat, translate, quantize, export gguf, import gguf."""
+"""`fournil` verbs of the infer stage, top level: generate, chat, translate, serve, quantize, export gguf,
+import gguf."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ examples:
   fournil generate out/smol "Bonjour" "Hello" --no-stream --json   (several prompts: one batch)
   fournil chat out/smol                                              (/reset clears, /exit leaves)
   echo "The weather is nice today." | fournil translate out/smol --from en --to fr
+  fournil serve out/smol --port 8000 --api-key secret               (OpenAI API + web chat at /)
   fournil quantize out/smol out/smol-int8 --bits 8 --report
   fournil export gguf out/smol out/smol-f16.gguf --type f16
 """
@@ -72,6 +75,29 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     tr.add_argument("--batch-size", type=int, default=8, help="lines per batch")
     _sampling_flags(tr, 128)
     tr.set_defaults(handler=cmd_translate)
+
+    srv = leaf(subparsers, "serve", "OpenAI-compatible HTTP server (continuous batching) with a web chat page",
+               "FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and "
+               "a chat page at /. Concurrent requests share one decode batch (they join and leave it between "
+               "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
+    srv.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
+    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
+    srv.add_argument("--port", type=int, default=8000, help="TCP port")
+    srv.add_argument("--api-key", default=os.environ.get("FOURNIL_API_KEY"),
+                     help="require 'Authorization: Bearer KEY' on /v1/* (default: $FOURNIL_API_KEY; none = open)")
+    srv.add_argument("--model-name", help="model id clients send (default: the directory name)")
+    srv.add_argument("--slots", type=int, default=16, help="requests decoded together at most (others queue)")
+    srv.add_argument("--context", type=int, default=1024,
+                     help="tokens per slot, prompt + reply (capped by the model's context length)")
+    srv.add_argument("--max-tokens-limit", type=int, default=1024,
+                     help="largest max_tokens a request may ask (and the default when it asks nothing)")
+    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
+    srv.add_argument("--temperature", type=float, default=1.0, help="default temperature (OpenAI's is 1)")
+    srv.add_argument("--shutdown-timeout", type=float, default=None,
+                     help="seconds to wait for running requests on SIGTERM (default: until they finish)")
+    srv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    srv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
+    srv.set_defaults(handler=cmd_serve)
 
     quant = leaf(subparsers, "quantize", "weight-only int8 (per channel) or 4-bit (group-wise) model directory",
                  "Quantise the blocks' linear weights; our engine runs the result directly. --report measures "
@@ -176,6 +202,25 @@ def cmd_translate(args: argparse.Namespace) -> None:
                                 batch_size=args.batch_size):
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from fournil.console import UsageError
+
+    for name in ("slots", "context", "max_tokens_limit", "max_body_bytes", "threads"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    if not 0 <= args.port < 65536:
+        raise UsageError(f"--port must be in 0..65535, got {args.port}")
+    if args.temperature < 0:
+        raise UsageError(f"--temperature must be ≥ 0, got {args.temperature}")
+    from fournil.infer.server import serve
+
+    serve(args.model, host=args.host, port=args.port, model_name=args.model_name, api_key=args.api_key or None,
+          slots=args.slots, context=args.context, max_tokens=args.max_tokens_limit,
+          max_body_bytes=args.max_body_bytes, temperature=args.temperature, dtype=args.dtype,
+          shutdown_timeout=args.shutdown_timeout, threads=args.threads,
+          log_level="warning" if args.quiet else "debug" if args.verbose else "info")
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
