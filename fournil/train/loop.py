@@ -183,7 +183,18 @@ def train(
     def validate(model: torch.nn.Module, device: torch.device) -> dict[str, dict[str, float]]:
         return {"val_bpb": validation_bpb(model, shards, t.eval_tokens, t.seq_len, t.micro_batch_size, device)}
 
-    return run(recipe, t, ShardSamples(shards), validate, run_dir, resume, init_from, max_steps)
+    files: tuple[Path, ...] = ()
+    if init_from is not None:  # continued pretraining keeps the starting model's tokenizer beside the weights
+        from fournil.model.hf import resolve
+
+        files = tokenizer_files(resolve(init_from))
+    return run(recipe, t, ShardSamples(shards), validate, run_dir, resume, init_from, max_steps, model_files=files)
+
+
+def tokenizer_files(directory: Path) -> tuple[Path, ...]:
+    """The tokenizer files of a model or tokenizer directory, which a trained model directory should carry."""
+    return tuple(sorted(p for p in Path(directory).iterdir()
+                        if p.is_file() and p.name.startswith(("tokenizer", "special_tokens", "chat_template"))))
 
 
 def run(

@@ -161,7 +161,7 @@ def finetune(
     from dataclasses import replace
 
     from fournil.model.hf import read_config, resolve
-    from fournil.train.loop import run
+    from fournil.train.loop import run, tokenizer_files
 
     t = recipe.sft
     if t is None:
@@ -222,7 +222,5 @@ def finetune(
         return {"val_loss": {"answers": total / max(count, 1)}}
 
     recipe = replace(recipe, model=config, tokenizer=replace(recipe.tokenizer, vocab_size=config.vocab_size))
-    tokenizer_files = tuple(p for p in Path(tokenizer_dir).iterdir()
-                            if p.name.startswith(("tokenizer", "special_tokens", "chat_template")))
     return run(recipe, t, train_set, validate, run_dir, resume=resume, init_from=init_from, max_steps=max_steps,
-               model_files=tokenizer_files)
+               model_files=tokenizer_files(Path(tokenizer_dir)))
