@@ -31,6 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -418,6 +419,7 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        send = _unless_answered(send)
         headers = dict(scope.get("headers") or [])
         if self.expected is not None and scope["path"].startswith("/v1"):
             given = headers.get(b"authorization", b"")
@@ -446,6 +448,32 @@ class Guard:
             return message
 
         await self.app(scope, limited, send)
+
+
+def _unless_answered(send: Callable[[dict], Awaitable[None]]) -> Callable[[dict], Awaitable[None]]:
+    """`send`, but a response the server protocol already answered is dropped, as for a client that went away.
+
+    uvicorn's h11 protocol starts the app as soon as the headers are in, and when the body that follows is malformed
+    (a bad chunk size) it answers 400 itself and closes; the app's own response then fails in h11 with
+    LocalProtocolError, logged as "Exception in ASGI application" with a traceback for every such request. Only the
+    response start is guarded: an error there can only mean the exchange is over; errors in body messages (an app
+    sending more than its Content-Length) still surface.
+    """
+    answered = False
+
+    async def guarded(message: dict) -> None:
+        nonlocal answered
+        if answered:
+            return
+        try:
+            await send(message)
+        except h11.LocalProtocolError:
+            if message["type"] != "http.response.start":
+                raise
+            answered = True
+            log.debug("the server already answered this malformed request; dropping the app's response")
+
+    return guarded
 
 
 async def _send_json(send: Callable[[dict], Awaitable[None]], status: int, body: dict[str, Any]) -> None:
