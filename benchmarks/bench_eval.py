@@ -2,9 +2,11 @@
 
 Same checkpoint (the croissant-10m recipe, random weights, with a small fournil tokenizer), same local data and
 task definitions, same threads, in one process; the model is loaded once per side and each side is timed over
-the whole task (prompt building, batching, scoring), alternating for a few rounds; the medians are reported. Data: FrenchBench-schema documents built from the embedded
-sample corpus: hellaswag-style at 0-shot and arc-style at 5-shot (long repeated prompts: prefix reuse), and
-fquadv2-style generation capped at 32 tokens (a random model never stops on its own).
+the whole task (prompt building, batching, scoring), alternating for a few rounds; the medians are reported, and
+each round's ratio. Data: FrenchBench-schema documents built from the embedded sample corpus: hellaswag-style at
+0-shot; at 5-shot arc-style (lm-eval's seeded random sampler: different examples per document) and grammar-style
+(FrenchBench's `first_n` sampler, as 14 of its tasks: every document repeats the same examples, a shared prefix);
+and fquadv2-style generation capped at 32 tokens (a random model never stops on its own).
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ def _data(root: Path) -> None:
            "answers": {"text": [pick()[:20]], "answer_start": [0]}} for _ in range(GEN_DOCS)]
     for split in ("test", "valid"):
         _write(root / "french_bench_fquadv2" / f"{split}.jsonl", fq)
+    grammar = []
+    for _ in range(N_DOCS):
+        words = pick().rstrip(".").split()
+        k = rng.randrange(len(words))
+        options = [words[k]] + [rng.choice(pick().split()).strip(".,") for _ in range(3)]
+        rng.shuffle(options)
+        grammar.append({"question": " ".join([*words[:k], "<...>", *words[k + 1:]]) + ".",
+                        **{f"answer{c}": o for c, o in zip("ABCD", options, strict=True)},
+                        "answer": "ABCD"[options.index(words[k])]})
+    _write(root / "french_bench_grammar_vocab_reading" / "Grammar.jsonl", grammar)
 
 
 def _model(root: Path) -> Path:
@@ -85,7 +97,8 @@ def run() -> list[dict]:
         ours = Engine(model_dir, device="cpu")
         theirs = HFLM(pretrained=str(model_dir), device="cpu", batch_size=32, dtype="float32")
         cases = [("french_bench_hellaswag", 0, "MC loglik 0-shot (hellaswag-style)"),
-                 ("french_bench_arc_challenge", SHOTS, f"MC loglik {SHOTS}-shot (arc-style)"),
+                 ("french_bench_arc_challenge", SHOTS, f"MC loglik {SHOTS}-shot (arc-style, random shots)"),
+                 ("french_bench_grammar", SHOTS, f"MC loglik {SHOTS}-shot (grammar-style, first_n)"),
                  ("french_bench_fquadv2", 0, "greedy generation (fquadv2-style)")]
         manager = lmeval.task_manager()
         for name, shots, label in cases:
@@ -104,11 +117,12 @@ def run() -> list[dict]:
                 theirs_s.append(time.perf_counter() - start)
             work = result["n"] * (GEN_TOKENS if gen else 4)  # requests (4 choices each) or generated tokens
             rows.append({"name": f"eval {label}", "ours": work / statistics.median(ours_s),
-                         "anchor": work / statistics.median(theirs_s), "unit": "tok/s" if gen else "req/s"})
+                         "anchor": work / statistics.median(theirs_s), "unit": "tok/s" if gen else "req/s",
+                         "rounds": [round(t / o, 2) for o, t in zip(ours_s, theirs_s, strict=True)]})
     return rows
 
 
 if __name__ == "__main__":
     for row in run():
         print(f"{row['name']:<48} ours {row['ours']:>10,.1f}  lm-eval {row['anchor']:>10,.1f} {row['unit']:<6}"
-              f" ratio {row['ours'] / row['anchor']:.2f}x")
+              f" ratio {row['ours'] / row['anchor']:.2f}x  (per round: {row['rounds']})")

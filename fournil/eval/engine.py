@@ -1,11 +1,11 @@
 """The scoring engine: batched log-likelihoods and greedy generation through fournil's Llama.
 
-Log-likelihood requests that share a context (the choices of one multiple-choice question, a few-shot prompt
-scored against several endings) run the context once: it is prefilled into a KV cache (plain causal attention),
-then all its continuations follow in one row, each attending to the cached context and to itself only, with
-positions restarting after the context. That is exactly the computation of separate rows, done once per context
-instead of once per choice. Groups are sorted by length and batched under a token budget so padding stays
-small, and only the positions that score a continuation go through the vocabulary projection.
+Log-likelihood requests that share a context (the choices of one multiple-choice question) run the context once,
+with all its continuations in the same row, each attending to the context and to itself only, positions
+restarting after the context: exactly the computation of separate rows, done once per context instead of once
+per choice. Contexts that start with the same long prefix (few-shot examples repeated for every document) share
+one prefill of it. Rows are sorted by length and batched under a token budget so padding stays small, and only
+the positions that score a continuation go through the vocabulary projection.
 
 Tokenisation follows lm-eval's `hf` model so that scores agree: texts are encoded with the tokenizer's default
 special tokens, trailing context spaces move to the continuation, and a continuation's tokens are the tail of
@@ -119,95 +119,139 @@ class Engine:
     @torch.inference_mode()
     def score_groups(self, groups: Sequence[Group], progress: Callable[[int], None] | None = None
                      ) -> dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, bool]]:
-        """Score every (context, continuation) of every group, many groups per forward pass."""
+        """Score every (context, continuation) of every group, many groups per forward pass.
+
+        Three layouts, all computing what separate (context + continuation) rows would: contexts sharing a long
+        prefix (the same few-shot examples) run after that prefix, computed once; a context much longer than its
+        continuations is prefilled with causal attention and its continuations follow in a second pass (cheaper
+        attention than a masked pass over all); the rest run context and continuations in one masked pass."""
         groups = [self._truncate(g) for g in groups]
-        width = [len(g.context) + max((len(c) for c in g.continuations), default=0) for g in groups]
-        order = sorted(range(len(groups)), key=lambda i: -width[i])
         results: dict = {}
+        for prefix, members in shared_prefixes(groups, MIN_SHARED):
+            long = [] if prefix else [g for g in members if len(g.context) >= max(MIN_SHARED, 2 * _inputs(g))]
+            if long:
+                self._batched(long, lambda g: len(g.context), self._score_two_pass, results, progress)
+                members = [g for g in members if len(g.context) < max(MIN_SHARED, 2 * _inputs(g))]
+            kv = self._prefill(prefix) if prefix else None
+            skip = len(prefix)
+            self._batched(members, lambda g, skip=skip: len(g.context) - skip + _inputs(g),
+                          lambda batch, out, skip=skip, kv=kv: self._score_rows(batch, skip, kv, out), results,
+                          progress)
+        return results
+
+    def _batched(self, groups: list[Group], width: Callable[[Group], int], score: Callable[[list[Group], dict], None],
+                 results: dict, progress: Callable[[int], None] | None) -> None:
+        """Widest first, as many rows per pass as the token budget allows (little padding)."""
+        order = sorted(groups, key=lambda g: -width(g))
         start = 0
         while start < len(order):
-            batch = order[start:start + max(1, self.batch_tokens // max(width[order[start]], 1))]
-            self._score_batch([groups[i] for i in batch], results)
+            batch = order[start:start + max(1, self.batch_tokens // max(width(order[start]), 1))]
+            score(batch, results)
             start += len(batch)
             if progress:
-                progress(sum(len(groups[i].continuations) for i in batch))
-        return results
+                progress(sum(len(g.continuations) for g in batch))
 
     def _truncate(self, group: Group) -> Group:
         """lm-eval's left truncation: context + longest continuation fit in max_length + 1 tokens."""
         longest = max((len(c) for c in group.continuations), default=0)
         return Group(group.context[-max(1, self.max_length + 1 - longest):], group.continuations)
 
-    def _score_batch(self, groups: Sequence[Group], results: dict) -> None:
-        """Contexts once into a KV cache (causal, right-padded), then each group's continuations packed in one row
-        after it; only positions that predict a continuation token reach the output projection."""
-        config, device = self.model.config, self.device
-        dtype = next(self.model.parameters()).dtype
-        lengths = [len(g.context) for g in groups]
-        B, C = len(groups), max(lengths)
-        ids = torch.zeros(B, C, dtype=torch.long)
+    def _prefill(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Keys and values of every layer for a prefix that several contexts start with (computed once)."""
+        capture = _Capture()
+        self.model(torch.tensor([prefix], device=self.device), cache=capture, hidden_only=True)
+        return capture.kv
+
+    def _score_two_pass(self, groups: list[Group], results: dict) -> None:
+        """Contexts prefilled (causal, right-padded: real tokens never see the pads after them), then every
+        group's continuations in one row after its own context's keys and values."""
+        lengths = torch.tensor([len(g.context) for g in groups])
+        ids = torch.zeros(len(groups), int(lengths.max()), dtype=torch.long)
         for b, g in enumerate(groups):
             ids[b, :len(g.context)] = torch.tensor(g.context)
-        cache = KVCache(config, B, C + max(sum(len(c) - 1 for c in g.continuations if c) for g in groups), dtype,
-                        device)
-        # right padding: real tokens never see the pads after them, so plain causal attention is exact
-        hidden = self.model(ids.to(device), cache=cache, hidden_only=True)
-        last = hidden[torch.arange(B, device=device), torch.tensor(lengths, device=device) - 1]  # (B, dim)
-        # every continuation of a group in one row after its context's cache: a continuation sees the context and
-        # itself only, its positions restart after the context (segment ids: j for continuation j, -1 padding)
-        bodies = [[list(c[:-1]) for c in g.continuations] for g in groups]  # a last token is never an input
-        T = max(sum(len(x) for x in body) for body in bodies)
-        body_hidden = None
+        capture = _Capture()
+        hidden = self.model(ids.to(self.device), cache=capture, hidden_only=True)
+        last = hidden[torch.arange(len(groups)), lengths - 1]
+        visible = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
+        self._score_rows(groups, None, capture.kv, results, visible=visible.to(self.device), last=last)
+
+    def _score_rows(self, groups: Sequence[Group], skip: int | None, past_kv: list | None, results: dict, *,
+                    visible: torch.Tensor | None = None, last: torch.Tensor | None = None) -> None:
+        """One row per group after `past_kv`: the context's tokens from `skip` on, then each continuation without
+        its last token. With `skip` None the whole context is in `past_kv` (one row of it per group, `visible`
+        marking its real tokens, `last` its last token's state); otherwise `past_kv` is a prefix of `skip` tokens
+        shared by all (or None). A context token attends causally to the context; continuation j to the whole
+        context and to itself, at the positions it would have right after the context. Only the positions that
+        predict a continuation token reach the output projection."""
+        device = self.device
+        rows, segments, positions, lasts = [], [], [], []
+        for g in groups:
+            rest = [] if skip is None else list(g.context[skip:])
+            row, seg, pos = list(rest), [0] * len(rest), list(range(len(g.context) - len(rest), len(g.context)))
+            for j, cont in enumerate(g.continuations, 1):
+                body = cont[:-1]  # a last token is never an input
+                row += body
+                seg += [j] * len(body)
+                pos += range(len(g.context), len(g.context) + len(body))
+            rows.append(row)
+            segments.append(seg)
+            positions.append(pos)
+            lasts.append(len(rest) - 1)
+        B, T = len(rows), max(len(r) for r in rows)
+        hidden = torch.zeros(B, T, self.model.config.dim, device=device, dtype=self.model.lm_head.weight.dtype)
         if T:
-            cont_ids = torch.zeros(B, T, dtype=torch.long)
-            positions = torch.zeros(B, T, dtype=torch.long)
-            segment = torch.full((B, T), -1, dtype=torch.long)
-            for b, body in enumerate(bodies):
-                offset = 0
-                for j, tokens in enumerate(body):
-                    cont_ids[b, offset:offset + len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-                    positions[b, offset:offset + len(tokens)] = torch.arange(lengths[b], lengths[b] + len(tokens))
-                    segment[b, offset:offset + len(tokens)] = j
-                    offset += len(tokens)
-            segment = segment.to(device)
-            sees_context = torch.arange(C, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
-            causal = torch.ones(T, T, dtype=torch.bool, device=device).tril()
-            own = (segment[:, :, None] == segment[:, None, :]) & causal & (segment[:, None, :] >= 0)
-            own = own | torch.eye(T, dtype=torch.bool, device=device)  # padding attends to itself: no NaN
-            mask = torch.cat([sees_context[:, None, :].expand(B, T, C), own], dim=-1)[:, None]  # (B, 1, T, C+T)
-            body_hidden = self._decode(cont_ids.to(device), positions.to(device), mask, cache)
-        states, targets, owners = [], [], []
+            ids = torch.zeros(B, T, dtype=torch.long)
+            pos_t = torch.zeros(B, T, dtype=torch.long)
+            seg_t = torch.full((B, T), -1, dtype=torch.long)
+            for b, (row, seg, pos) in enumerate(zip(rows, segments, positions, strict=True)):
+                ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+                pos_t[b, :len(row)] = torch.tensor(pos, dtype=torch.long)
+                seg_t[b, :len(row)] = torch.tensor(seg, dtype=torch.long)
+            seg_t = seg_t.to(device)
+            index = torch.arange(T, device=device)
+            key, query = seg_t[:, None, :], seg_t[:, :, None]
+            mask = (key >= 0) & ((key == 0) | (key == query)) & (index[None, :] <= index[:, None])[None]
+            mask |= torch.eye(T, dtype=torch.bool, device=device)[None]  # padding attends to itself: no NaN
+            if visible is not None:  # each row's own context
+                mask = torch.cat([visible[:, None, :].expand(B, T, -1), mask], dim=-1)
+            elif skip:  # the shared prefix is visible to every token
+                mask = torch.cat([torch.ones(B, T, skip, dtype=torch.bool, device=device), mask], dim=-1)
+            past = _Prefix(past_kv, B) if past_kv else None
+            hidden = self._forward(ids.to(device), pos_t.to(device), mask[:, None], past)
+        states = hidden.reshape(B * T, hidden.shape[-1])
+        if last is not None:
+            states = torch.cat([states, last.to(states.dtype)])
+        picks, targets, owners = [], [], []
         for b, g in enumerate(groups):
-            offset = 0
+            offset = lasts[b] + 1
+            first = B * T + b if skip is None else b * T + lasts[b]
             for cont in g.continuations:
                 if not cont:
                     continue
-                states.append(last[b:b + 1])
-                if len(cont) > 1:
-                    states.append(body_hidden[b, offset:offset + len(cont) - 1])
-                    offset += len(cont) - 1
+                picks += [first, *range(b * T + offset, b * T + offset + len(cont) - 1)]
+                offset += len(cont) - 1
                 targets += cont
                 owners += [(g.context, cont)] * len(cont)
         sums: dict = {(g.context, c): [0.0, True] for g in groups for c in g.continuations}
-        if states:
-            logprobs = F.log_softmax(self.model.lm_head(torch.cat(states)).float(), dim=-1)
+        if picks:
+            logprobs = F.log_softmax(self.model.lm_head(states[torch.tensor(picks, device=device)]).float(), dim=-1)
             target = torch.tensor(targets, device=device)
             token_lp = logprobs.gather(1, target[:, None])[:, 0].tolist()
             greedy = (logprobs.argmax(-1) == target).tolist()
-            for key, lp, is_greedy in zip(owners, token_lp, greedy, strict=True):
-                sums[key][0] += lp
-                sums[key][1] = sums[key][1] and is_greedy
-        for key, (total, is_greedy) in sums.items():
-            results[key] = (total, bool(is_greedy))
+            for key_, lp, is_greedy in zip(owners, token_lp, greedy, strict=True):
+                sums[key_][0] += lp
+                sums[key_][1] = sums[key_][1] and is_greedy
+        for key_, (total, is_greedy) in sums.items():
+            results[key_] = (total, bool(is_greedy))
 
-    def _decode(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """Final hidden states of new tokens after `cache` under an arbitrary (B, 1, T, S) boolean mask."""
+    def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: _Prefix | None
+                 ) -> torch.Tensor:
+        """Final hidden states under an arbitrary (B, 1, T, S) boolean mask, after an optional shared prefix."""
         body, config = self.model.model, self.model.config
         x = body.embed_tokens(ids)
         cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, x.dtype)
         for block in body.layers:
-            x = block(x, cos, sin, mask, cache)
-        cache.length += ids.shape[1]
+            x = block(x, cos, sin, mask, past)
         return body.norm(x)
 
     # ---- generation ----
@@ -266,6 +310,68 @@ class Engine:
                                 cache=cache)[:, -1]
             next_pos = next_pos + 1
         return [cut(t, until) for t in texts]
+
+
+MIN_SHARED = 32  # tokens: a shorter common prefix is not worth its own forward pass
+
+
+def shared_prefixes(groups: Sequence[Group], min_shared: int) -> list[tuple[tuple[int, ...], list[Group]]]:
+    """Groups clustered by a common context prefix worth computing once: (prefix, members), with an empty prefix
+    for the groups that share nothing. Sorting the contexts puts the ones with long common prefixes (the same
+    few-shot examples, FrenchBench's `first_n` sampler) next to each other; a neighbour joins a cluster while
+    the tokens saved do not shrink. A prefix always leaves at least one context token to each member (the last
+    context token's state scores the first continuation token)."""
+    order = sorted(groups, key=lambda g: g.context)
+    clusters: list[tuple[int, list[Group]]] = []
+    for g in order:
+        if clusters:
+            shared, members = clusters[-1]
+            first = members[0].context
+            limit = min(shared, len(g.context) - 1)
+            common = 0
+            while common < limit and first[common] == g.context[common]:
+                common += 1
+            if common >= min_shared and len(members) * common >= (len(members) - 1) * shared:
+                clusters[-1] = (common, [*members, g])
+                continue
+        clusters.append((len(g.context) - 1, [g]))
+    out: list[tuple[tuple[int, ...], list[Group]]] = []
+    alone: list[Group] = []
+    for shared, members in clusters:
+        if len(members) > 1:
+            out.append((members[0].context[:shared], members))
+        else:
+            alone += members
+    return ([((), alone)] if alone else []) + out
+
+
+class _Capture:
+    """A stand-in KV cache that keeps each layer's keys and values of one forward pass."""
+
+    def __init__(self) -> None:
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.length = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.kv.append((k, v))
+        return k, v
+
+
+def _inputs(group: Group) -> int:
+    """Continuation tokens that are model inputs (all but each continuation's last)."""
+    return sum(max(len(c) - 1, 0) for c in group.continuations)
+
+
+class _Prefix:
+    """A stand-in KV cache holding keys/values computed before: the mask says which ones each token sees."""
+
+    def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> None:
+        self.kv, self.batch = kv, batch
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pk, pv = self.kv[layer]  # batch 1 (a shared prefix, broadcast) or one row per group
+        return (torch.cat([pk.expand(self.batch, -1, -1, -1), k], dim=2),
+                torch.cat([pv.expand(self.batch, -1, -1, -1), v], dim=2))
 
 
 def cut(text: str, until: Sequence[str]) -> str:

@@ -34,6 +34,23 @@ def offline() -> bool:
     return any(os.environ.get(k, "").lower() in ("1", "true", "yes") for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
 
 
+def fetch_command(tasks: list[Task], data_dir: str | Path) -> str:
+    """The command that downloads exactly these tasks' files into `data_dir` (quoted for a shell)."""
+    import shlex
+
+    names = ",".join(dict.fromkeys(t.name for t in tasks))
+    return f"fournil eval fetch --tasks {names} --out {shlex.quote(str(data_dir))}"
+
+
+def _missing_message(reason: str, missing: list[tuple[Task, str, Path]], data_dir: str | Path) -> str:
+    """What is missing, where each file comes from on the hub, and the command that gets them."""
+    lines = [f"  {p}  ← {t.hub[0]}{'/' + t.hub[1] if t.hub[1] else ''} split {s!r}" for t, s, p in missing]
+    return (f"{reason}: {len(missing)} split file(s) missing:\n" + "\n".join(lines)
+            + "\nget them on a machine with network access:\n  " + fetch_command([t for t, _, _ in missing], data_dir)
+            + "\nthen copy that directory here (or write the files by hand in the hub datasets' schemas, "
+            "docs/eval.md)")
+
+
 def fetch(tasks: list[Task], data_dir: str | Path) -> list[Path]:
     """Download every missing split as jsonl; offline, fail with the list of what is missing and from where."""
     missing = missing_files(tasks, data_dir)
@@ -41,11 +58,7 @@ def fetch(tasks: list[Task], data_dir: str | Path) -> list[Path]:
         log.info("all %d split files already in %s", len(needed_files(tasks, data_dir)), data_dir)
         return []
     if offline():
-        lines = [f"  {p}  ← {t.hub[0]}{'/' + t.hub[1] if t.hub[1] else ''} split {s!r}" for t, s, p in missing]
-        raise FournilError(
-            f"offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set): {len(missing)} split file(s) missing:\n"
-            + "\n".join(lines) + "\nrun `fournil eval fetch` on a machine with network access and copy the "
-            "directory, or write the files by hand in the hub datasets' schemas (docs/eval.md)")
+        raise FournilError(_missing_message("offline (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE set)", missing, data_dir))
     try:
         from datasets import load_dataset
     except ImportError as exc:
@@ -57,8 +70,11 @@ def fetch(tasks: list[Task], data_dir: str | Path) -> list[Path]:
         hub_id, config = task.hub
         try:
             rows = load_dataset(hub_id, config, split=split)
-        except Exception as exc:  # network, auth, renamed split: one clear line per file
-            raise FournilError(f"cannot fetch {hub_id} split {split!r} for {task.name}: {exc}") from exc
+        except Exception as exc:  # network, auth, renamed split: what failed, and everything still missing
+            left = missing_files(tasks, data_dir)
+            raise FournilError(_missing_message(f"cannot fetch {hub_id} split {split!r} for {task.name} ({exc})",
+                                                left, data_dir)) from exc
+        # one JSON object per line, the hub's field names: exactly what `read_split` reads back
         text = "".join(json.dumps(dict(r), ensure_ascii=False, default=str) + "\n" for r in rows)
         artifacts.write_text(path, text)
         log.info("%s: %d records → %s", task.name, len(rows), path)

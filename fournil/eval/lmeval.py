@@ -1,13 +1,16 @@
 """lm-eval interop: run lm-eval's own task definitions on the same local files fournil reads.
 
 lm-eval's shipped tasks load from the hub; a group whose entries override only `dataset_path`/`dataset_kwargs`
-points them at local jsonl files while prompts, processing and metrics stay upstream. ROUGE tasks cannot finish
-offline in lm-eval (`evaluate.load("rouge")` fetches a script), so they are left out of offline comparisons.
+points them at local jsonl files while prompts, processing and metrics stay upstream. FrenchBench's ROUGE-1
+aggregation calls `evaluate.load("rouge")`, which fetches the metric's script from the hub; `run` answers that call
+with `LocalRouge`, the same computation on `rouge_score`, so those tasks finish offline too.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,59 @@ from fournil.console import UsageError
 from fournil.eval.data import split_file
 from fournil.eval.tasks import Task
 
-NEEDS_HUB = ("rouge1",)  # metrics whose lm-eval aggregation fetches code from the hub
-
 
 def runs_offline(task: Task) -> bool:
-    return task.upstream is not None and not any(m in NEEDS_HUB for m in task.metrics)
+    """Whether lm-eval can score this task here (ROUGE included, through `LocalRouge`)."""
+    return task.upstream is not None
+
+
+class LocalRouge:
+    """What `evaluate.load("rouge")` returns, without the hub: HF evaluate's `rouge` metric (evaluate 0.4.x,
+    `metrics/rouge/rouge.py`) rebuilt on `rouge_score`, with the same defaults.
+
+    Its semantics: ROUGE types rouge1, rouge2, rougeL, rougeLsum; no stemmer; rouge_score's default tokenizer; a
+    list of references per prediction is scored with `score_multi`. With `use_aggregator` (the default, and what
+    lm-eval's `rouge1_agg` gets) the per-example scores go into rouge_score's `BootstrapAggregator` (1000
+    resamples of the global NumPy generator, one round per ROUGE type in that order) and each type reports the
+    F-measure of the median of the resampled means; without it, the per-example F-measures.
+    """
+
+    def compute(self, *, predictions: Sequence[str], references: Sequence[Any], rouge_types: list[str] | None = None,
+                use_aggregator: bool = True, use_stemmer: bool = False,
+                tokenizer: Callable[[str], list[str]] | None = None) -> dict[str, Any]:
+        from rouge_score import rouge_scorer, scoring
+
+        types = rouge_types or ["rouge1", "rouge2", "rougeL", "rougeLsum"]
+        words = None
+        if tokenizer is not None:  # evaluate wraps a callable into rouge_score's tokenizer interface
+            words = type("CallableTokenizer", (), {"tokenize": staticmethod(tokenizer)})()
+        scorer = rouge_scorer.RougeScorer(rouge_types=types, use_stemmer=use_stemmer, tokenizer=words)
+        multi = bool(references) and isinstance(references[0], list)
+        scores = [scorer.score_multi(ref, pred) if multi else scorer.score(ref, pred)
+                  for ref, pred in zip(references, predictions, strict=True)]
+        if not use_aggregator:
+            return {t: [s[t].fmeasure for s in scores] for t in types}
+        aggregator = scoring.BootstrapAggregator()
+        for score in scores:
+            aggregator.add_scores(score)
+        return {t: value.mid.fmeasure for t, value in aggregator.aggregate().items()}
+
+
+@contextlib.contextmanager
+def local_hub_metrics() -> Iterator[None]:
+    """Inside, `evaluate.load("rouge")` returns `LocalRouge`; any other metric loads as usual."""
+    import evaluate
+
+    original = evaluate.load
+
+    def load(path: str, *args: Any, **kwargs: Any) -> Any:
+        return LocalRouge() if path == "rouge" else original(path, *args, **kwargs)
+
+    evaluate.load = load
+    try:
+        yield
+    finally:
+        evaluate.load = original
 
 
 def task_entry(task: Task, data_dir: str | Path, max_gen_tokens: int | None = None) -> dict[str, Any]:
@@ -72,11 +123,12 @@ def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, *, num_f
 
     entries = [task_entry(t, data_dir, max_gen_tokens) for t in tasks if t.upstream]
     group = {"group": "fournil_local", "task": entries}
-    results = simple_evaluate(
-        model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"}, tasks=[group],
-        num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device, task_manager=task_manager(),
-        log_samples=samples is not None, random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-    )
+    with local_hub_metrics():
+        results = simple_evaluate(
+            model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"}, tasks=[group],
+            num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device, task_manager=task_manager(),
+            log_samples=samples is not None, random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
+        )
     if samples is not None:
         for name, rows in results.get("samples", {}).items():
             samples[name] = [_first(row["filtered_resps"]) if len(row["filtered_resps"]) == 1

@@ -39,6 +39,8 @@ REQUESTS = [
     ("La phrase suivante est correcte grammaticalement:\n", " Les enfants jouent."),  # trailing space moves
     ("Le chat ", "dort"),
     ("Bonjour", " tout le monde, comment allez-vous aujourd'hui ?"),
+    ("Il était une fois un roi qui vivait dans un grand château au bord de la mer. " * 3, " Fin"),  # two passes
+    ("Il était une fois un roi qui vivait dans un grand château au bord de la mer. " * 3, "."),  # one-token body
 ]
 
 
@@ -51,7 +53,7 @@ def test_packed_batched_loglikelihood_equals_plain_rows(engine):
 
 
 def test_shared_context_is_computed_once(engine):
-    """Three choices of one question: one prefill of the context, then the three continuations in one row."""
+    """Three choices of one question: one row, the context once, then the three continuations after it."""
     shapes = []
     hook = engine.model.model.embed_tokens.register_forward_hook(
         lambda module, args, output: shapes.append(tuple(args[0].shape)))
@@ -61,7 +63,32 @@ def test_shared_context_is_computed_once(engine):
         hook.remove()
     ctx, _ = engine.encode_pair(*REQUESTS[0])
     inputs = sum(len(engine.encode_pair(*r)[1]) - 1 for r in REQUESTS[:3])  # a last token is never an input
-    assert shapes == [(1, len(ctx)), (1, inputs)]
+    assert shapes == [(1, len(ctx) + inputs)]
+
+
+def test_a_few_shot_prefix_shared_by_documents_is_computed_once(engine):
+    """first_n few-shot prompts: every document starts with the same examples; they are prefilled once and each
+    document's rest and choices run after them, with the same scores as separate rows."""
+    shots = "".join(f"Question: Combien font {i} et {i} ?\nRéponse: {2 * i}\n\n" for i in range(1, 6))
+    questions = ["Quelle est la capitale de la France ?", "Qui a écrit Les Misérables ?", "Combien font 3 et 4 ?"]
+    requests = [(shots + f"Question: {q}\nRéponse:", c) for q in questions for c in (" Paris", " Victor Hugo", " 7")]
+    requests.append(("Bonjour, je m'appelle", " Marie"))  # shares nothing: scored in the same pass as usual
+    shapes = []
+    hook = engine.model.model.embed_tokens.register_forward_hook(
+        lambda module, args, output: shapes.append(tuple(args[0].shape)))
+    try:
+        got = engine.loglikelihood(requests)
+    finally:
+        hook.remove()
+    for (context, continuation), (ll, greedy) in zip(requests, got, strict=True):
+        want_ll, want_greedy = plain_loglikelihood(engine, context, continuation)
+        assert ll == pytest.approx(want_ll, abs=1e-3), (context, continuation)
+        assert greedy == want_greedy
+    contexts = [engine.encode_pair(*r)[0] for r in requests[::3][:3]]
+    common = next(i for i in range(len(contexts[0])) if len({tuple(c[:i + 1]) for c in contexts}) > 1)
+    assert common > 40
+    assert shapes[0][0] == 1 and shapes[1] == (1, common) and shapes[2][0] == 3  # the lone one, prefix, 3 rows
+    assert len(shapes) == 3
 
 
 def test_empty_context_is_scored_after_the_prefix_token(engine):
@@ -126,3 +153,13 @@ def test_a_tokenizer_larger_than_the_model_vocabulary_is_refused(model_dir, tmp_
     save_file(state, bad / "model.safetensors")
     with pytest.raises(UsageError, match=r"tokenizer has 600 tokens but config\.json says vocab_size=300"):
         Engine(bad, device="cpu")
+
+
+def test_one_token_choices_after_a_long_context(engine):
+    """Two-pass layout with nothing to run after the context: every score comes from the context's last state."""
+    context = "Le conseil municipal a voté mardi la rénovation de la piscine du quartier. " * 2 + "Réponse:"
+    requests = [(context, c) for c in (" a", " b", ".")]
+    assert all(len(engine.encode_pair(*r)[1]) == 1 for r in requests)
+    for (ctx, cont), (ll, greedy) in zip(requests, engine.loglikelihood(requests), strict=True):
+        want_ll, want_greedy = plain_loglikelihood(engine, ctx, cont)
+        assert ll == pytest.approx(want_ll, abs=1e-3) and greedy == want_greedy
