@@ -92,7 +92,7 @@ def benchmark_tasks(recipe, model_dir: Path, out: Path) -> dict[str, dict]:
                             else [])
             tmp.rename(data)
     rows = run(model_dir, resolve_tasks(e.tasks), data, out, num_fewshot=e.num_fewshot, limit=e.limit, seed=e.seed,
-               batch_size=e.batch_size, batch_tokens=e.batch_tokens, max_gen_tokens=e.max_gen_tokens)
+               batch_size=e.batch_size, batch_tokens=e.batch_tokens, max_gen_tokens=e.max_gen_tokens, chat=e.chat)
     return {row["task"]: {"language": row["language"], "n": row["n"], **{k: v for k, v in row["metrics"].items()
                                                                        if isinstance(v, int | float)}}
             for row in rows}

@@ -45,6 +45,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--batch-tokens", type=int, default=4096, help="tokens per log-likelihood forward pass")
     run.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
     run.add_argument("--max-gen-tokens", type=int, help="generation cap per prompt (default: 256, as lm-eval)")
+    run.add_argument("--chat", action="store_true",
+                     help="translation: ask through the model's chat template (a fine-tuned model) instead of shots")
     run.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     run.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: saved)")
     run.set_defaults(handler=cmd_run)
@@ -91,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     tasks = resolve_tasks(args.tasks)
     results = run(args.model, tasks, args.data, args.out, num_fewshot=args.num_fewshot, limit=args.limit,
                   seed=args.seed, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                  max_gen_tokens=args.max_gen_tokens, device=args.device, dtype=args.dtype)
+                  max_gen_tokens=args.max_gen_tokens, device=args.device, dtype=args.dtype, chat=args.chat)
     if args.json:
         print_json(results)
         return

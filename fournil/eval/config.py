@@ -17,6 +17,7 @@ class EvalConfig:
     batch_tokens: int = 4096  # tokens per log-likelihood forward pass, padding included
     batch_size: int = 16  # prompts per generation batch
     max_gen_tokens: int | None = None  # None: each task's default (256, lm-eval's max_gen_toks)
+    chat: bool = False  # translation through the model's chat template (fine-tuned models), not few-shot
 
     def check(self) -> list[tuple[str, str]]:
         """Cross-field rules; each problem names the field to fix."""

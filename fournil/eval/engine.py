@@ -258,23 +258,44 @@ class Engine:
 
     @torch.inference_mode()
     def generate(self, contexts: Sequence[str], *, until: Sequence[str] = ("\n",), max_tokens: int = 128,
-                 batch_size: int = 16, progress: Callable[[int], None] | None = None) -> list[str]:
-        """Greedy continuations, cut at the first stop sequence; never more than `max_tokens` tokens."""
+                 batch_size: int = 16, progress: Callable[[int], None] | None = None,
+                 chat: bool = False) -> list[str]:
+        """Greedy continuations, cut at the first stop sequence; never more than `max_tokens` tokens.
+
+        With `chat`, each context is a user message rendered with the model's chat template (a fine-tuned chat
+        model is asked the way it was trained) and the reply also ends at the end-of-turn token."""
         if max_tokens <= 0:
             raise UsageError(f"max tokens must be positive, got {max_tokens}")
-        encoded = [self.encode(c)[-max(1, self.max_length - max_tokens):] for c in contexts]
+        stop_ids = {self.eos_id}
+        if chat:
+            encoded = self.chat_prompts(contexts)
+            end_of_turn = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
+            if isinstance(end_of_turn, int) and end_of_turn != self.tokenizer.unk_token_id:
+                stop_ids.add(end_of_turn)
+        else:
+            encoded = [self.encode(c) for c in contexts]
+        encoded = [e[-max(1, self.max_length - max_tokens):] for e in encoded]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         outputs = [""] * len(encoded)
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            for i, text in zip(batch, self._generate_batch([encoded[i] for i in batch], until, max_tokens),
-                               strict=True):
+            for i, text in zip(batch, self._generate_batch([encoded[i] for i in batch], until, max_tokens,
+                                                           stop_ids), strict=True):
                 outputs[i] = text
             if progress:
                 progress(len(batch))
         return outputs
 
-    def _generate_batch(self, prompts: list[list[int]], until: Sequence[str], max_tokens: int) -> list[str]:
+    def chat_prompts(self, messages: Sequence[str]) -> list[list[int]]:
+        """Token ids of each message as one user turn in the chat template, ready for the assistant's reply."""
+        if not self.tokenizer.chat_template:
+            raise UsageError(f"{self.directory}: no chat template; evaluate it without chat mode")
+        rendered = [self.tokenizer.apply_chat_template([{"role": "user", "content": m}], tokenize=False,
+                                                       add_generation_prompt=True) for m in messages]
+        return [self.tokenizer.encode(r, add_special_tokens=False) for r in rendered]  # the template has its BOS
+
+    def _generate_batch(self, prompts: list[list[int]], until: Sequence[str], max_tokens: int,
+                        stop_ids: set[int]) -> list[str]:
         B, width = len(prompts), max(len(p) for p in prompts)
         ids = torch.zeros(B, width, dtype=torch.long)
         pad = torch.zeros(B, width + max_tokens, dtype=torch.long)
@@ -296,7 +317,7 @@ class Engine:
                 if done[b]:
                     continue
                 t = int(token[b])
-                if t == self.eos_id:
+                if t in stop_ids:
                     done[b] = True
                     continue
                 generated[b].append(t)

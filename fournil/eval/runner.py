@@ -105,6 +105,14 @@ def build_context(task: Task, doc: Doc, shots: list[Doc]) -> str:
     return "".join(parts) + task.text(doc)
 
 
+def chat_instruction(task: Task, doc: Doc) -> str:
+    """The user turn that asks a chat model for a translation: the instruction fournil's fine-tuning teaches."""
+    from fournil.train.sft import TRANSLATE
+
+    src, tgt = ("en", "fr") if task.name.endswith("en_fr") else ("fr", "en")
+    return TRANSLATE[(src, tgt)][0].format(text=doc[src])
+
+
 def pick_shots(task: Task, doc: Doc, pool: list[Doc], n: int, rng: random.Random) -> list[Doc]:
     """lm-eval's samplers: the first n (first_n), or a seeded sample (random; one generator for the whole task,
     so the order of documents matters). Leaving the document out, the random sampler draws n + 1 and drops it."""
@@ -123,14 +131,19 @@ def pick_shots(task: Task, doc: Doc, pool: list[Doc], n: int, rng: random.Random
 
 def evaluate(engine: Any, task: Task, data_dir: str | Path, out: str | Path, *, num_fewshot: int | None = None,
              limit: int | None = None, seed: int = 1234, batch_size: int = 16,
-             max_gen_tokens: int | None = None) -> dict[str, Any]:
-    """Score one task and write `<out>/<task>.json`; reuses what an earlier run with the same settings left."""
+             max_gen_tokens: int | None = None, chat: bool = False) -> dict[str, Any]:
+    """Score one task and write `<out>/<task>.json`; reuses what an earlier run with the same settings left.
+
+    `chat` asks translation tasks through the model's chat template with the instruction fournil's fine-tuning
+    uses (no shots); other tasks keep their published prompts."""
     out = Path(out)
+    chat = chat and task.kind == "translation"
     shots_n = task.default_fewshot if num_fewshot is None else num_fewshot
-    if task.kind == "ppl":
-        shots_n = 0  # perplexity is scored on the text alone
+    if task.kind == "ppl" or chat:
+        shots_n = 0  # perplexity is scored on the text alone; a chat model is asked, not shown examples
     key = artifacts.sha256_json({"model": model_fingerprint(engine.directory), "task": task.name, "shots": shots_n,
-                                 "limit": limit, "seed": seed, "max_gen_tokens": max_gen_tokens, "format": FORMAT})
+                                 "limit": limit, "seed": seed, "max_gen_tokens": max_gen_tokens, "format": FORMAT}
+                                | ({"chat": True} if chat else {}))
     result_path = out / f"{task.name}.json"
     if result_path.is_file():
         previous = json.loads(result_path.read_text(encoding="utf-8"))
@@ -147,7 +160,8 @@ def evaluate(engine: Any, task: Task, data_dir: str | Path, out: str | Path, *, 
                     shots_n)
         shots_n = available
     rng = random.Random(seed)
-    contexts = [build_context(task, d, pick_shots(task, d, pool, shots_n, rng)) for d in docs]
+    contexts = [chat_instruction(task, d) if chat else build_context(task, d, pick_shots(task, d, pool, shots_n, rng))
+                for d in docs]
 
     samples_path = out / "samples" / f"{task.name}.jsonl"
     done = _read_samples(samples_path, key)
@@ -161,7 +175,7 @@ def evaluate(engine: Any, task: Task, data_dir: str | Path, out: str | Path, *, 
         for begin in range(0, len(todo), CHUNK):
             chunk = todo[begin:begin + CHUNK]
             rows = _score(engine, task, [docs[i] for i in chunk], [contexts[i] for i in chunk], batch_size,
-                          max_gen_tokens or task.max_tokens)
+                          max_gen_tokens or task.max_tokens, chat)
             _append_samples(samples_path, key, [{"doc": i, **row} for i, row in zip(chunk, rows, strict=True)])
             done.update({i: row for i, row in zip(chunk, rows, strict=True)})
             bar.update(progress, advance=len(chunk))
@@ -170,7 +184,7 @@ def evaluate(engine: Any, task: Task, data_dir: str | Path, out: str | Path, *, 
     result = {
         "task": task.name, "kind": task.kind, "language": task.language, "primary": task.primary,
         "metrics": aggregate(task, rows), "n": len(docs), "num_fewshot": shots_n, "limit": limit, "seed": seed,
-        "model": engine.name, "seconds": round(seconds, 3), "key": key,
+        "model": engine.name, "seconds": round(seconds, 3), "key": key, "chat": chat,
     }
     if task.kind == "translation":
         result["signature"] = result["metrics"].pop("signature")
@@ -181,7 +195,7 @@ def evaluate(engine: Any, task: Task, data_dir: str | Path, out: str | Path, *, 
 
 
 def _score(engine: Any, task: Task, docs: list[Doc], contexts: list[str], batch_size: int,
-           max_tokens: int) -> list[dict[str, Any]]:
+           max_tokens: int, chat: bool = False) -> list[dict[str, Any]]:
     """Per-document raw outcomes (log-likelihoods or generations) for one chunk."""
     if task.kind == "mc":
         requests = [(ctx, " " + choice) for doc, ctx in zip(docs, contexts, strict=True) for choice in task.choices(doc)]
@@ -197,7 +211,7 @@ def _score(engine: Any, task: Task, docs: list[Doc], contexts: list[str], batch_
         counted = [task.ppl_counted(d) for d in docs]
         return [{"ll": ll, "words": metrics.count_words(c), "bytes": len(c.encode("utf-8"))}
                 for ll, c in zip(lls, counted, strict=True)]
-    outputs = engine.generate(contexts, until=task.until, max_tokens=max_tokens, batch_size=batch_size)
+    outputs = engine.generate(contexts, until=task.until, max_tokens=max_tokens, batch_size=batch_size, chat=chat)
     if task.kind == "translation":
         tgt = "fr" if task.name.endswith("en_fr") else "en"
         return [{"output": o.strip(), "reference": d[tgt]} for o, d in zip(outputs, docs, strict=True)]
@@ -257,7 +271,7 @@ def _append_samples(path: Path, key: str, rows: list[dict[str, Any]]) -> None:
 def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, out: str | Path, *,
         num_fewshot: int | None = None, limit: int | None = None, seed: int = 1234, batch_size: int = 16,
         batch_tokens: int = 4096, max_gen_tokens: int | None = None, device: str | None = None,
-        dtype: str | None = None) -> list[dict[str, Any]]:
+        dtype: str | None = None, chat: bool = False) -> list[dict[str, Any]]:
     """Every task on one model into the results directory `out`; the manifest is written last."""
     from fournil.console import status
     from fournil.eval.engine import Engine
@@ -268,7 +282,7 @@ def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, out: str
     with status(f"loading {model_dir}"):
         engine = Engine(model_dir, device=device, dtype=dtype, batch_tokens=batch_tokens)
     results = [evaluate(engine, t, data_dir, out, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                        batch_size=batch_size, max_gen_tokens=max_gen_tokens) for t in tasks]
+                        batch_size=batch_size, max_gen_tokens=max_gen_tokens, chat=chat) for t in tasks]
     artifacts.write_manifest(out, producer="fournil.eval", model=str(model_dir), data=str(data_dir),
                              tasks=[t.name for t in tasks], num_fewshot=num_fewshot, limit=limit, seed=seed)
     return results

@@ -26,7 +26,7 @@ train: {{lr: 3.0e-3, warmup_steps: 10, steps: 150, seq_len: 64, batch_tokens: 51
         log_interval: 25, eval_interval: 50, checkpoint_interval: 50, eval_tokens: 2048, peak_flops: 1.0e9}}
 sft: {{lr: 1.0e-3, warmup_steps: 1, steps: 4, replay: 0.3, seq_len: 128, batch_tokens: 1024, micro_batch_size: 8,
       log_interval: 2, eval_interval: 4, checkpoint_interval: 4, peak_flops: 1.0e9}}
-eval: {{limit: 10, max_gen_tokens: 16}}
+eval: {{limit: 10, max_gen_tokens: 16, chat: true}}
 """
 
 

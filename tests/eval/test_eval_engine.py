@@ -163,3 +163,33 @@ def test_one_token_choices_after_a_long_context(engine):
     for (ctx, cont), (ll, greedy) in zip(requests, engine.loglikelihood(requests), strict=True):
         want_ll, want_greedy = plain_loglikelihood(engine, ctx, cont)
         assert ll == pytest.approx(want_ll, abs=1e-3) and greedy == want_greedy
+
+
+def test_chat_mode_asks_through_the_template_and_stops_at_the_end_of_turn(engine):
+    """Translation for a fine-tuned chat model: the instruction fournil's SFT teaches, as one ChatML user turn."""
+    from fournil.eval.runner import chat_instruction
+    from fournil.eval.tasks import TASKS
+
+    message = chat_instruction(TASKS["translation_en_fr"], {"en": "The cat sleeps.", "fr": "Le chat dort."})
+    assert message == "Translate this text into French:\nThe cat sleeps."
+    (ids,) = engine.chat_prompts([message])
+    bos = engine.tokenizer.bos_token_id
+    assert ids[0] == bos and ids.count(bos) == 1  # the template's BOS, not a second one
+    text = engine.tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>user\nTranslate this text into French:\nThe cat sleeps.<|im_end|>\n"
+                         "<|im_start|>assistant\n")
+    (reply,) = engine.generate([message], until=("\u2603",), max_tokens=6, chat=True)
+    assert "<|im_end|>" not in reply
+
+
+def test_a_chat_translation_run_takes_no_shots_and_is_not_mistaken_for_a_few_shot_one(engine, tmp_path):
+    from eval_fixtures import DATA
+
+    from fournil.eval.runner import evaluate
+    from fournil.eval.tasks import TASKS
+
+    task = TASKS["translation_en_fr"]
+    few = evaluate(engine, task, DATA, tmp_path, limit=2, max_gen_tokens=4)
+    chat = evaluate(engine, task, DATA, tmp_path, limit=2, max_gen_tokens=4, chat=True)
+    assert few["num_fewshot"] == 5 and not few["chat"]
+    assert chat["num_fewshot"] == 0 and chat["chat"] and chat["key"] != few["key"]
