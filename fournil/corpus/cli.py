@@ -14,6 +14,7 @@ examples:
   fournil corpus run --sample --out out/sample-corpus --workers 2  the embedded sample corpus
   fournil corpus pack out/corpus out/tok --out out/shards --seq-len 2048
   fournil corpus report out/corpus --shards out/shards            DATASHEET.md, datasheet.json, datasheet.png
+  fournil corpus report out/corpus --tokenizer out/tok            the same, tokens counted before packing
 
 a corpus recipe (YAML; or a recipe with a `corpus:` section):
   sources:
@@ -74,11 +75,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     report = actions.add_parser(
         "report", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
         help="write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory",
-        description="Per source and category: bytes, documents, tokens, share of the mix, upsampling factor, "
+        description="Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix, upsampling factor, "
         "rejects by reason, language-ID confusion, length histograms, input errors, decontamination.",
     )
     report.add_argument("corpus", type=Path, help="corpus directory")
-    report.add_argument("--shards", type=Path, help="shards directory: adds token counts from its index")
+    report.add_argument("--shards", type=Path, help="shards directory: adds the mixed token counts from its index")
+    report.add_argument("--tokenizer", type=Path,
+                        help="tokenizer directory (or tokenizer.json): counts the tokens of docs/ exactly")
     report.set_defaults(handler=cmd_report)
 
 
@@ -113,6 +116,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from fournil.console import print_json
     from fournil.corpus.report import write_report
 
-    data = write_report(args.corpus, shards=args.shards)
+    data = write_report(args.corpus, shards=args.shards, tokenizer=args.tokenizer)
+    if "tokens_note" in data:
+        log.info("no token counts in the datasheet: %s", data["tokens_note"])
     if args.json:
         print_json(data)

@@ -44,19 +44,29 @@ def plan_mix(tokens: dict[str, int], categories: dict[str, str], weights: dict[s
             "dropped_categories": sorted(present - set(shares))}
 
 
+def doc_rank(seed: int, doc_id: str) -> int:
+    """A document's seeded rank: blake2b-64 of seed and id, big-endian, so int order is the digest's byte order
+    (and a rank fits the uint64 arrays `pack` keeps per document instead of the ids)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}\0{doc_id}".encode(), digest_size=8).digest(), "big")
+
+
 def repeats(doc_ids: Sequence[str], sizes: Sequence[int], factor: float, seed: int) -> list[int]:
     """How many copies of each document: ⌊factor⌋ each, plus one for a seeded subset holding the fractional part.
 
     The subset is filled in a seeded order until it holds frac·Σsizes tokens, so the mixed size is within one
     document of the target — what lets the mix hit its shares within 1 %.
     """
+    return repeat_counts([doc_rank(seed, d) for d in doc_ids], sizes, factor)
+
+
+def repeat_counts(ranks: Sequence[int], sizes: Sequence[int], factor: float) -> list[int]:
+    """`repeats` from precomputed `doc_rank`s (ties keep document order)."""
     whole, frac = math.floor(factor), factor - math.floor(factor)
-    counts = [whole] * len(doc_ids)
+    counts = [whole] * len(ranks)
     if frac <= 0:
         return counts
     goal = frac * sum(sizes)
-    order = sorted(range(len(doc_ids)), key=lambda i: hashlib.blake2b(f"{seed}\0{doc_ids[i]}".encode(),
-                                                                       digest_size=8).digest())
+    order = sorted(range(len(ranks)), key=ranks.__getitem__)
     taken = 0
     for i in order:
         if taken >= goal:

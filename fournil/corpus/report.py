@@ -18,7 +18,13 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.2f}"
 
 
-def write_report(corpus: Path, shards: Path | None = None) -> dict:
+TOKENS_HINT = ("token counts need `--tokenizer DIR` (exact count of docs/) or `--shards DIR` (tokens as packed, "
+               "after the mix)")
+
+
+def write_report(corpus: Path, shards: Path | None = None, tokenizer: Path | None = None) -> dict:
+    """Token columns come from `tokenizer` (docs/ counted exactly) and/or `shards` (the packed, mixed tokens);
+    with neither, the datasheet says so instead of printing zeros."""
     corpus = Path(corpus)
     stats_path = corpus / STATS
     if not stats_path.is_file():
@@ -32,28 +38,55 @@ def write_report(corpus: Path, shards: Path | None = None) -> dict:
         index = json.loads(index_path.read_text(encoding="utf-8"))
         tokens = {c: v["tokens"] for c, v in index["categories"].items()}
         stats["shards"] = {"dir": str(shards), "tokens": tokens, "validation": index.get("validation", {})}
+    if tokenizer is not None:
+        from fournil.corpus.pack import count_tokens
+
+        stats["tokens"] = count_tokens(corpus, Path(tokenizer))
+    if shards is None and tokenizer is None:
+        stats["tokens_note"] = TOKENS_HINT
     artifacts.write_json(corpus / "datasheet.json", stats)
-    artifacts.write_text(corpus / "DATASHEET.md", _markdown(stats, tokens))
+    artifacts.write_text(corpus / "DATASHEET.md", _markdown(stats, tokens if shards is not None else None))
     _plot(stats, corpus / "datasheet.png")
     return stats
 
 
-def _markdown(stats: dict, tokens: dict[str, int]) -> str:
+def _count(table: dict[str, int] | None, key: str) -> str:
+    return "—" if table is None else f"{table.get(key, 0):,}"
+
+
+def _markdown(stats: dict, mixed: dict[str, int] | None) -> str:
+    counted = stats.get("tokens")
+    by_category = counted["categories"] if counted else None
+    by_source = counted["sources"] if counted else None
     out = ["# Datasheet", "",
            "Produced by `fournil corpus run`; counts after cleaning, filtering and deduplication.", "",
            "## Categories", "",
-           "| category | documents | MB | tokens (mixed) | share | target | input docs | rejected |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|"]
+           "| category | documents | MB | tokens | tokens (mixed) | share | target | input docs | rejected |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in stats["categories"].items():
         rejected = sum(c["rejects"].values())
-        out.append(f"| {name} | {c['documents']:,} | {_mb(c['bytes'])} | {tokens.get(name, 0):,} | "
-                   f"{c['share']:.1%} | {c['target']:.1%} | {c['input_documents']:,} | {rejected:,} |")
-    out += ["", "## Sources", "", "| source | category | licence | documents | MB | upsampling | rejects |",
-            "|---|---|---|---:|---:|---:|---|"]
+        out.append(f"| {name} | {c['documents']:,} | {_mb(c['bytes'])} | {_count(by_category, name)} | "
+                   f"{_count(mixed, name)} | {c['share']:.1%} | {c['target']:.1%} | {c['input_documents']:,} | "
+                   f"{rejected:,} |")
+    out.append("")
+    if counted:
+        out.append(f"tokens: docs/ counted with `{counted['tokenizer']}` (tokenizer.json sha256 "
+                   f"{counted['tokenizer_sha256'][:12]}…), held-out documents included, before mixing.")
+    if mixed is not None:
+        out.append(f"tokens (mixed): as packed in `{stats['shards']['dir']}` (repeats included, EOS included, "
+                   "validation excluded).")
+    if counted is None and mixed is None:
+        out.append(f"— : {TOKENS_HINT}.")
+    elif counted is None:
+        out.append("— : tokens (before mixing) need `--tokenizer DIR`, an exact count of docs/.")
+    elif mixed is None:
+        out.append("— : mixed tokens need `--shards DIR`.")
+    out += ["", "## Sources", "", "| source | category | licence | documents | MB | tokens | upsampling | rejects |",
+            "|---|---|---|---:|---:|---:|---:|---|"]
     for name, s in stats["sources"].items():
         rejects = ", ".join(f"{k} {v}" for k, v in sorted(s["rejects"].items(), key=lambda kv: -kv[1])) or "—"
         out.append(f"| {name} | {s['category']} | {s['licence']} | {s['documents']:,} | {_mb(s['bytes'])} | "
-                   f"×{s['factor']:.2f} | {rejects} |")
+                   f"{_count(by_source, name)} | ×{s['factor']:.2f} | {rejects} |")
     out += ["", "## Language identification (category → detected)", ""]
     langs = sorted({lang for row in stats["language_confusion"].values() for lang in row})
     out += ["| category | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
