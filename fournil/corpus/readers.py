@@ -25,6 +25,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from fournil.console import FournilError
 from fournil.corpus.config import SourceConfig
+from fournil.corpus.text import encodable
 
 MAX_RECORD_BYTES = 16 << 20  # a single record above this is refused (a 100 MB line is a dump, not a document)
 PAIR_TEMPLATE = "[{a}] {ta}\n[{b}] {tb}"
@@ -203,7 +204,7 @@ class SourceReader(PipelineStep):
             return
         n, errors_before = 0, len(self._errors)
         for line, text in reader(path, source):
-            if not _encodable(text):  # JSON `\ud83d` escapes decode to lone surrogates, which no writer accepts
+            if not encodable(text):  # JSON `\ud83d` escapes decode to lone surrogates, which no writer accepts
                 self.error("invalid_unicode", path, line, "lone UTF-16 surrogate in the text; record skipped")
                 continue
             n += 1
@@ -396,14 +397,6 @@ class SourceReader(PipelineStep):
                 key = word
                 entry[key] = string(rest.strip(), number)
         yield from flush()
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 _PO_KEYWORDS = {"msgid", "msgstr", "msgctxt", "msgid_plural"}

@@ -23,6 +23,15 @@ _BOILERPLATE = re.compile(
 _COPYRIGHT = re.compile(r"(?i)tous droits réservés|all rights reserved")  # anywhere in a short line
 
 
+def encodable(text: str) -> bool:
+    """False for text holding lone surrogates (JSON `\\ud83d` escapes decode to them), which no writer accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def normalize(text: str) -> str:
     """NFC, no control characters, one space between words, no trailing spaces, at most one blank line."""
     text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))

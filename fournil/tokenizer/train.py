@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fournil.console import UsageError, status, track
+from fournil.corpus.text import encodable
 from fournil.tokenizer.config import N_BYTES, TokenizerConfig
 
 if TYPE_CHECKING:
@@ -80,7 +81,7 @@ def read_documents(path: Path, skip_test: bool = False, side: str | None = None)
                     reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
                     raise UsageError(f"{path}:{lineno}: not valid JSON: {reason}") from exc
                 text = _row_text(row, side)
-                if text and "\\ud" in line.lower() and not _encodable(text):  # only a JSON escape makes a surrogate
+                if text and "\\ud" in line.lower() and not encodable(text):  # only a JSON escape makes a surrogate
                     raise UsageError(f"{path}:{lineno}: lone UTF-16 surrogate in the text (a broken \\u escape)")
                 if skip_test and isinstance(row, dict) and row.get("split") == "test":
                     continue
@@ -90,14 +91,6 @@ def read_documents(path: Path, skip_test: bool = False, side: str | None = None)
                     yield text
     except (OSError, UnicodeDecodeError, EOFError) as exc:
         raise UsageError(f"{path}: cannot read: {exc}") from exc
-
-
-def _encodable(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _row_text(row: object, side: str | None) -> str | None:
