@@ -165,7 +165,7 @@ def build(cls: type, data: Any, prefix: str, lines: dict[str, int], problems: li
         if key not in fields:
             close = difflib.get_close_matches(str(key), fields, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            problems.append((lines.get(prefix + str(key)), prefix + _key_name(key),
+            problems.append((lines.get(prefix + _key_name(key)), prefix + _key_name(key),
                              f"unknown key; {hint}(allowed: {', '.join(fields)})"))
     values, valid = {}, len(problems) == n_unknown_before
     for name, f in fields.items():
@@ -266,7 +266,7 @@ def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
     lines: dict[str, int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
-            key = prefix + str(_scalar(key_node))
+            key = prefix + _key_name(_scalar(key_node))  # spelled as problems name it (an empty key is '')
             lines[key] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, key + "."))
     elif isinstance(node, yaml.SequenceNode):

@@ -117,3 +117,17 @@ def test_mapping_values_are_typed_and_vocab_sizes_must_agree():
     text = bad(GOOD.replace("  vocab_size: 300\nmodel", "  vocab_size: 300\n  weights: {fr: lots}\nmodel"))
     assert "tokenizer.weights.fr: expected float, got str 'lots'" in text
     assert "model.vocab_size: 512 differs from tokenizer.vocab_size=300" in bad(GOOD.replace("  vocab_size: 300\n  max", "  vocab_size: 512\n  max"))
+
+
+def test_a_problem_under_an_empty_key_still_names_its_line():
+    """Found by the recipe fuzzer in CI: the empty key is spelled '' in messages and had lost its line."""
+    text = """name: x
+model: {dim: 64, n_layers: 2, n_heads: 4, ffn_dim: 128, vocab_size: 32000}
+tokenizer: {vocab_size: 32000}
+corpus:
+  sources:
+    '':
+"""
+    with pytest.raises(RecipeError) as error:
+        parse_recipe(text, "f.yaml")
+    assert error.value.problems == [(6, "corpus.sources.''", "expected a mapping, got nothing")]
