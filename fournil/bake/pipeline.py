@@ -192,7 +192,7 @@ def _plain(value: Any, to_dict) -> Any:
 
 EPILOG = """\
 examples:
-  fournil bake                               the demo: recipes/demo.yaml into out/demo (≈ 15 min on 2 CPU cores)
+  fournil bake                               the demo: recipes/demo.yaml into out/demo (≈ 10 min on 2 CPU cores)
   fournil bake recipes/demo.yaml --out out/demo --force pretrain     rerun from pretraining on
   fournil bake croissant-1.3b --plan         what the paper-scale bake would need, without running it
 """
