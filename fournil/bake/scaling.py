@@ -113,15 +113,12 @@ def run_point(run_dir: str | Path) -> dict:
 
 
 def _seq_len(run_dir: Path, default: int) -> int:
-    """The training sequence length from the newest checkpoint's recipe, else the model's context."""
+    """The training sequence length from the recipe.json every run writes, else the model's context."""
     import json
 
-    from fournil.train.checkpoint import latest
-
-    checkpoint = latest(run_dir)
     try:
-        return int(json.loads((checkpoint / "state.json").read_text())["recipe"]["train"]["seq_len"])
-    except (TypeError, OSError, ValueError, KeyError):
+        return int(json.loads((run_dir / "recipe.json").read_text())["train"]["seq_len"])
+    except (OSError, ValueError, KeyError, TypeError):
         return default
 
 

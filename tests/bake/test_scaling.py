@@ -111,6 +111,11 @@ def test_a_tiny_ladder_runs_fits_and_refits(sample_sources, tmp_path, capsys):
     assert flops == sorted(flops) and all(len(p["curve"]) == 3 for p in points)
     a = points[0]  # 30 steps (capped) × 512 tokens, FLOPs from the model's own count at seq 64
     assert a["tokens"] == 30 * 512
+    from fournil.model.hf import read_config
+    from fournil.model.info import flops_per_token
+
+    a_config = read_config(out / "rungs" / "a" / "model")
+    assert a["flops"] == 30 * 512 * flops_per_token(a_config, 64)["training"]  # the run's seq_len, not the context
     bpb = [p["mean_bits_per_byte"] for p in points]
     assert bpb[2] < bpb[0]  # more compute, lower loss, even this small
     fit = result["fit"]
