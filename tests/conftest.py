@@ -11,6 +11,15 @@ import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+try:  # hypothesis draws the same cases on every run, so CI tests what we tested; FOURNIL_FUZZ_FRESH=1 draws anew
+    from hypothesis import settings
+
+    settings.register_profile("fixed", derandomize=True)
+    settings.register_profile("fresh", derandomize=False)
+    settings.load_profile("fresh" if os.environ.get("FOURNIL_FUZZ_FRESH") else "fixed")
+except ImportError:  # hypothesis is a dev extra
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _seed():
