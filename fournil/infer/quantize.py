@@ -2,9 +2,10 @@
 
 int8: w ≈ q·s with one scale per row (s = max|w_row| / 127, symmetric), so y = (x·qᵀ)·s — the scale comes after
 the matmul. 4-bit: each group of `group_size` inputs keeps a scale and a minimum (asymmetric, 16 levels, as
-GGUF's Q4_1), two nibbles per byte. Only the blocks' linear layers are quantised; embeddings, norms and lm_head
-stay in floating point (they are a small share of a Llama's bytes beyond the smallest models, and the most
-sensitive). The directory keeps the HF layout plus `quantization_config` in config.json; transformers cannot
+GGUF's Q4_1), two nibbles per byte. The blocks' linear layers are quantised, and with int8 lm_head too (a
+fifth of a small model's bytes, read on every token: llama.cpp's q8_0 quantises it as well; with tied embeddings
+the lookup table stays in floating point, of which one row is read per token). Norms, embeddings and the 4-bit
+lm_head stay in floating point (the most sensitive parts). The directory keeps the HF layout plus `quantization_config` in config.json; transformers cannot
 load it, our `Engine` can.
 """
 
@@ -136,15 +137,21 @@ def load_quantized(directory: str | Path, device: str | torch.device = "cpu") ->
             raise UsageError(f"{directory}: quantised tensor {exc.args[0]} is missing") from exc
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
-    if config.tie_embeddings:
+    int8_head = bits == 8 and q.get("lm_head") is True
+    if int8_head:
+        try:
+            model.lm_head = Int8Linear(state.pop("lm_head.weight"), state.pop("lm_head.weight_scale"))
+        except KeyError as exc:
+            raise UsageError(f"{directory}: quantised tensor {exc.args[0]} is missing") from exc
+    elif config.tie_embeddings:
         state.pop("lm_head.weight", None)
+    tied = config.tie_embeddings and not int8_head
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k, v in model.state_dict().items()
-               if v.is_meta and not (config.tie_embeddings and k == "lm_head.weight")]
+    missing = [k for k, v in model.state_dict().items() if v.is_meta and not (tied and k == "lm_head.weight")]
     if missing or unexpected:
         raise UsageError(f"{directory}: weights do not match config.json (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
-    if config.tie_embeddings:
+    if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
     return model.to(device).eval()
 
@@ -196,9 +203,15 @@ def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 3
     config = read_config(source)
     weight_files(source)  # refuse pickles / missing weights before anything is written
     state = read_state_dict(source, torch.float32)
-    if config.tie_embeddings:
-        state.pop("lm_head.weight", None)
-    state = {k: v.contiguous() for k, v in quantize_state(state, bits, group_size).items()}
+    head = state.pop("lm_head.weight", None)
+    if head is None:  # tied (and stored once)
+        head = state["model.embed_tokens.weight"]
+    state = quantize_state(state, bits, group_size)
+    if bits == 8:  # lm_head as its own int8 matrix, even when tied to the embeddings
+        state["lm_head.weight"], state["lm_head.weight_scale"] = quantize_int8(head)
+    elif not config.tie_embeddings:
+        state["lm_head.weight"] = head
+    state = {k: v.contiguous() for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
     (out / artifacts.MANIFEST).unlink(missing_ok=True)
     for extra in source.iterdir():
@@ -210,7 +223,7 @@ def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 3
         save_file(state, str(tmp), metadata={"format": "pt"})
     hf = to_hf_config(config)
     hf["quantization_config"] = {"quant_method": METHOD, "bits": bits,
-                                 **({"group_size": group_size} if bits == 4 else {})}
+                                 **({"group_size": group_size} if bits == 4 else {"lm_head": True})}
     artifacts.write_json(out / "config.json", hf)
     nbytes = sum(t.numel() * t.element_size() for t in state.values())
     artifacts.write_manifest(out, "fournil.infer.quantize", quantized_from=str(source), bits=bits,

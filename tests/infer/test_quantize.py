@@ -48,7 +48,7 @@ def test_int8_perplexity_within_one_percent_of_fp32_on_smollm2(smol_dir, tmp_pat
     out = quantize(smol_dir, tmp_path / "int8", 8)
     result = report(smol_dir, out, sample_text(1000), window=256)
     assert result["tokens"] > 200
-    assert abs(result["change_percent"]) < 1.0, result  # measured +0.45 % on 1127 tokens
+    assert abs(result["change_percent"]) < 1.0, result  # measured -0.04 % (+0.58 % on 1835 tokens of sample_text())
 
 
 @pytest.mark.slow

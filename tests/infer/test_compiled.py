@@ -1,0 +1,44 @@
+"""The compiled decode step (`--compile`) gives the eager engine's tokens: batch 1 with its token-by-token prefill,
+a left-padded batch with the eager prefill, and an int8 model (bf16 activations) against the same model eager."""
+
+from __future__ import annotations
+
+import pytest
+
+from fournil.infer.compiled import MIN_CACHE, cache_size
+from fournil.infer.config import SamplingConfig
+from fournil.infer.generate import Engine
+from fournil.infer.quantize import quantize
+
+GREEDY = SamplingConfig(max_tokens=24, ignore_eos=True)
+PROMPTS = ["Bonjour", "The capital of France is a city that"]
+
+
+def test_cache_size_is_a_power_of_two_that_fits_and_respects_the_context():
+    assert cache_size(1, 4096) == MIN_CACHE
+    assert cache_size(MIN_CACHE + 1, 4096) == 2 * MIN_CACHE
+    assert cache_size(1000, 4096) == 1024
+    assert cache_size(1000, 1000) == 1000  # capped by the model's context, never below what is needed
+    assert cache_size(300, 200) == 300
+
+
+def _tokens(engine: Engine, prompts: list[str]) -> list[list[int]]:
+    return [c.tokens for c in engine.complete(prompts, GREEDY)]
+
+
+@pytest.mark.slow
+def test_compiled_decoding_equals_eager_decoding(tiny_dir):
+    eager, fast = Engine.load(tiny_dir), Engine.load(tiny_dir, compile=True)
+    assert _tokens(fast, PROMPTS[:1]) == _tokens(eager, PROMPTS[:1])  # short prompt: compiled prefill
+    assert _tokens(fast, PROMPTS) == _tokens(eager, PROMPTS)  # left padding, eager prefill, batch 2
+    assert _tokens(fast, PROMPTS[1:]) == _tokens(eager, PROMPTS[1:])  # batch 1 again: no new compile
+    assert fast.compiled.shapes == {(1, MIN_CACHE), (2, MIN_CACHE)}
+
+
+@pytest.mark.slow
+def test_compiled_int8_decoding_equals_eager_int8_in_bfloat16(tiny_dir, tmp_path):
+    int8 = quantize(tiny_dir, tmp_path / "int8", 8)
+    eager, fast = Engine.load(int8, dtype="bfloat16"), Engine.load(int8, compile=True)
+    ref, got = _tokens(eager, PROMPTS[:1])[0], _tokens(fast, PROMPTS[:1])[0]
+    # bf16 sums in another order may flip a near-tie late; the first tokens must agree
+    assert got[:8] == ref[:8], (got, ref)
