@@ -14,13 +14,13 @@ the encoded (context + continuation), not the continuation encoded alone.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from fournil.console import UsageError
 from fournil.model.hf import load_model, resolve
@@ -130,26 +130,30 @@ class Engine:
         for prefix, members in shared_prefixes(groups, MIN_SHARED):
             long = [] if prefix else [g for g in members if len(g.context) >= max(MIN_SHARED, 2 * _inputs(g))]
             if long:
-                self._batched(long, lambda g: len(g.context), self._score_two_pass, results, progress)
+                self._batched(long, lambda g: len(g.context), self._score_two_pass, results, progress, pack=False)
                 members = [g for g in members if len(g.context) < max(MIN_SHARED, 2 * _inputs(g))]
             kv = self._prefill(prefix) if prefix else None
             skip = len(prefix)
             self._batched(members, lambda g, skip=skip: len(g.context) - skip + _inputs(g),
-                          lambda batch, out, skip=skip, kv=kv: self._score_rows(batch, skip, kv, out), results,
-                          progress)
+                          lambda rows, out, skip=skip, kv=kv: self._score_rows(rows, skip, kv, out), results,
+                          progress, pack=True)
         return results
 
-    def _batched(self, groups: list[Group], width: Callable[[Group], int], score: Callable[[list[Group], dict], None],
-                 results: dict, progress: Callable[[int], None] | None) -> None:
-        """Widest first, as many rows per pass as the token budget allows (little padding)."""
-        order = sorted(groups, key=lambda g: -width(g))
+    def _batched(self, groups: list[Group], width: Callable[[Group], int],
+                 score: Callable[[list[list[Group]], dict], None], results: dict,
+                 progress: Callable[[int], None] | None, pack: bool) -> None:
+        """Rows widest first, as many per pass as the token budget allows. With `pack`, short groups share a row
+        (best fit into rows as wide as the widest group; the mask keeps them apart), so little is padding."""
+        rows = pack_rows(groups, width) if pack else [[g] for g in groups]
+        fill = {id(row): sum(width(g) for g in row) for row in rows}
+        rows.sort(key=lambda row: -fill[id(row)])
         start = 0
-        while start < len(order):
-            batch = order[start:start + max(1, self.batch_tokens // max(width(order[start]), 1))]
+        while start < len(rows):
+            batch = rows[start:start + max(1, self.batch_tokens // max(fill[id(rows[start])], 1))]
             score(batch, results)
             start += len(batch)
             if progress:
-                progress(sum(len(g.continuations) for g in batch))
+                progress(sum(len(g.continuations) for row in batch for g in row))
 
     def _truncate(self, group: Group) -> Group:
         """lm-eval's left truncation: context + longest continuation fit in max_length + 1 tokens."""
@@ -162,9 +166,11 @@ class Engine:
         self.model(torch.tensor([prefix], device=self.device), cache=capture, hidden_only=True)
         return capture.kv
 
-    def _score_two_pass(self, groups: list[Group], results: dict) -> None:
+    def _score_two_pass(self, rows: list[list[Group]], results: dict) -> None:
         """Contexts prefilled (causal, right-padded: real tokens never see the pads after them), then every
-        group's continuations in one row after its own context's keys and values."""
+        group's continuations in one row after its own context's keys and values (one group per row)."""
+        groups = [g for row in rows for g in row]
+        assert len(groups) == len(rows), "two-pass rows hold one group each"
         lengths = torch.tensor([len(g.context) for g in groups])
         ids = torch.zeros(len(groups), int(lengths.max()), dtype=torch.long)
         for b, g in enumerate(groups):
@@ -173,44 +179,56 @@ class Engine:
         hidden = self.model(ids.to(self.device), cache=capture, hidden_only=True)
         last = hidden[torch.arange(len(groups)), lengths - 1]
         visible = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-        self._score_rows(groups, None, capture.kv, results, visible=visible.to(self.device), last=last)
+        self._score_rows([[g] for g in groups], None, capture.kv, results, visible=visible.to(self.device),
+                         last=last)
 
-    def _score_rows(self, groups: Sequence[Group], skip: int | None, past_kv: list | None, results: dict, *,
-                    visible: torch.Tensor | None = None, last: torch.Tensor | None = None) -> None:
-        """One row per group after `past_kv`: the context's tokens from `skip` on, then each continuation without
-        its last token. With `skip` None the whole context is in `past_kv` (one row of it per group, `visible`
-        marking its real tokens, `last` its last token's state); otherwise `past_kv` is a prefix of `skip` tokens
-        shared by all (or None). A context token attends causally to the context; continuation j to the whole
-        context and to itself, at the positions it would have right after the context. Only the positions that
-        predict a continuation token reach the output projection."""
+    def _score_rows(self, packed: Sequence[Sequence[Group]], skip: int | None, past_kv: list | None, results: dict,
+                    *, visible: torch.Tensor | None = None, last: torch.Tensor | None = None) -> None:
+        """One row per list of groups after `past_kv`; in it each group's context tokens from `skip` on, then
+        each continuation without its last token. With `skip` None the whole context is in `past_kv` (one group
+        per row, `visible` marking its context's real tokens, `last` its last token's state); otherwise `past_kv`
+        is a prefix of `skip` tokens shared by all (or None). A context token attends causally to its own
+        context; continuation j to its whole context and to itself, at the positions it would have right after
+        the context; nothing sees another group of the row. Only the positions that predict a continuation token
+        reach the output projection."""
         device = self.device
-        rows, segments, positions, lasts = [], [], [], []
-        for g in groups:
-            rest = [] if skip is None else list(g.context[skip:])
-            row, seg, pos = list(rest), [0] * len(rest), list(range(len(g.context) - len(rest), len(g.context)))
-            for j, cont in enumerate(g.continuations, 1):
-                body = cont[:-1]  # a last token is never an input
-                row += body
-                seg += [j] * len(body)
-                pos += range(len(g.context), len(g.context) + len(body))
+        rows, segments, owners_t, positions = [], [], [], []
+        placed = []  # (row, group, index of its last context token in the row, index of its first input after)
+        for b, row_groups in enumerate(packed):
+            row, seg, own, pos = [], [], [], []
+            for k, g in enumerate(row_groups):
+                rest = [] if skip is None else list(g.context[skip:])
+                placed.append((b, g, len(row) + len(rest) - 1, len(row) + len(rest)))
+                row += rest
+                seg += [0] * len(rest)
+                pos += range(len(g.context) - len(rest), len(g.context))
+                for j, cont in enumerate(g.continuations, 1):
+                    body = cont[:-1]  # a last token is never an input
+                    row += body
+                    seg += [j] * len(body)
+                    pos += range(len(g.context), len(g.context) + len(body))
+                own += [k] * (len(row) - len(own))
             rows.append(row)
             segments.append(seg)
+            owners_t.append(own)
             positions.append(pos)
-            lasts.append(len(rest) - 1)
         B, T = len(rows), max(len(r) for r in rows)
         hidden = torch.zeros(B, T, self.model.config.dim, device=device, dtype=self.model.lm_head.weight.dtype)
         if T:
             ids = torch.zeros(B, T, dtype=torch.long)
             pos_t = torch.zeros(B, T, dtype=torch.long)
             seg_t = torch.full((B, T), -1, dtype=torch.long)
-            for b, (row, seg, pos) in enumerate(zip(rows, segments, positions, strict=True)):
+            own_t = torch.full((B, T), -1, dtype=torch.long)
+            for b, (row, seg, own, pos) in enumerate(zip(rows, segments, owners_t, positions, strict=True)):
                 ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
                 pos_t[b, :len(row)] = torch.tensor(pos, dtype=torch.long)
                 seg_t[b, :len(row)] = torch.tensor(seg, dtype=torch.long)
-            seg_t = seg_t.to(device)
+                own_t[b, :len(row)] = torch.tensor(own, dtype=torch.long)
+            seg_t, own_t = seg_t.to(device), own_t.to(device)
             index = torch.arange(T, device=device)
             key, query = seg_t[:, None, :], seg_t[:, :, None]
-            mask = (key >= 0) & ((key == 0) | (key == query)) & (index[None, :] <= index[:, None])[None]
+            same_group = (own_t[:, None, :] == own_t[:, :, None]) & (own_t[:, None, :] >= 0)
+            mask = same_group & ((key == 0) | (key == query)) & (index[None, :] <= index[:, None])[None]
             mask |= torch.eye(T, dtype=torch.bool, device=device)[None]  # padding attends to itself: no NaN
             if visible is not None:  # each row's own context
                 mask = torch.cat([visible[:, None, :].expand(B, T, -1), mask], dim=-1)
@@ -222,9 +240,8 @@ class Engine:
         if last is not None:
             states = torch.cat([states, last.to(states.dtype)])
         picks, targets, owners = [], [], []
-        for b, g in enumerate(groups):
-            offset = lasts[b] + 1
-            first = B * T + b if skip is None else b * T + lasts[b]
+        for b, g, last_context, offset in placed:
+            first = B * T + b if skip is None else b * T + last_context
             for cont in g.continuations:
                 if not cont:
                     continue
@@ -232,12 +249,16 @@ class Engine:
                 offset += len(cont) - 1
                 targets += cont
                 owners += [(g.context, cont)] * len(cont)
-        sums: dict = {(g.context, c): [0.0, True] for g in groups for c in g.continuations}
+        sums: dict = {(g.context, c): [0.0, True] for _, g, _, _ in placed for c in g.continuations}
         if picks:
-            logprobs = F.log_softmax(self.model.lm_head(states[torch.tensor(picks, device=device)]).float(), dim=-1)
-            target = torch.tensor(targets, device=device)
-            token_lp = logprobs.gather(1, target[:, None])[:, 0].tolist()
-            greedy = (logprobs.argmax(-1) == target).tolist()
+            token_lp, greedy = [], []
+            pick_t, target_t = torch.tensor(picks, device=device), torch.tensor(targets, device=device)
+            for start in range(0, len(picks), PICK_CHUNK):  # memory bounded by a (chunk × vocab) block
+                logits = self.model.lm_head(states[pick_t[start:start + PICK_CHUNK]]).float()
+                target = target_t[start:start + PICK_CHUNK]
+                # log p(target) = logit - logsumexp: no second block as log_softmax would make
+                token_lp += (logits.gather(1, target[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
+                greedy += (logits.argmax(-1) == target).tolist()
             for key_, lp, is_greedy in zip(owners, token_lp, greedy, strict=True):
                 sums[key_][0] += lp
                 sums[key_][1] = sums[key_][1] and is_greedy
@@ -333,6 +354,7 @@ class Engine:
         return [cut(t, until) for t in texts]
 
 
+PICK_CHUNK = 1024  # scored positions per output-projection block (8000 picks × a 32k vocab would be 1 GB)
 MIN_SHARED = 32  # tokens: a shorter common prefix is not worth its own forward pass
 
 
@@ -376,6 +398,29 @@ class _Capture:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.kv.append((k, v))
         return k, v
+
+
+def pack_rows(groups: Sequence[Group], width: Callable[[Group], int]) -> list[list[Group]]:
+    """Groups into rows no wider than the widest group: widest first, each into the fullest row it still fits
+    (best fit), so short groups fill the ends of long rows instead of padding."""
+    order = sorted(groups, key=lambda g: -width(g))
+    if not order:
+        return []
+    capacity = width(order[0])
+    rows: list[list[Group]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+    for g in order:
+        w = width(g)
+        at = bisect.bisect_left(room, (w, -1))
+        if at < len(room):
+            free, index = room.pop(at)
+            rows[index].append(g)
+        else:
+            free, index = capacity, len(rows)
+            rows.append([g])
+        if free - w > 0:
+            bisect.insort(room, (free - w, index))
+    return rows
 
 
 def _inputs(group: Group) -> int:
