@@ -15,18 +15,13 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
-def _metrics(run: Path) -> list[dict]:
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def _image(out: Path, path: Path, alt: str) -> str:
     return f"![{alt}]({path.relative_to(out).as_posix()})\n" if path.is_file() else ""
 
 
 def write_report(recipe, out: Path) -> Path:
     from fournil.corpus.report import write_report as corpus_report
-    from fournil.train.plot import plot_run
+    from fournil.train.plot import plot_run, read_metrics
 
     lines = [f"# Bake report: {recipe.name}", "",
              f"{recipe.description}  ", f"fournil {fournil.__version__}, "
@@ -63,7 +58,7 @@ def write_report(recipe, out: Path) -> Path:
 
     for title, run in (("## 3. Pretraining", out / "pretrain"), ("## 4. Supervised fine-tuning", out / "sft")):
         lines += [title, ""]
-        records = _metrics(run)
+        records = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
         steps_logged = [r for r in records if "loss" in r]
         if steps_logged:
             plot_run(run)
