@@ -91,7 +91,8 @@ class CompiledDecoder:
         # fresh (B, 1) tensors: a slice of a wider one has other strides and offsets, which the guards would
         # tell apart from what was compiled
         dense = torch.contiguous_format
-        args = (ids.clone(memory_format=dense), positions.clone(memory_format=dense), torch.tensor([slot], device=ids.device), key_mask, cache.k, cache.v)
+        args = (ids.clone(memory_format=dense), positions.clone(memory_format=dense),
+                torch.tensor([slot], device=ids.device), key_mask, cache.k, cache.v)
         if shape in self.shapes:
             # every shape met so far has its graph: skip re-checking guards on each step (a millisecond per token)
             try:

@@ -42,3 +42,29 @@ def test_compiled_int8_decoding_equals_eager_int8_in_bfloat16(tiny_dir, tmp_path
     ref, got = _tokens(eager, PROMPTS[:1])[0], _tokens(fast, PROMPTS[:1])[0]
     # bf16 sums in another order may flip a near-tie late; the first tokens must agree
     assert got[:8] == ref[:8], (got, ref)
+
+
+@pytest.mark.slow
+def test_two_models_of_one_shape_each_decode_with_their_own_weights():
+    """Freezing bakes weights into the graph: a second model of the same shape must not reuse the first's."""
+    import torch
+
+    from fournil.infer.compiled import compiled_decoder
+    from fournil.infer.generate import decode_steps
+    from fournil.model.config import ModelConfig
+    from fournil.model.llama import Llama
+
+    config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=512,
+                         max_seq_len=256, init_std=0.1)
+    sampling = SamplingConfig(max_tokens=12, ignore_eos=True)
+    models = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models.append(Llama(config).eval())
+
+    def tokens(model, compiled):
+        return [t[0] for t, _ in decode_steps(model, [[5, 6, 7]], sampling, compiled=compiled)]
+
+    eager = [tokens(m, None) for m in models]
+    assert eager[0] != eager[1]
+    assert [tokens(m, compiled_decoder(m)) for m in models] == eager
