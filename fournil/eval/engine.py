@@ -170,7 +170,7 @@ class Engine:
         """Contexts prefilled (causal, right-padded: real tokens never see the pads after them), then every
         group's continuations in one row after its own context's keys and values (one group per row)."""
         groups = [g for row in rows for g in row]
-        assert len(groups) == len(rows), "two-pass rows hold one group each"
+        assert len(groups) == len(rows), "two-pass rows hold one group each"  # `last` and `visible` are per row
         lengths = torch.tensor([len(g.context) for g in groups])
         ids = torch.zeros(len(groups), int(lengths.max()), dtype=torch.long)
         for b, g in enumerate(groups):
@@ -179,8 +179,7 @@ class Engine:
         hidden = self.model(ids.to(self.device), cache=capture, hidden_only=True)
         last = hidden[torch.arange(len(groups)), lengths - 1]
         visible = torch.arange(ids.shape[1])[None, :] < lengths[:, None]
-        self._score_rows([[g] for g in groups], None, capture.kv, results, visible=visible.to(self.device),
-                         last=last)
+        self._score_rows(rows, None, capture.kv, results, visible=visible.to(self.device), last=last)
 
     def _score_rows(self, packed: Sequence[Sequence[Group]], skip: int | None, past_kv: list | None, results: dict,
                     *, visible: torch.Tensor | None = None, last: torch.Tensor | None = None) -> None:

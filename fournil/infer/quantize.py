@@ -5,8 +5,8 @@ the matmul. 4-bit: each group of `group_size` inputs keeps a scale and a minimum
 GGUF's Q4_1), two nibbles per byte. The blocks' linear layers are quantised, and with int8 lm_head too (a
 fifth of a small model's bytes, read on every token: llama.cpp's q8_0 quantises it as well; with tied embeddings
 the lookup table stays in floating point, of which one row is read per token). Norms, embeddings and the 4-bit
-lm_head stay in floating point (the most sensitive parts). The directory keeps the HF layout plus `quantization_config` in config.json; transformers cannot
-load it, our `Engine` can.
+lm_head stay in floating point (the most sensitive parts). The directory keeps the HF layout plus
+`quantization_config` in config.json; transformers cannot load it, our `Engine` can.
 """
 
 from __future__ import annotations
@@ -122,10 +122,12 @@ def load_quantized(directory: str | Path, device: str | torch.device = "cpu") ->
     if bits not in (4, 8) or (bits == 4 and not isinstance(group_size, int)):
         raise UsageError(f"{directory / 'config.json'}: quantization_config needs bits 4 or 8 (and group_size for 4)")
     state = read_state_dict(directory)
+    int8_head = bits == 8 and q.get("lm_head") is True
     with torch.device("meta"):
         model = Llama(config)
     for name, module in list(model.named_modules()):
-        if not isinstance(module, nn.Linear) or not _quantizable(f"{name}.weight"):
+        if not isinstance(module, nn.Linear) or not (_quantizable(f"{name}.weight") or
+                                                     (int8_head and name == "lm_head")):
             continue
         try:
             if bits == 8:
@@ -137,15 +139,9 @@ def load_quantized(directory: str | Path, device: str | torch.device = "cpu") ->
             raise UsageError(f"{directory}: quantised tensor {exc.args[0]} is missing") from exc
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
-    int8_head = bits == 8 and q.get("lm_head") is True
-    if int8_head:
-        try:
-            model.lm_head = Int8Linear(state.pop("lm_head.weight"), state.pop("lm_head.weight_scale"))
-        except KeyError as exc:
-            raise UsageError(f"{directory}: quantised tensor {exc.args[0]} is missing") from exc
-    elif config.tie_embeddings:
-        state.pop("lm_head.weight", None)
     tied = config.tie_embeddings and not int8_head
+    if tied:
+        state.pop("lm_head.weight", None)
     _, unexpected = model.load_state_dict(state, strict=False, assign=True)
     missing = [k for k, v in model.state_dict().items() if v.is_meta and not (tied and k == "lm_head.weight")]
     if missing or unexpected:
