@@ -87,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except FournilError as exc:
-        stderr.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        # soft_wrap: the message stays one line (the terminal wraps it), so a log or a grep sees it whole
+        stderr.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False, soft_wrap=True)
         return exc.exit_code
     except KeyboardInterrupt:
         stderr.print("interrupted")
@@ -100,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger("fournil").exception("unexpected failure (please report it)")
         else:
             stderr.print(Text("error: ", style="bold red") + Text(f"unexpected {type(exc).__name__}: {exc} "
-                                                                  "(rerun with --verbose for the traceback)"))
+                                                                  "(rerun with --verbose for the traceback)"),
+                         soft_wrap=True)
         return EXIT_FAILURE
 
 
