@@ -37,7 +37,7 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     group.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
     group.add_argument("--compile", action="store_true",
-                       help="decode through torch.compile: 2-4x faster per token after a one-time compile of a "
+                       help="decode through torch.compile: 2-3x faster per token after a one-time compile of a "
                             "minute or more (worth it for long outputs and interactive chat)")
 
 
