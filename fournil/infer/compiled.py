@@ -3,8 +3,9 @@
 Why: at batch 1 a decoder is a chain of matrix-vector products, bound by memory bandwidth, plus a few hundred
 small elementwise ops. Eager PyTorch loses on both counts on a CPU: MKL's fp32 GEMV reaches ~40 % of the
 machine's bandwidth on AMD processors, and each eager op costs microseconds of dispatch. Inductor with
-`freezing` + `max_autotune` generates its own C++ GEMV micro-kernels (weight-only int8 included), fuses the
-elementwise ops, and `cpp_wrapper` calls them from C++ instead of Python. Measured in `benchmarks/bench_infer.py`.
+`freezing` + `max_autotune` generates its own C++ GEMV micro-kernels, fuses the elementwise ops, and `cpp_wrapper`
+calls them from C++ instead of Python. int8 matrices and attention go to fournil's own kernels
+(fournil.infer.kernels) when the CPU has them. Measured in `benchmarks/bench_infer.py`.
 
 The price is a one-time compile (one to three minutes on 2 cores) per (batch, cache size), so this is opt-in
 (`--compile`); the server and long generations amortise it. Shapes are static: the cache length is rounded up
@@ -18,8 +19,11 @@ import logging
 import time
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from fournil.infer import kernels
+from fournil.infer.quantize import Int8Linear
 from fournil.model.llama import KVCache, Llama, apply_rope, rope_cos_sin
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class DecodeStep(nn.Module):
     def __init__(self, model: Llama):
         super().__init__()
         self.model = model
+        self.kernels = kernels.available()  # fournil's decode kernels (fournil.infer.kernels), else torch ops
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, key_mask: torch.Tensor,
                 k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
@@ -60,30 +65,51 @@ class DecodeStep(nn.Module):
         for block, k_all, v_all in zip(model.model.layers, k_cache, v_cache, strict=True):
             attn = block.self_attn
             h = block.input_layernorm(x)
-            q = attn.q_proj(h).view(B, 1, attn.n_heads, attn.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(B, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(B, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+            q, k, v = self._project(h, (attn.q_proj, attn.k_proj, attn.v_proj))
+            q = q.view(B, 1, attn.n_heads, attn.head_dim).transpose(1, 2)
+            k = k.view(B, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
+            v = v.view(B, 1, attn.n_kv_heads, attn.head_dim).transpose(1, 2)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             k_all.index_copy_(2, slot, k)
             v_all.index_copy_(2, slot, v)
-            # one query per row: plain matmuls + softmax beat the SDPA kernel here (it is built for long
-            # queries) and fuse; grouped-query heads share their kv head through the reshape
-            groups = attn.n_heads // attn.n_kv_heads
-            q = q.reshape(B, attn.n_kv_heads, groups, attn.head_dim)
-            scores = (q @ k_all.transpose(2, 3)).float() * attn.head_dim ** -0.5  # (B, K, G, S)
-            weights = scores.masked_fill(~key_mask, float("-inf")).softmax(-1).to(x.dtype)
-            y = (weights @ v_all).reshape(B, 1, attn.n_heads * attn.head_dim)
-            x = x + attn.o_proj(y)
-            x = x + block.mlp(block.post_attention_layernorm(x))
+            if self.kernels:  # reads only the filled positions, and the cache where it lies
+                y = kernels.decode_attention(q.reshape(B, attn.n_heads, attn.head_dim), k_all, v_all,
+                                             key_mask.view(B, -1), attn.head_dim ** -0.5)
+            else:
+                # one query per row: plain matmuls + softmax beat the SDPA kernel here (it is built for long
+                # queries) and fuse; grouped-query heads share their kv head through the reshape
+                groups = attn.n_heads // attn.n_kv_heads
+                q = q.reshape(B, attn.n_kv_heads, groups, attn.head_dim)
+                scores = (q @ k_all.transpose(2, 3)).float() * attn.head_dim ** -0.5  # (B, K, G, S)
+                weights = scores.masked_fill(~key_mask, float("-inf")).softmax(-1).to(x.dtype)
+                y = weights @ v_all
+            x = x + attn.o_proj(y.reshape(B, 1, attn.n_heads * attn.head_dim))
+            mlp = block.mlp
+            gate, up = self._project(block.post_attention_layernorm(x), (mlp.gate_proj, mlp.up_proj))
+            x = x + mlp.down_proj(F.silu(gate) * up)
         return model.lm_head(model.model.norm(x))[:, -1].float()
+
+    def _project(self, h: torch.Tensor, linears: tuple[nn.Module, ...]) -> list[torch.Tensor]:
+        """Several projections of one input; int8 ones in one kernel call (one pass, one thread start)."""
+        if self.kernels and all(isinstance(lin, Int8Linear) for lin in linears):
+            y = kernels.int8_linear(h, [lin.weight for lin in linears], [lin.weight_scale for lin in linears])
+            return list(y.split([lin.weight.shape[0] for lin in linears], dim=-1))
+        return [lin(h) for lin in linears]
 
 
 class CompiledDecoder:
     """Owns the compiled step of one model; compiles a graph per (batch, cache size) the first time it is met."""
 
     def __init__(self, model: Llama):
-        self.step = torch.compile(DecodeStep(model).eval(), fullgraph=True)
+        step = DecodeStep(model).eval()
+        self.step = torch.compile(step, fullgraph=True)
         self.shapes: set[tuple[int, int]] = set()
+        self.options = dict(INDUCTOR_OPTIONS)
+        if step.kernels and not any(isinstance(m, nn.Linear) for m in model.modules()):
+            # every matrix product is fournil's kernel (threaded on its own); what inductor generates is only
+            # elementwise work on a few thousand numbers, where starting threads costs more than it saves
+            # (1.5 ms per token of 13 on SmolLM2-135M int8), and there is no GEMM template left to autotune
+            self.options.update({"cpp.threads": 1, "max_autotune": False})
 
     def __call__(self, ids: torch.Tensor, positions: torch.Tensor, slot: int, key_mask: torch.Tensor,
                  cache: KVCache) -> torch.Tensor:
@@ -103,7 +129,7 @@ class CompiledDecoder:
                     raise
         start = time.perf_counter()
         log.warning("compiling the decode step for batch %d, cache %d (once per shape; a minute or more)", *shape)
-        with torch._inductor.config.patch(INDUCTOR_OPTIONS):
+        with torch._inductor.config.patch(self.options):
             logits = self.step(*args)
         self.shapes.add(shape)
         log.info("compiled in %.0f s", time.perf_counter() - start)

@@ -195,15 +195,17 @@ class Engine:
              compile: bool = False) -> Engine:
         """A model directory (fournil, transformers, imported GGUF, or quantised by `fournil quantize`).
 
-        compile: decode through inductor (fournil.infer.compiled). An int8 model then computes in bfloat16,
-        the input type of inductor's int8 weight-only kernels, unless `dtype` says otherwise."""
+        compile: decode through inductor (fournil.infer.compiled). Without fournil's kernels
+        (fournil.infer.kernels) an int8 model then computes in bfloat16, the input type of inductor's int8
+        weight-only kernels, unless `dtype` says otherwise."""
+        from fournil.infer import kernels
         from fournil.infer.quantize import is_quantized, load_quantized
         from fournil.model.hf import load_model
 
         directory = Path(directory)
         if is_quantized(directory):
             model = load_quantized(directory, device)
-            if dtype is not None or compile:
+            if dtype is not None or (compile and not kernels.available()):
                 model = model.to(getattr(torch, dtype or "bfloat16"))  # float weights only; int8 stays
         else:
             model = load_model(directory, dtype=dtype, device=device)

@@ -23,6 +23,7 @@ from torch import nn
 
 from fournil import artifacts
 from fournil.console import UsageError
+from fournil.infer import kernels
 from fournil.model.hf import read_config, read_state_dict, to_hf_config, weight_files
 from fournil.model.llama import Llama
 
@@ -40,6 +41,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[:-1].numel() <= kernels.MAX_ROWS and x.shape[-1] % 16 == 0 and kernels.available():
+            # a decode step: fournil's int8 kernel reads the weights at about twice the speed of the line below
+            return kernels.int8_linear(x, [self.weight], [self.weight_scale])
         return F.linear(x, self.weight.to(x.dtype)) * self.weight_scale.to(x.dtype)
 
 
@@ -123,6 +127,8 @@ def load_quantized(directory: str | Path, device: str | torch.device = "cpu") ->
         raise UsageError(f"{directory / 'config.json'}: quantization_config needs bits 4 or 8 (and group_size for 4)")
     state = read_state_dict(directory)
     int8_head = bits == 8 and q.get("lm_head") is True
+    if bits == 8:
+        kernels.available()  # build the int8 kernel now (once per machine), not in the middle of a traced step
     with torch.device("meta"):
         model = Llama(config)
     for name, module in list(model.named_modules()):

@@ -1,0 +1,91 @@
+"""fournil's own CPU decode kernels (kernels.cpp): an int8 matrix-vector product and one-query attention.
+
+Why: at batch 1 decoding is bound by how fast the weights stream from memory. ATen's and inductor's int8
+weight-only kernels reach 7-12 GB/s here, about half of what the machine reads; these reach 22-28 GB/s
+(`benchmarks/bench_infer.py`, docs/infer.md). They are x86-64 AVX2 C++, compiled with the C++ compiler torch's
+own `torch.compile` needs, once per machine (about 40 s; cached under torch's extensions directory).
+
+Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, or
+FOURNIL_KERNELS=0. `available()` says which, and logs why once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+MAX_ROWS = 32  # int8_linear serves decode steps (a server's batch too); longer prefills use torch's GEMM
+STALE_LOCK_S = 600  # a build lock this old belongs to a killed build (a live one takes about 40 s)
+_available: bool | None = None
+
+
+def available() -> bool:
+    """Build (first call on this machine) and load the kernels; False, with the reason logged, if they cannot."""
+    global _available
+    if _available is None:
+        _available = _load()
+    return _available
+
+
+def _load() -> bool:
+    if os.environ.get("FOURNIL_KERNELS", "1") == "0":
+        log.info("fournil kernels off (FOURNIL_KERNELS=0)")
+        return False
+    if platform.machine().lower() not in ("x86_64", "amd64") or \
+            torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        log.info("fournil kernels need an x86-64 CPU with AVX2; using PyTorch's")
+        return False
+    from torch.utils import cpp_extension
+
+    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    name = f"fournil_kernels_{digest}"  # a new name per source: an edited kernel never loads a stale build
+    try:
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))
+        if not (build / f"{name}.so").exists():
+            log.warning("building fournil's CPU kernels (once per machine, about 40 s)")
+        lock = build / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()  # left by a build that was killed: torch would wait on it forever
+    except OSError:
+        pass
+    try:
+        cpp_extension.load(name=name, sources=[str(SOURCE)], is_python_module=False, verbose=False,
+                           extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as exc:  # no compiler, no ninja, a read-only cache: plain PyTorch still works
+        log.warning("fournil kernels unavailable (%s); using PyTorch's", str(exc).splitlines()[0][:200])
+        return False
+    _register_fakes()
+    return True
+
+
+def _register_fakes() -> None:
+    """Shapes for torch.compile's tracing (the kernels themselves only run on real tensors)."""
+
+    @torch.library.register_fake("fournil::int8_linear")
+    def _(x, qs, scales):
+        return x.new_empty((*x.shape[:-1], sum(q.shape[0] for q in qs)))
+
+    @torch.library.register_fake("fournil::decode_attention")
+    def _(q, k, v, mask, scale):
+        return torch.empty_like(q)
+
+
+def int8_linear(x: torch.Tensor, qs: list[torch.Tensor], scales: list[torch.Tensor]) -> torch.Tensor:
+    """cat([x · qᵢᵀ · scaleᵢ]) over matrices sharing the input x (…, K), ≤ MAX_ROWS rows; `available()` first."""
+    return torch.ops.fournil.int8_linear(x, qs, scales)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """softmax(q·kᵀ·scale over the masked-in positions)·v for one query per row; `available()` first.
+    q (B, H, D), k/v (B, Hkv, S, D), mask (B, S) bool → (B, H, D)."""
+    return torch.ops.fournil.decode_attention(q, k, v, mask, scale)

@@ -1,0 +1,97 @@
+"""fournil's C++ decode kernels against plain PyTorch: the int8 matrix-vector product (several matrices in one
+call, row counts that are not multiples of the block, inputs wider than one integer accumulation chunk, bf16
+inputs, batches), one-query attention under a mask with holes, and the fallback when the kernels are off."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fournil.infer import kernels
+from fournil.infer.quantize import Int8Linear, quantize_int8
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="fournil's kernels need x86-64 AVX2 and a compiler")
+
+
+def _reference(x: torch.Tensor, qs: list[torch.Tensor], scales: list[torch.Tensor]) -> torch.Tensor:
+    return torch.cat([F.linear(x.double(), q.double()) * s.double() for q, s in zip(qs, scales, strict=True)], -1)
+
+
+@pytest.mark.parametrize(("rows", "width", "outs"), [
+    (1, 576, [576, 192, 192]),  # q/k/v of SmolLM2 in one call
+    (1, 1536, [576]),
+    (3, 64, [7, 13]),  # blocks of 4 rows with a tail, two matrices
+    (32, 128, [9]),  # the most rows the kernel takes
+    (2, 8192 + 16, [5]),  # wider than one int32 accumulation chunk (4096)
+])
+def test_int8_linear_matches_the_float_product(rows, width, outs):
+    torch.manual_seed(rows * width)
+    pairs = [quantize_int8(torch.randn(n, width)) for n in outs]
+    qs, scales = [q for q, _ in pairs], [s for _, s in pairs]
+    x = torch.randn(rows, width) * 3
+    x[0, 5] = 40.0  # an outlier sets the activation scale: small values must survive it
+    got = kernels.int8_linear(x, qs, scales)
+    ref = _reference(x, qs, scales)
+    assert got.shape == (rows, sum(outs)) and got.dtype == torch.float32
+    # int16 activations (absmax / 16383 per row) lose less than rounding them to bf16 would
+    error = (got.double() - ref).abs().max()
+    bf16_error = (_reference(x.bfloat16().float(), qs, scales) - ref).abs().max()
+    assert error < bf16_error and error / ref.abs().max() < 5e-4, (error, bf16_error)
+
+
+def test_int8_linear_keeps_leading_dims_and_bfloat16():
+    q, s = quantize_int8(torch.randn(40, 96))
+    x = torch.randn(2, 1, 96, dtype=torch.bfloat16)
+    got = kernels.int8_linear(x, [q], [s])
+    assert got.shape == (2, 1, 40) and got.dtype == torch.bfloat16
+    ref = _reference(x.float(), [q], [s])
+    assert torch.allclose(got.double(), ref, rtol=1e-2, atol=1e-2 * ref.abs().max().item())
+
+
+def test_int8_linear_refuses_what_it_cannot_do():
+    q, s = quantize_int8(torch.randn(8, 40))
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        kernels.int8_linear(torch.randn(1, 40), [q], [s])
+    q, s = quantize_int8(torch.randn(8, 64))
+    with pytest.raises(RuntimeError, match="at most 32 rows"):
+        kernels.int8_linear(torch.randn(33, 64), [q], [s])
+    with pytest.raises(RuntimeError, match="scale 0 needs 8"):
+        kernels.int8_linear(torch.randn(1, 64), [q], [s[:4]])
+
+
+def test_int8_module_takes_the_kernel_for_decode_rows_and_torch_for_a_prefill(monkeypatch):
+    q, s = quantize_int8(torch.randn(24, 64))
+    layer = Int8Linear(q, s)
+    calls = []
+    original = kernels.int8_linear
+    monkeypatch.setattr(kernels, "int8_linear", lambda *a: calls.append(a[0].shape) or original(*a))
+    decode, prefill = torch.randn(1, 1, 64), torch.randn(1, 40, 64)
+    torch_path = F.linear(decode, q.float()) * s
+    assert torch.allclose(layer(decode), torch_path, atol=1e-3 * torch_path.abs().max().item())
+    assert layer(prefill).shape == (1, 40, 24)
+    assert calls == [(1, 1, 64)]  # the 40-row prefill went through torch
+
+
+@pytest.mark.parametrize("head_dim", [64, 24])  # 24: the dot product's scalar tail
+def test_decode_attention_matches_softmax_attention_under_a_mask(head_dim):
+    torch.manual_seed(head_dim)
+    B, H, Hkv, S = 2, 6, 2, 40
+    q = torch.randn(B, H, head_dim)
+    k, v = torch.randn(B, Hkv, S, head_dim), torch.randn(B, Hkv, S, head_dim)
+    mask = torch.zeros(B, S, dtype=torch.bool)
+    mask[0, :25] = True
+    mask[1, 10:31] = True  # left padding, then filled positions, then the unused rest of the cache
+    got = kernels.decode_attention(q, k, v, mask, head_dim ** -0.5)
+    groups = H // Hkv
+    kk, vv = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
+    scores = torch.einsum("bhd,bhsd->bhs", q, kk) * head_dim ** -0.5
+    ref = torch.einsum("bhs,bhsd->bhd", scores.masked_fill(~mask[:, None], float("-inf")).softmax(-1), vv)
+    assert torch.allclose(got, ref, atol=1e-5)
+    k[0, :, 30:] = float("nan")  # positions outside the mask are never read
+    assert torch.isfinite(kernels.decode_attention(q, k, v, mask, head_dim ** -0.5)).all()
+
+
+def test_the_kernels_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("FOURNIL_KERNELS", "0")
+    assert kernels._load() is False
