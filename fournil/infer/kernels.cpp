@@ -27,6 +27,14 @@ constexpr float kLevels = 16383.f;      // activations -> int16 in [-2^14, 2^14]
 constexpr int64_t kChunk = 4096;        // 2 * kChunk/16 products of 127 * 2^14 without overflow
 constexpr int64_t kMaxRows = 32;        // more rows (a long prefill): dequantise and use torch's GEMM instead
 
+struct Matrix {                         // one weight matrix of a call and where its rows land in the output
+  const int8_t* rows;
+  const float* scale;
+  int64_t out_col;
+  int64_t n;
+  int64_t first_block;
+};
+
 struct Block {                          // kRows (or fewer, at a matrix's end) consecutive weight rows
   const int8_t* rows;
   const float* scale;
@@ -110,21 +118,25 @@ at::Tensor int8_linear(const at::Tensor& x, at::TensorList qs, at::TensorList sc
   const int64_t K = x.size(-1);
   TORCH_CHECK(K % 16 == 0, "int8_linear: the input width must be a multiple of 16, got ", K);
   std::vector<at::Tensor> scale32;
-  std::vector<Block> blocks;
-  int64_t N = 0;
+  std::vector<Matrix> mats;  // blocks are numbered across the matrices; block b of the call = mats[i] block j
+  int64_t N = 0, n_blocks = 0;
   for (size_t i = 0; i < qs.size(); ++i) {
     const at::Tensor& q = qs[i];
     TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.size(1) == K,
                 "int8_linear: weights must be contiguous int8 (N, ", K, ")");
     TORCH_CHECK(scales[i].numel() == q.size(0), "int8_linear: scale ", i, " needs ", q.size(0), " entries");
     scale32.push_back(scales[i].to(at::kFloat).contiguous());
-    const int8_t* qp = q.data_ptr<int8_t>();
-    const float* sp = scale32.back().data_ptr<float>();
-    for (int64_t n = 0; n < q.size(0); n += kRows) {
-      blocks.push_back({qp + n * K, sp + n, N + n, std::min(kRows, q.size(0) - n)});
-    }
+    mats.push_back({q.data_ptr<int8_t>(), scale32.back().data_ptr<float>(), N, q.size(0), n_blocks});
     N += q.size(0);
+    n_blocks += (q.size(0) + kRows - 1) / kRows;
   }
+  const auto block = [&](int64_t b) {
+    size_t i = 0;
+    while (i + 1 < mats.size() && mats[i + 1].first_block <= b) ++i;
+    const Matrix& w = mats[i];
+    const int64_t n = (b - w.first_block) * kRows;
+    return Block{w.rows + n * K, w.scale + n, w.out_col + n, std::min(kRows, w.n - n)};
+  };
   const at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = xf.size(0);
   TORCH_CHECK(M <= kMaxRows, "int8_linear: at most ", kMaxRows, " rows, got ", M);
@@ -142,13 +154,14 @@ at::Tensor int8_linear(const at::Tensor& x, at::TensorList qs, at::TensorList sc
   }
   at::Tensor out = at::empty({M, N}, xf.options());
   float* op = out.data_ptr<float>();
-  const int64_t n_blocks = static_cast<int64_t>(blocks.size());
   at::parallel_for(0, n_blocks, 16, [&](int64_t begin, int64_t end) {
+    Block current = block(begin);
     for (int64_t b = begin; b < end; ++b) {
-      const int8_t* next = blocks[std::min(b + 1, n_blocks - 1)].rows;
+      const Block next = block(std::min(b + 1, n_blocks - 1));
       for (int64_t m = 0; m < M; ++m) {
-        block_dot(blocks[b], next, xqp + m * K, K, x_scale[m], op + m * N + blocks[b].out_col);
+        block_dot(current, next.rows, xqp + m * K, K, x_scale[m], op + m * N + current.out_col);
       }
+      current = next;
     }
   });
   auto shape = x.sizes().vec();
