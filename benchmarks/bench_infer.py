@@ -4,7 +4,8 @@ bound (weight bytes read per token ÷ the machine's measured read bandwidth). To
 
 Each side generates the same number of new tokens after the same short prompt, end of sequence ignored; the
 prompt's prefill is included on both sides (it is 6 tokens against 64 decoded). "compiled" is `--compile`
-(fournil.infer.compiled); its one-time compile is done before timing, as llama.cpp's model load is.
+(fournil.infer.compiled); its one-time compile is done before timing, as llama.cpp's model load is. Every
+side, and the bandwidth measurement, take turns for three rounds; each keeps its fastest.
 """
 
 from __future__ import annotations
@@ -19,24 +20,26 @@ PROMPT = "The capital of France is"
 THREADS = min(4, os.cpu_count() or 1)
 
 
-def _best(fn, repeats: int = 2) -> float:
-    """Fastest of `repeats` runs, in seconds (the least disturbed by other processes)."""
-    fn()  # warm-up: allocations, thread pools, page cache
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
+def _best_interleaved(runs: dict, rounds: int = 3) -> dict[str, float]:
+    """Fastest of `rounds` runs of each, in seconds, taking turns: the host's memory bandwidth drifts from
+    minute to minute, and each side should meet the same drift."""
+    for fn in runs.values():
+        fn()  # warm-up: allocations, thread pools, page cache
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
     return best
 
 
-def read_bandwidth() -> float:
-    """Bytes/s of the best of five sums over 256 MiB (far beyond the caches), with the benchmark's threads."""
+def _sum_256mib():
+    """A sum over 256 MiB of float32 (far beyond the caches): the machine's read bandwidth, with our threads."""
     import torch
 
     big = torch.ones(64 * 1024 * 1024)
-    seconds = min(_best(big.sum, repeats=1) for _ in range(5))
-    return big.numel() * big.element_size() / seconds
+    return lambda: big.sum()
 
 
 def bytes_per_token(model) -> int:
@@ -93,16 +96,19 @@ def run() -> list[dict]:
                     break
         return generate
 
-    rate = {
-        "ours_fp32": NEW_TOKENS / _best(lambda: ours.complete([ids], sampling)),
-        "ours_fp32_compiled": NEW_TOKENS / _best(lambda: ours_fast.complete([ids], sampling)),
-        "transformers_fp32": NEW_TOKENS / _best(hf_generate),
-        "llama_cpp_f32": NEW_TOKENS / _best(llama_cpp(f32_gguf)),
-        "ours_int8_compiled": NEW_TOKENS / _best(lambda: ours_int8.complete([ids], sampling)),
-        "ours_int8_eager": NEW_TOKENS / _best(lambda: ours_int8_eager.complete([ids], sampling)),
-        "llama_cpp_q8_0": NEW_TOKENS / _best(llama_cpp(q8_gguf)),
+    runs = {
+        "ours_fp32": lambda: ours.complete([ids], sampling),
+        "ours_fp32_compiled": lambda: ours_fast.complete([ids], sampling),
+        "transformers_fp32": hf_generate,
+        "llama_cpp_f32": llama_cpp(f32_gguf),
+        "ours_int8_compiled": lambda: ours_int8.complete([ids], sampling),
+        "ours_int8_eager": lambda: ours_int8_eager.complete([ids], sampling),
+        "llama_cpp_q8_0": llama_cpp(q8_gguf),
+        "bandwidth": _sum_256mib(),
     }
-    bandwidth = read_bandwidth()
+    best = _best_interleaved(runs)
+    rate = {name: NEW_TOKENS / seconds for name, seconds in best.items() if name != "bandwidth"}
+    bandwidth = 256 * 2**20 / best["bandwidth"]
     bound_fp32 = bandwidth / bytes_per_token(ours_fast.model)
     bound_int8 = bandwidth / bytes_per_token(ours_int8.model)
     return [
