@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 MAX_ROWS = 32  # int8_linear serves decode steps (a server's batch too); longer prefills use torch's GEMM
-STALE_LOCK_S = 600  # a build lock this old belongs to a killed build (a live one takes about 40 s)
+STALE_LOCK_S = 300  # a build lock this old belongs to a killed build (a live one takes about 40 s)
 _available: bool | None = None
 
 
@@ -52,9 +52,7 @@ def _load() -> bool:
         build = Path(cpp_extension._get_build_directory(name, verbose=False))
         if not (build / f"{name}.so").exists():
             log.warning("building fournil's CPU kernels (once per machine, about 40 s)")
-        lock = build / "lock"
-        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
-            lock.unlink()  # left by a build that was killed: torch would wait on it forever
+        _clear_stale_lock(build / "lock")
     except OSError:
         pass
     try:
@@ -65,6 +63,16 @@ def _load() -> bool:
         return False
     _register_fakes()
     return True
+
+
+def _clear_stale_lock(lock: Path) -> None:
+    """torch's builder waits, without end, for its lock file to go; a build killed midway leaves it behind.
+    Wait while it is young (another process is building), then remove it."""
+    if lock.exists():
+        log.warning("waiting for another fournil kernel build, or for its lock %s to go stale", lock)
+    while lock.exists() and time.time() - lock.stat().st_mtime < STALE_LOCK_S:
+        time.sleep(1)
+    lock.unlink(missing_ok=True)
 
 
 def _register_fakes() -> None:

@@ -95,3 +95,21 @@ def test_decode_attention_matches_softmax_attention_under_a_mask(head_dim):
 def test_the_kernels_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("FOURNIL_KERNELS", "0")
     assert kernels._load() is False
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_and_a_young_one_waited_for(tmp_path, monkeypatch):
+    import os
+    import threading
+    import time
+
+    lock = tmp_path / "lock"
+    lock.touch()
+    old = time.time() - kernels.STALE_LOCK_S - 5
+    os.utime(lock, (old, old))
+    kernels._clear_stale_lock(lock)  # stale: removed at once
+    assert not lock.exists()
+    lock.touch()  # young: another build holds it and removes it when done
+    threading.Timer(1.5, lock.unlink).start()
+    start = time.monotonic()
+    kernels._clear_stale_lock(lock)
+    assert not lock.exists() and time.monotonic() - start >= 1.0
