@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fournil.infer import kernels
-from fournil.infer.quantize import Int8Linear
+from fournil.infer.quantize import Int4Linear, Int8Linear
 from fournil.model.llama import KVCache, Llama, apply_rope, rope_cos_sin
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class DecodeStep(nn.Module):
     def __init__(self, model: Llama):
         super().__init__()
         self.model = model
-        self.kernels = kernels.available()  # fournil's decode kernels (fournil.infer.kernels), else torch ops
+        # fournil's decode kernels (fournil.infer.kernels, CPU only), else torch ops
+        self.kernels = next(model.parameters()).is_cpu and kernels.available()
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, key_mask: torch.Tensor,
                 k_cache: list[torch.Tensor], v_cache: list[torch.Tensor]) -> torch.Tensor:
@@ -105,7 +106,7 @@ class CompiledDecoder:
         self.step = torch.compile(step, fullgraph=True)
         self.shapes: set[tuple[int, int]] = set()
         self.options = dict(INDUCTOR_OPTIONS)
-        if step.kernels and not any(isinstance(m, nn.Linear) for m in model.modules()):
+        if step.kernels and not any(isinstance(m, (nn.Linear, Int4Linear)) for m in model.modules()):
             # every matrix product is fournil's kernel (threaded on its own); what inductor generates is only
             # elementwise work on a few thousand numbers, where starting threads costs more than it saves
             # (1.5 ms per token of 13 on SmolLM2-135M int8), and there is no GEMM template left to autotune
