@@ -1,11 +1,12 @@
 """fournil's own CPU decode kernels (kernels.cpp): an int8 matrix-vector product and one-query attention.
 
 Why: at batch 1 decoding is bound by how fast the weights stream from memory. ATen's and inductor's int8
-weight-only kernels reach 7-12 GB/s here, about half of what the machine reads; these reach 22-28 GB/s
-(`benchmarks/bench_infer.py`, docs/infer.md). They are x86-64 AVX2 C++, compiled with the C++ compiler torch's
+weight-only kernels reach 7-12 GB/s here, about half of what the machine reads (23-30 GB/s); this one reaches
+18-19 GB/s over a decode step's 121 calls and 27 GB/s on one large matrix (`benchmarks/bench_infer.py`,
+docs/infer.md). They are x86-64 AVX2 C++, compiled with the C++ compiler torch's
 own `torch.compile` needs, once per machine (about 40 s; cached under torch's extensions directory).
 
-Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, or
+Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, CUDA tensors, or
 FOURNIL_KERNELS=0. `available()` says which, and logs why once.
 """
 
