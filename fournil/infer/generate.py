@@ -18,6 +18,7 @@ import torch
 from fournil.console import UsageError
 from fournil.infer.compiled import CompiledDecoder, cache_size, compiled_decoder
 from fournil.infer.config import SamplingConfig
+from fournil.infer.fused import FusedInt8Decoder, fused_decoder
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
 from fournil.model.llama import KVCache, Llama
 
@@ -71,11 +72,12 @@ def decode_steps(
     sampling: SamplingConfig,
     eos_ids: frozenset[int] | set[int] = frozenset(),
     pad_id: int = 0,
-    compiled: CompiledDecoder | None = None,
+    compiled: CompiledDecoder | FusedInt8Decoder | None = None,
 ) -> Iterator[tuple[list[int], list[bool]]]:
     """Yield (tokens, done) once per step, one entry per prompt. The caller may set `done[i] = True` (a stop
     string) to end row i; the loop ends when every row is done or after `sampling.max_tokens` steps.
-    `compiled` runs the decode steps through inductor (see fournil.infer.compiled); prefill stays eager."""
+    `compiled` runs the decode steps through a fast step, inductor's (fournil.infer.compiled) or the fused int8
+    one (fournil.infer.fused), for batches it accepts; prefill stays eager."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UsageError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
@@ -109,11 +111,13 @@ class _Decoder:
     """The decoding state of one batch: KV cache, mask, positions, last logits, seen tokens, RNG."""
 
     def __init__(self, model: Llama, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 pad_id: int, max_len: int, compiled: CompiledDecoder | None):
+                 pad_id: int, max_len: int, compiled: CompiledDecoder | FusedInt8Decoder | None):
+        B = len(prompts)
+        if compiled is not None and not compiled.accepts(B):
+            compiled = None  # a batch wider than the fast step takes: eager steps
         self.model, self.sampling, self.pad_id, self.compiled = model, sampling, pad_id, compiled
         device = self.device = next(model.parameters()).device
         dtype = model.model.embed_tokens.weight.dtype
-        B = len(prompts)
         ids, mask = left_pad(prompts, pad_id, device)
         self.padded = bool((mask == 0).any())
         self.mask = mask
@@ -185,7 +189,9 @@ class Engine:
     def __init__(self, model: Llama, tokenizer: PromptTokenizer, compile: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.compiled = compiled_decoder(self.model) if compile else None
+        # an all-int8 model decodes through the fused step with or without `compile` (it needs no compile and
+        # is the faster of the two); others through inductor when asked
+        self.compiled = fused_decoder(self.model) or (compiled_decoder(self.model) if compile else None)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise UsageError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}: they do not belong together")
@@ -195,9 +201,10 @@ class Engine:
              compile: bool = False) -> Engine:
         """A model directory (fournil, transformers, imported GGUF, or quantised by `fournil quantize`).
 
-        compile: decode through inductor (fournil.infer.compiled). Without fournil's kernels
-        (fournil.infer.kernels) an int8 model then computes in bfloat16, the input type of inductor's int8
-        weight-only kernels, unless `dtype` says otherwise."""
+        compile: decode through inductor (fournil.infer.compiled). An int8 model on a CPU with fournil's
+        kernels (fournil.infer.kernels) decodes through the fused step (fournil.infer.fused) either way; without
+        the kernels it then computes in bfloat16, the input type of inductor's int8 weight-only kernels, unless
+        `dtype` says otherwise."""
         from fournil.infer import kernels
         from fournil.infer.quantize import is_quantized, load_quantized
         from fournil.model.hf import load_model

@@ -15,6 +15,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <immintrin.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -93,6 +94,17 @@ void block_dot(const Block& b, const int8_t* next, const int16_t* xq, int64_t K,
   }
 }
 
+// activations -> int16, one absmax scale per row (15 bits: finer than bf16's 8-bit mantissa)
+void quantize_rows(const float* x, int64_t M, int64_t K, int16_t* xq, float* x_scale) {
+  for (int64_t m = 0; m < M; ++m) {
+    float amax = 0.f;
+    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[m * K + k]));
+    x_scale[m] = amax > 0.f ? amax / kLevels : 1.f;
+    const float inv = 1.f / x_scale[m];
+    for (int64_t k = 0; k < K; ++k) xq[m * K + k] = static_cast<int16_t>(std::nearbyint(x[m * K + k] * inv));
+  }
+}
+
 inline float dot(const float* a, const float* b, int64_t n) {
   int64_t i = 0;
   float total = 0.f;
@@ -109,6 +121,28 @@ inline float dot(const float* a, const float* b, int64_t n) {
   }
   for (; i < n; ++i) total += a[i] * b[i];
   return total;
+}
+
+// one query head over the cache positions whose mask is set: softmax(q.k * scale) . v into out (D); w holds S
+// scores. No position set gives a zero row (callers always set at least the new token's).
+void attend(const float* q, const float* k, const float* v, const bool* mask, int64_t S, int64_t D, float scale,
+            float* w, float* out) {
+  std::fill(out, out + D, 0.f);
+  float top = -INFINITY;
+  for (int64_t s = 0; s < S; ++s) {
+    if (!mask[s]) continue;
+    w[s] = dot(q, k + s * D, D) * scale;
+    top = std::max(top, w[s]);
+  }
+  if (top == -INFINITY) return;
+  float total = 0.f;
+  for (int64_t s = 0; s < S; ++s) {
+    if (!mask[s]) continue;
+    const float e = std::exp(w[s] - top);
+    total += e;
+    for (int64_t d = 0; d < D; ++d) out[d] += e * v[s * D + d];
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] /= total;
 }
 
 }  // namespace
@@ -140,18 +174,10 @@ at::Tensor int8_linear(const at::Tensor& x, at::TensorList qs, at::TensorList sc
   const at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
   const int64_t M = xf.size(0);
   TORCH_CHECK(M <= kMaxRows, "int8_linear: at most ", kMaxRows, " rows, got ", M);
-  // activations -> int16, one absmax scale per row (15 bits: finer than bf16's 8-bit mantissa)
   at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kShort));
   std::vector<float> x_scale(M);
-  const float* xp = xf.data_ptr<float>();
   int16_t* xqp = xq.data_ptr<int16_t>();
-  for (int64_t m = 0; m < M; ++m) {
-    float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(xp[m * K + k]));
-    x_scale[m] = amax > 0.f ? amax / kLevels : 1.f;
-    const float inv = 1.f / x_scale[m];
-    for (int64_t k = 0; k < K; ++k) xqp[m * K + k] = static_cast<int16_t>(std::nearbyint(xp[m * K + k] * inv));
-  }
+  quantize_rows(xf.data_ptr<float>(), M, K, xqp, x_scale.data());
   at::Tensor out = at::empty({M, N}, xf.options());
   float* op = out.data_ptr<float>();
   at::parallel_for(0, n_blocks, 16, [&](int64_t begin, int64_t end) {
@@ -178,7 +204,7 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const at::Tensor qf = q.to(at::kFloat).contiguous();
   const at::Tensor kf = k.to(at::kFloat).contiguous(), vf = v.to(at::kFloat).contiguous();
   const at::Tensor mk = mask.reshape({B, S}).contiguous();
-  at::Tensor out = at::zeros({B, H, D}, qf.options());
+  at::Tensor out = at::empty({B, H, D}, qf.options());
   const int64_t G = H / Hkv;
   const float* qp = qf.data_ptr<float>();
   const float* kp = kf.data_ptr<float>();
@@ -195,35 +221,255 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
       const float* vb = vp + bh * S * D;
       for (int64_t g = 0; g < G; ++g) {
         const int64_t head = (bh % Hkv) * G + g;
-        const float* qh = qp + (b * H + head) * D;
-        float top = -INFINITY;
-        for (int64_t s = 0; s < S; ++s) {
-          if (!mp[b * S + s]) continue;
-          w[s] = dot(qh, kb + s * D, D) * static_cast<float>(scale);
-          top = std::max(top, w[s]);
-        }
-        if (top == -INFINITY) continue;  // nothing to attend to: a zero row, as the caller never asks for it
-        float total = 0.f;
-        float* oh = op + (b * H + head) * D;
-        for (int64_t s = 0; s < S; ++s) {
-          if (!mp[b * S + s]) continue;
-          const float e = std::exp(w[s] - top);
-          total += e;
-          for (int64_t d = 0; d < D; ++d) oh[d] += e * vb[s * D + d];
-        }
-        for (int64_t d = 0; d < D; ++d) oh[d] /= total;
+        attend(qp + (b * H + head) * D, kb, vb, mp + b * S, S, D, static_cast<float>(scale), w.data(),
+               op + (b * H + head) * D);
       }
     }
   });
   return out.to(q.scalar_type());
 }
 
+namespace {
+
+struct Mat {                            // one int8 matrix of the step and the (M, n) buffer its products fill
+  const int8_t* q;
+  const float* scale;
+  int64_t n;
+  int64_t K;
+  float* out;
+};
+
+// thread t's share [first, last) of the row blocks of an n-row matrix: equal heights give equal rows, so the
+// thread that computed gate rows i..j also holds up rows i..j
+inline std::pair<int64_t, int64_t> share(int64_t n, int t, int T) {
+  const int64_t blocks = (n + kRows - 1) / kRows;
+  return {blocks * t / T, blocks * (t + 1) / T};
+}
+
+// thread t's rows of w.out = (xq . w.qT) * scales; the last block prefetches the thread's first block of `after`,
+// so the memory stream runs on from one matrix into the next
+void gemv_share(const Mat& w, const Mat* after, int t, int T, const int16_t* xq, const float* xs, int64_t M) {
+  const auto [b0, b1] = share(w.n, t, T);
+  const int8_t* onward = after ? after->q + share(after->n, t, T).first * kRows * after->K : w.q;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t row = b * kRows;
+    const Block cur{w.q + row * w.K, w.scale + row, row, std::min(kRows, w.n - row)};
+    const int8_t* next = b + 1 < b1 ? cur.rows + kRows * w.K : onward;
+    for (int64_t m = 0; m < M; ++m) block_dot(cur, next, xq + m * w.K, w.K, xs[m], w.out + m * w.n + row);
+  }
+}
+
+void rms_norm(const float* x, const float* weight, int64_t M, int64_t n, float eps, float* y) {
+  for (int64_t m = 0; m < M; ++m) {
+    float squares = 0.f;
+    for (int64_t i = 0; i < n; ++i) squares += x[m * n + i] * x[m * n + i];
+    const float r = 1.f / std::sqrt(squares / static_cast<float>(n) + eps);
+    for (int64_t i = 0; i < n; ++i) y[m * n + i] = weight[i] * (x[m * n + i] * r);
+  }
+}
+
+// rotary embedding, "rotate half" layout: pairs (i, i + D/2) turn by the angle whose cos/sin rows are given
+void rope(const float* x, const float* cos, const float* sin, int64_t D, float* y) {
+  const int64_t h = D / 2;
+  for (int64_t i = 0; i < h; ++i) {
+    y[i] = x[i] * cos[i] - x[i + h] * sin[i];
+    y[i + h] = x[i + h] * cos[i + h] + x[i] * sin[i + h];
+  }
+}
+
+void check_float(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.is_cpu(),
+              "fournil int8 decode: ", what, " must be a contiguous float32 CPU tensor");
+}
+
+}  // namespace
+
+// The weights of an int8 Llama for int8_decode_step, checked once: per layer the input and post-attention norm
+// weights and the q, k, v, o, gate, up, down matrices (int8, one float32 scale per row), then the final norm
+// and lm_head; the embedding table (V, dim) and rotary tables (P, D), float32. Holding them here makes a step
+// one call with a handful of arguments: passing ~200 tensors in lists cost 0.6 ms of a 10 ms token.
+struct Int8Plan : torch::CustomClassHolder {
+  std::vector<at::Tensor> norms, qs, scales;
+  at::Tensor embed, rope_cos, rope_sin;
+  int64_t L, V, dim, ffn, H, Hkv, D;
+  float eps;
+
+  Int8Plan(std::vector<at::Tensor> norms_, std::vector<at::Tensor> qs_, std::vector<at::Tensor> scales_,
+           at::Tensor embed_, at::Tensor rope_cos_, at::Tensor rope_sin_, int64_t n_heads, int64_t n_kv_heads,
+           double eps_)
+      : norms(std::move(norms_)), qs(std::move(qs_)), scales(std::move(scales_)), embed(std::move(embed_)),
+        rope_cos(std::move(rope_cos_)), rope_sin(std::move(rope_sin_)), H(n_heads), Hkv(n_kv_heads),
+        eps(static_cast<float>(eps_)) {
+    L = static_cast<int64_t>(norms.size() - 1) / 2;
+    TORCH_CHECK(L > 0 && static_cast<int64_t>(norms.size()) == 2 * L + 1 &&
+                static_cast<int64_t>(qs.size()) == 7 * L + 1 && scales.size() == qs.size(),
+                "Int8Plan: per layer 2 norms and 7 matrices (q k v o gate up down), then the final ones");
+    check_float(embed, "embed");
+    check_float(rope_cos, "rope_cos");
+    check_float(rope_sin, "rope_sin");
+    V = embed.size(0);
+    dim = embed.size(1);
+    D = rope_cos.size(1);
+    TORCH_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && D % 2 == 0 && rope_sin.sizes() == rope_cos.sizes(),
+                "Int8Plan: heads, head size and rope tables do not agree");
+    for (const at::Tensor& n : norms) {
+      check_float(n, "norm weight");
+      TORCH_CHECK(n.numel() == dim, "Int8Plan: norm weights of ", dim);
+    }
+    ffn = qs[4].size(0);
+    for (int64_t i = 0; i < 7 * L + 1; ++i) {
+      const int64_t n = height(i), K = width(i);
+      const at::Tensor& q = qs[i];
+      TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 && q.size(0) == n &&
+                  q.size(1) == K, "Int8Plan: matrix ", i, " must be contiguous int8 (", n, ", ", K, ")");
+      TORCH_CHECK(K % 16 == 0, "Int8Plan: matrix widths must be multiples of 16, got ", K);
+      check_float(scales[i], "scale");
+      TORCH_CHECK(scales[i].numel() == n, "Int8Plan: scale ", i, " needs ", n, " entries");
+    }
+  }
+
+  int64_t height(int64_t i) const {  // rows of matrix i: q k v o gate up down per layer, then the head
+    const int64_t h[7] = {H * D, Hkv * D, Hkv * D, dim, ffn, ffn, dim};
+    return i == 7 * L ? V : h[i % 7];
+  }
+  int64_t width(int64_t i) const {
+    const int64_t w[7] = {dim, dim, dim, H * D, dim, dim, ffn};
+    return i == 7 * L ? dim : w[i % 7];
+  }
+};
+
+// One decode step of an int8 Llama, whole, in one parallel region. Why: through separate operators each of a
+// token's ~120 matrix products starts its threads and a cold memory stream on its own; here the threads stay
+// up for the whole token, split every matrix by rows, and meet at a barrier only where a result is needed
+// whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised,
+// int16-quantised activations, so that small work is done twice rather than waited for.
+//   ids, positions (M,) int64; slot: the cache column the new keys/values go to; mask (M, S) bool, slot set;
+//   k_cache/v_cache: per layer (M, Hkv, S, D) float32, written at slot  -> float32 logits (M, V)
+at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::Tensor& ids,
+                            const at::Tensor& positions, int64_t slot, const at::Tensor& mask,
+                            at::TensorList k_cache, at::TensorList v_cache) {
+  const Int8Plan& P = *plan;
+  const int64_t L = P.L, V = P.V, dim = P.dim, ffn = P.ffn, H = P.H, Hkv = P.Hkv, D = P.D;
+  const int64_t M = ids.numel();
+  TORCH_CHECK(M >= 1 && M <= kMaxRows, "int8_decode_step: 1 to ", kMaxRows, " rows, got ", M);
+  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.is_contiguous() && positions.scalar_type() == at::kLong &&
+              positions.is_contiguous() && positions.numel() == M,
+              "int8_decode_step: ids and positions are (M,) int64");
+  TORCH_CHECK(static_cast<int64_t>(k_cache.size()) == L && static_cast<int64_t>(v_cache.size()) == L,
+              "int8_decode_step: one key and one value cache per layer (", L, ")");
+  const int64_t S = k_cache[0].dim() == 4 ? k_cache[0].size(2) : 0;
+  for (int64_t l = 0; l < L; ++l) {
+    check_float(k_cache[l], "k_cache");
+    check_float(v_cache[l], "v_cache");
+    TORCH_CHECK(k_cache[l].sizes() == at::IntArrayRef({M, Hkv, S, D}) && v_cache[l].sizes() == k_cache[l].sizes(),
+                "int8_decode_step: caches are (", M, ", ", Hkv, ", S, ", D, ")");
+  }
+  TORCH_CHECK(slot >= 0 && slot < S, "int8_decode_step: slot ", slot, " outside the cache of ", S);
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == M * S && mask.is_contiguous(),
+              "int8_decode_step: mask (M, S) bool");
+  const int64_t* id = ids.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  for (int64_t m = 0; m < M; ++m) {
+    TORCH_CHECK(id[m] >= 0 && id[m] < V, "int8_decode_step: token id ", id[m], " outside the vocabulary");
+    TORCH_CHECK(pos[m] >= 0 && pos[m] < P.rope_cos.size(0), "int8_decode_step: position ", pos[m],
+                " past the rotary table");
+  }
+  // shared buffers, each (M, n): q k v | attention | o | gate up act | down
+  const int64_t sizes[9] = {H * D, Hkv * D, Hkv * D, H * D, dim, ffn, ffn, ffn, dim};
+  int64_t total = 0;
+  for (int64_t n : sizes) total += M * n;
+  at::Tensor work = at::empty({total}, P.embed.options());
+  float* buf[9];
+  buf[0] = work.data_ptr<float>();
+  for (int i = 1; i < 9; ++i) buf[i] = buf[i - 1] + M * sizes[i - 1];
+  float* const outs[7] = {buf[0], buf[1], buf[2], buf[4], buf[5], buf[6], buf[8]};
+  at::Tensor logits = at::empty({M, V}, P.embed.options());
+  std::vector<Mat> seq;
+  seq.reserve(7 * L + 1);
+  for (int64_t i = 0; i < 7 * L + 1; ++i) {
+    seq.push_back({P.qs[i].data_ptr<int8_t>(), P.scales[i].data_ptr<float>(), P.height(i), P.width(i),
+                   i == 7 * L ? logits.data_ptr<float>() : outs[i % 7]});
+  }
+  const bool* mk = mask.data_ptr<bool>();
+  const float* cos = P.rope_cos.data_ptr<float>();
+  const float* sin = P.rope_sin.data_ptr<float>();
+  const float* embed = P.embed.data_ptr<float>();
+  const float scale = 1.f / std::sqrt(static_cast<float>(D));
+  const int64_t widest = std::max({dim, H * D, ffn});
+
+#pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    std::vector<float> x(M * dim), h(M * widest), w(S), qr(D);
+    std::vector<int16_t> xq(M * widest);
+    std::vector<float> xs(M);
+    const auto gemv = [&](int64_t i) { gemv_share(seq[i], i + 1 < 7 * L + 1 ? &seq[i + 1] : nullptr, t, T,
+                                                  xq.data(), xs.data(), M); };
+    const auto normed = [&](const at::Tensor& weight) {  // h = rmsnorm(x), quantised for the next products
+      rms_norm(x.data(), weight.data_ptr<float>(), M, dim, P.eps, h.data());
+      quantize_rows(h.data(), M, dim, xq.data(), xs.data());
+    };
+    for (int64_t m = 0; m < M; ++m) std::copy_n(embed + id[m] * dim, dim, x.data() + m * dim);
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t i = 7 * l;
+      float* kc = k_cache[l].data_ptr<float>();
+      float* vc = v_cache[l].data_ptr<float>();
+      normed(P.norms[2 * l]);
+      gemv(i);
+      gemv(i + 1);
+      gemv(i + 2);
+#pragma omp barrier
+      for (int64_t p = t; p < M * Hkv; p += T) {  // the new keys (rotated) and values into the cache
+        const int64_t m = p / Hkv, g = p % Hkv, cell = ((m * Hkv + g) * S + slot) * D;
+        rope(buf[1] + m * Hkv * D + g * D, cos + pos[m] * D, sin + pos[m] * D, D, kc + cell);
+        std::copy_n(buf[2] + m * Hkv * D + g * D, D, vc + cell);
+      }
+#pragma omp barrier
+      for (int64_t p = t; p < M * H; p += T) {
+        const int64_t m = p / H, head = p % H, g = head / (H / Hkv);
+        rope(buf[0] + m * H * D + head * D, cos + pos[m] * D, sin + pos[m] * D, D, qr.data());
+        attend(qr.data(), kc + (m * Hkv + g) * S * D, vc + (m * Hkv + g) * S * D, mk + m * S, S, D, scale,
+               w.data(), buf[3] + m * H * D + head * D);
+      }
+#pragma omp barrier
+      quantize_rows(buf[3], M, H * D, xq.data(), xs.data());
+      gemv(i + 3);
+#pragma omp barrier
+      for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[4][j];
+      normed(P.norms[2 * l + 1]);
+      gemv(i + 4);
+      gemv(i + 5);
+      const auto [b0, b1] = share(ffn, t, T);  // silu(gate) * up on the rows this thread computed
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t r = b0 * kRows; r < std::min(b1 * kRows, ffn); ++r) {
+          const float g = buf[5][m * ffn + r];
+          buf[7][m * ffn + r] = g / (1.f + std::exp(-g)) * buf[6][m * ffn + r];
+        }
+      }
+#pragma omp barrier
+      quantize_rows(buf[7], M, ffn, xq.data(), xs.data());
+      gemv(i + 6);
+#pragma omp barrier
+      for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[8][j];
+    }
+    normed(P.norms[2 * L]);
+    gemv(7 * L);
+  }
+  return logits;
+}
+
 TORCH_LIBRARY(fournil, m) {
   m.def("int8_linear(Tensor x, Tensor[] qs, Tensor[] scales) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
+  m.class_<Int8Plan>("Int8Plan")
+      .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor,
+                       at::Tensor, at::Tensor, int64_t, int64_t, double>());
+  m.def("int8_decode_step(__torch__.torch.classes.fournil.Int8Plan plan, Tensor ids, Tensor positions, int slot, "
+        "Tensor mask, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fournil, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("decode_attention", &decode_attention);
+  m.impl("int8_decode_step", &int8_decode_step);
 }

@@ -1,0 +1,130 @@
+"""The fused int8 decode step (fournil.infer.fused) against the same int8 model run one operator at a time:
+logits step by step (a batch with left padding, grouped-query heads), tokens on SmolLM2, the same numbers with one
+thread or two, what it refuses, and which models and batches it leaves to the other paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fournil.infer import kernels
+from fournil.infer.config import SamplingConfig
+from fournil.infer.fused import FusedInt8Decoder, fused_decoder
+from fournil.infer.generate import Engine, decode_steps
+from fournil.infer.quantize import load_quantized, quantize
+from fournil.model.llama import KVCache
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason="fournil's kernels need x86-64 AVX2 and a compiler")
+
+
+@pytest.fixture(scope="module")
+def tiny_int8(tiny_dir, tmp_path_factory):
+    return quantize(tiny_dir, tmp_path_factory.mktemp("fused") / "int8", 8)
+
+
+def _steps(model, step, prompts: list[list[int]], n: int) -> list[torch.Tensor]:
+    """Feed left-padded prompts then `n` fixed tokens one position at a time; the logits of every step.
+    step=None runs the model eagerly (one operator at a time) on the same cache layout."""
+    B, width = len(prompts), max(len(p) for p in prompts)
+    S = width + n
+    cache = KVCache(model.config, B, S, torch.float32)
+    key_mask = torch.zeros((B, 1, 1, S), dtype=torch.bool)
+    filled = [0] * B
+    out = []
+    for col in range(S):
+        ids, positions = [], []
+        for row, p in enumerate(prompts):
+            pad = width - len(p)
+            real = col >= pad
+            ids.append(p[col - pad] if real and col < width else (7 * col + row) % 500 if real else 0)
+            positions.append(filled[row])
+            key_mask[row, 0, 0, col] = real
+            filled[row] += real
+        ids_t, pos_t = torch.tensor(ids)[:, None], torch.tensor(positions)[:, None]
+        if step is None:
+            logits = model(ids_t, position_ids=pos_t, attention_mask=key_mask[:, 0, 0, :col + 1].long(),
+                           cache=cache)[:, -1].float()
+        else:
+            logits = step(ids_t, pos_t, col, key_mask, cache)
+            cache.length += 1
+        out.append(logits[[r for r in range(B) if key_mask[r, 0, 0, col]]])
+    return out
+
+
+@torch.inference_mode()
+def test_fused_logits_match_the_model_one_operator_at_a_time(tiny_int8):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    assert isinstance(fused, FusedInt8Decoder)
+    prompts = [[1, 504, 3205, 314], [1, 9000], [1, 42, 43, 44, 45, 46]]  # padding holes in rows 0 and 1
+    got, ref = _steps(model, fused, prompts, 6), _steps(model, None, prompts, 6)
+    for step, (g, r) in enumerate(zip(got, ref, strict=True)):
+        # both quantise activations to int16 the same way; sums in another order move a rounding now and then
+        assert torch.allclose(g, r, rtol=0, atol=2e-3 * r.abs().max().item()), (step, (g - r).abs().max())
+        assert torch.equal(g.argmax(-1), r.argmax(-1))
+
+
+@torch.inference_mode()
+def test_one_thread_or_two_give_the_same_numbers(tiny_int8):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _steps(model, fused, [[1, 2, 3], [4, 5]], 3)
+        torch.set_num_threads(2)
+        two = _steps(model, fused, [[1, 2, 3], [4, 5]], 3)
+    finally:
+        torch.set_num_threads(threads)
+    # each output row is one thread's whole dot product, and small work is done by every thread alike
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True))
+
+
+@torch.inference_mode()
+def test_fused_step_refuses_bad_input_with_a_message(tiny_int8):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    cache = KVCache(model.config, 1, 8, torch.float32)
+    mask = torch.ones((1, 1, 1, 8), dtype=torch.bool)
+    one = torch.tensor([[1]])
+    with pytest.raises(RuntimeError, match="outside the vocabulary"):
+        fused(torch.tensor([[model.config.vocab_size]]), one, 0, mask, cache)
+    with pytest.raises(RuntimeError, match="slot 8 outside the cache of 8"):
+        fused(one, one, 8, mask, cache)
+    with pytest.raises(RuntimeError, match="past the rotary table"):
+        fused(one, torch.tensor([[model.config.max_seq_len]]), 0, mask, cache)
+    with pytest.raises(RuntimeError, match="caches are"):
+        fused(torch.tensor([[1], [2]]), torch.tensor([[0], [0]]), 0, mask.expand(2, 1, 1, 8), cache)
+
+
+def test_engine_picks_the_fused_step_only_where_it_applies(tiny_dir, tiny_int8, tmp_path, monkeypatch):
+    assert isinstance(Engine.load(tiny_int8).compiled, FusedInt8Decoder)
+    assert isinstance(Engine.load(tiny_int8, compile=True).compiled, FusedInt8Decoder)  # no compile needed
+    assert Engine.load(tiny_int8, dtype="bfloat16").compiled is None  # it computes in float32 only
+    assert Engine.load(tiny_dir).compiled is None  # float weights
+    assert Engine.load(quantize(tiny_dir, tmp_path / "int4", 4)).compiled is None
+    monkeypatch.setattr(kernels, "_available", False)  # a machine without the kernels
+    assert fused_decoder(load_quantized(tiny_int8)) is None
+
+
+def test_a_batch_wider_than_the_kernels_decodes_one_operator_at_a_time(tiny_int8):
+    engine = Engine.load(tiny_int8)
+    sampling = SamplingConfig(max_tokens=3, ignore_eos=True)
+    prompts = [[1, 100 + i] for i in range(kernels.MAX_ROWS + 1)]
+    assert not engine.compiled.accepts(len(prompts))
+    wide = [t for t, _ in decode_steps(engine.model, prompts, sampling, compiled=engine.compiled)]
+    eager = [t for t, _ in decode_steps(engine.model, prompts, sampling)]
+    assert wide == eager
+
+
+@pytest.mark.slow
+def test_smollm2_int8_greedy_tokens_are_those_of_the_model_one_operator_at_a_time(smol_dir, tmp_path):
+    fused = Engine.load(quantize(smol_dir, tmp_path / "int8", 8))
+    ops = Engine.load(tmp_path / "int8")
+    ops.compiled = None
+    sampling = SamplingConfig(max_tokens=24, ignore_eos=True)
+    prompts = ["The capital of France is", "La recette de la pâte à crêpes :"]
+    for prompt in prompts:  # batch 1: the prompt token by token through the fused step
+        assert fused.complete([prompt], sampling)[0].tokens == ops.complete([prompt], sampling)[0].tokens
+    # a left-padded batch of two: eager prefill, then fused steps
+    assert [c.tokens for c in fused.complete(prompts, sampling)] == [c.tokens for c in ops.complete(prompts, sampling)]
