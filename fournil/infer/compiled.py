@@ -112,6 +112,8 @@ class CompiledDecoder:
             # (1.5 ms per token of 13 on SmolLM2-135M int8), and there is no GEMM template left to autotune
             self.options.update({"cpp.threads": 1, "max_autotune": False})
 
+    prefill_tokens = 16  # a batch-1 prompt this short is cheaper fed to the step token by token than prefilled
+
     @staticmethod
     def accepts(batch: int) -> bool:
         return True

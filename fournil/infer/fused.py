@@ -11,6 +11,8 @@ AVX2, for up to 32 rows a step; `fused_decoder` returns None for anything else.
 
 from __future__ import annotations
 
+import mmap
+
 import torch
 from torch import nn
 
@@ -41,6 +43,31 @@ def _mlp(block: nn.Module) -> tuple[nn.Module, ...]:
     return m.gate_proj, m.up_proj, m.down_proj
 
 
+HUGE_PAGE = 2 * 1024 * 1024
+
+
+def move_to_huge_pages(linears: list[Int8Linear]) -> None:
+    """Give the int8 matrices one copy in anonymous memory backed by 2 MiB pages, in the order a step reads them.
+
+    Why: loaded weights are pages of the mmap'd safetensors file, 4 KiB each, so streaming SmolLM2's 135 MB
+    walks 33,000 pages a token and misses the TLB on each. With 2 MiB pages (Linux transparent huge pages,
+    asked for with madvise) the same step ran 10-11 % faster here (8.9 → 7.9 and 9.7 → 8.8 ms, interleaved).
+    The modules' buffers become views of the copy, so eager prefill reads it too and the weights are held once.
+    Where the system gives no huge pages (another OS, THP off) this is a plain copy."""
+    sizes = [lin.weight.numel() for lin in linears]
+    # private anonymous memory (a shared mapping would be shmem, which THP leaves alone), freed with its last view
+    region = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    arena = torch.frombuffer(region, dtype=torch.int8)
+    offset = -arena.data_ptr() % HUGE_PAGE  # start on a page boundary: whole huge pages from the first byte
+    for lin, size in zip(linears, sizes, strict=True):
+        view = arena[offset:offset + size].view(lin.weight.shape)
+        view.copy_(lin.weight)
+        lin.weight = view
+        offset += size
+
+
 class FusedInt8Decoder:
     """Called like CompiledDecoder: one new token per row, keys/values written at `slot`, float32 logits back."""
 
@@ -52,11 +79,16 @@ class FusedInt8Decoder:
         # rotary tables for every position: the same float32 numbers the eager model computes per step
         cos, sin = rope_cos_sin(torch.arange(config.max_seq_len)[None], config.head_dim, config.rope_theta,
                                 torch.float32)
+        move_to_huge_pages(matrices)
         # the weights, checked once and held on the C++ side: a step then passes only its own few tensors
         self.plan = torch.classes.fournil.Int8Plan(
-            norms, [m.weight.contiguous() for m in matrices], [m.weight_scale.float().contiguous() for m in matrices],
+            norms, [m.weight for m in matrices], [m.weight_scale.float().contiguous() for m in matrices],
             model.model.embed_tokens.weight.contiguous(), cos[0, 0].contiguous(), sin[0, 0].contiguous(),
             config.n_heads, config.kv_heads, config.norm_eps)
+
+    # a prompt this short is cheaper fed token by token than prefilled (SmolLM2: 2 tokens 22 against 37 ms,
+    # 4 tokens 43 against 33 ms): the eager prefill reads the weights once for all its tokens
+    prefill_tokens = 3
 
     @staticmethod
     def accepts(batch: int) -> bool:

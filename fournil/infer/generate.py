@@ -104,9 +104,6 @@ def decode_steps(
             state.advance(tokens)
 
 
-COMPILED_PREFILL = 16  # a batch-1 prompt this short is cheaper fed to the compiled step than to an eager prefill
-
-
 class _Decoder:
     """The decoding state of one batch: KV cache, mask, positions, last logits, seen tokens, RNG."""
 
@@ -135,7 +132,7 @@ class _Decoder:
             self.seen.scatter_(1, ids, mask.bool())  # pads scatter False: harmless
         # prefill: positions count real tokens only, so a left-padded row sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        if compiled is not None and B == 1 and ids.shape[1] <= COMPILED_PREFILL:
+        if compiled is not None and B == 1 and ids.shape[1] <= compiled.prefill_tokens:
             for column in range(ids.shape[1]):  # a short prompt: token by token through the fast step
                 self._compiled_step(ids[:, column:column + 1], positions[:, column:column + 1])
         else:

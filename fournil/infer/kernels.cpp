@@ -95,13 +95,31 @@ void block_dot(const Block& b, const int8_t* next, const int16_t* xq, int64_t K,
 }
 
 // activations -> int16, one absmax scale per row (15 bits: finer than bf16's 8-bit mantissa)
+// (AVX2 over 16 at a time: the fused step quantises four vectors a layer in every thread; same numbers as the
+// scalar tail, since cvtps rounds to nearest-even as nearbyint does)
 void quantize_rows(const float* x, int64_t M, int64_t K, int16_t* xq, float* x_scale) {
+  const int64_t K16 = K - K % 16;
+  const __m256 magnitude = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   for (int64_t m = 0; m < M; ++m) {
-    float amax = 0.f;
-    for (int64_t k = 0; k < K; ++k) amax = std::max(amax, std::fabs(x[m * K + k]));
+    const float* xr = x + m * K;
+    int16_t* qr = xq + m * K;
+    __m256 top = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K16; k += 8) top = _mm256_max_ps(top, _mm256_and_ps(_mm256_loadu_ps(xr + k), magnitude));
+    __m128 t4 = _mm_max_ps(_mm256_castps256_ps128(top), _mm256_extractf128_ps(top, 1));
+    t4 = _mm_max_ps(t4, _mm_movehl_ps(t4, t4));
+    float amax = std::max(_mm_cvtss_f32(t4), _mm_cvtss_f32(_mm_shuffle_ps(t4, t4, 1)));
+    for (int64_t k = K16; k < K; ++k) amax = std::max(amax, std::fabs(xr[k]));
     x_scale[m] = amax > 0.f ? amax / kLevels : 1.f;
     const float inv = 1.f / x_scale[m];
-    for (int64_t k = 0; k < K; ++k) xq[m * K + k] = static_cast<int16_t>(std::nearbyint(x[m * K + k] * inv));
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (int64_t k = 0; k < K16; k += 16) {
+      const __m256i lo = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k), vinv));
+      const __m256i hi = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xr + k + 8), vinv));
+      // packs works per 128-bit lane: [lo0-3 hi0-3 lo4-7 hi4-7] -> put the quarters back in order
+      const __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + k), packed);
+    }
+    for (int64_t k = K16; k < K; ++k) qr[k] = static_cast<int16_t>(std::nearbyint(xr[k] * inv));
   }
 }
 

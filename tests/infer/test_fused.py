@@ -124,7 +124,21 @@ def test_smollm2_int8_greedy_tokens_are_those_of_the_model_one_operator_at_a_tim
     ops.compiled = None
     sampling = SamplingConfig(max_tokens=24, ignore_eos=True)
     prompts = ["The capital of France is", "La recette de la pâte à crêpes :"]
-    for prompt in prompts:  # batch 1: the prompt token by token through the fused step
+    for prompt in ["Bonjour", *prompts]:  # batch 1: a short prompt token by token through the fused step, then
         assert fused.complete([prompt], sampling)[0].tokens == ops.complete([prompt], sampling)[0].tokens
-    # a left-padded batch of two: eager prefill, then fused steps
+    # (longer prompts: an eager prefill, then fused steps), and a left-padded batch of two
     assert [c.tokens for c in fused.complete(prompts, sampling)] == [c.tokens for c in ops.complete(prompts, sampling)]
+
+
+def test_int8_matrices_move_to_one_aligned_copy_with_the_same_numbers(tiny_int8):
+    from fournil.infer.fused import HUGE_PAGE, move_to_huge_pages
+
+    model = load_quantized(tiny_int8)
+    linears = [model.model.layers[0].self_attn.q_proj, model.model.layers[0].mlp.down_proj, model.lm_head]
+    before = [lin.weight.clone() for lin in linears]
+    move_to_huge_pages(linears)
+    assert all(torch.equal(lin.weight, w) for lin, w in zip(linears, before, strict=True))
+    assert linears[0].weight.data_ptr() % HUGE_PAGE == 0  # whole huge pages from the first matrix on
+    storage = {lin.weight.untyped_storage().data_ptr() for lin in linears}
+    assert len(storage) == 1  # one copy, in the order a step reads them
+    assert linears[1].weight.data_ptr() == linears[0].weight.data_ptr() + linears[0].weight.numel()
