@@ -132,7 +132,10 @@ class _Decoder:
             self.seen.scatter_(1, ids, mask.bool())  # pads scatter False: harmless
         # prefill: positions count real tokens only, so a left-padded row sees the same positions as alone
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        if compiled is not None and B == 1 and ids.shape[1] <= compiled.prefill_tokens:
+        short = compiled is not None and B == 1 and ids.shape[1] <= compiled.prefill_tokens
+        if short and hasattr(compiled, "prefill"):  # the fused step: the prompt in one call
+            self.logits = compiled.prefill(ids, positions, self.key_mask, self.cache)
+        elif short:
             for column in range(ids.shape[1]):  # a short prompt: token by token through the fast step
                 self._compiled_step(ids[:, column:column + 1], positions[:, column:column + 1])
         else:

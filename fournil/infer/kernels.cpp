@@ -11,6 +11,8 @@
 //   y[:, block i] = (x . q_iT) * scale_i, several matrices sharing one input in one pass (q/k/v, gate/up).
 // fournil::decode_attention(q (B, H, D), k (B, Hkv, S, D), v, mask (B, S) bool, scale) -> (B, H, D)
 //   one query per row over the cache positions whose mask is set (grouped-query heads share kv heads).
+// fournil::int8_decode_step(plan, ids, positions, rows, slots, mask, k_cache, v_cache, last_only) -> logits
+//   a whole decode step of an int8 Llama whose weights an Int8Plan holds (see its comment below).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -361,36 +363,50 @@ struct Int8Plan : torch::CustomClassHolder {
 // up for the whole token, split every matrix by rows, and meet at a barrier only where a result is needed
 // whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised,
 // int16-quantised activations, so that small work is done twice rather than waited for.
-//   ids, positions (M,) int64; slot: the cache column the new keys/values go to; mask (M, S) bool, slot set;
-//   k_cache/v_cache: per layer (M, Hkv, S, D) float32, written at slot  -> float32 logits (M, V)
+// Its M input rows are tokens: one per sequence of a batch (decoding), or consecutive tokens of one sequence
+// (a prompt, up to 32 at a time, for which the weights are then read once): every row's keys/values are stored
+// before any row attends, and each row attends to the cache positions its mask row sets.
+//   ids, positions (M,) int64; rows (M,): the cache batch index of each; slots (M,): its cache column;
+//   mask (M, S) bool; k_cache/v_cache: per layer (B, Hkv, S, D) float32
+//   -> float32 logits (M, V), or (1, V) of the last row with last_only
 at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::Tensor& ids,
-                            const at::Tensor& positions, int64_t slot, const at::Tensor& mask,
-                            at::TensorList k_cache, at::TensorList v_cache) {
+                            const at::Tensor& positions, const at::Tensor& rows, const at::Tensor& slots,
+                            const at::Tensor& mask, at::TensorList k_cache, at::TensorList v_cache,
+                            bool last_only) {
   const Int8Plan& P = *plan;
   const int64_t L = P.L, V = P.V, dim = P.dim, ffn = P.ffn, H = P.H, Hkv = P.Hkv, D = P.D;
   const int64_t M = ids.numel();
   TORCH_CHECK(M >= 1 && M <= kMaxRows, "int8_decode_step: 1 to ", kMaxRows, " rows, got ", M);
-  TORCH_CHECK(ids.scalar_type() == at::kLong && ids.is_contiguous() && positions.scalar_type() == at::kLong &&
-              positions.is_contiguous() && positions.numel() == M,
-              "int8_decode_step: ids and positions are (M,) int64");
+  for (const at::Tensor* t : {&ids, &positions, &rows, &slots}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous() && t->numel() == M,
+                "int8_decode_step: ids, positions, rows and slots are (M,) int64");
+  }
   TORCH_CHECK(static_cast<int64_t>(k_cache.size()) == L && static_cast<int64_t>(v_cache.size()) == L,
               "int8_decode_step: one key and one value cache per layer (", L, ")");
-  const int64_t S = k_cache[0].dim() == 4 ? k_cache[0].size(2) : 0;
+  const bool four = k_cache[0].dim() == 4;
+  const int64_t B = four ? k_cache[0].size(0) : 0, S = four ? k_cache[0].size(2) : 0;
   for (int64_t l = 0; l < L; ++l) {
     check_float(k_cache[l], "k_cache");
     check_float(v_cache[l], "v_cache");
-    TORCH_CHECK(k_cache[l].sizes() == at::IntArrayRef({M, Hkv, S, D}) && v_cache[l].sizes() == k_cache[l].sizes(),
-                "int8_decode_step: caches are (", M, ", ", Hkv, ", S, ", D, ")");
+    TORCH_CHECK(k_cache[l].sizes() == at::IntArrayRef({B, Hkv, S, D}) && v_cache[l].sizes() == k_cache[l].sizes(),
+                "int8_decode_step: caches are (B, ", Hkv, ", S, ", D, "), the same for every layer");
   }
-  TORCH_CHECK(slot >= 0 && slot < S, "int8_decode_step: slot ", slot, " outside the cache of ", S);
   TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == M * S && mask.is_contiguous(),
               "int8_decode_step: mask (M, S) bool");
   const int64_t* id = ids.data_ptr<int64_t>();
   const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* row = rows.data_ptr<int64_t>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
   for (int64_t m = 0; m < M; ++m) {
     TORCH_CHECK(id[m] >= 0 && id[m] < V, "int8_decode_step: token id ", id[m], " outside the vocabulary");
     TORCH_CHECK(pos[m] >= 0 && pos[m] < P.rope_cos.size(0), "int8_decode_step: position ", pos[m],
                 " past the rotary table");
+    TORCH_CHECK(row[m] >= 0 && row[m] < B, "int8_decode_step: cache row ", row[m], " outside the batch of ", B);
+    TORCH_CHECK(slot[m] >= 0 && slot[m] < S, "int8_decode_step: slot ", slot[m], " outside the cache of ", S);
+    for (int64_t r = 0; r < m; ++r) {
+      TORCH_CHECK(row[r] != row[m] || slot[r] != slot[m], "int8_decode_step: rows ", r, " and ", m,
+                  " would store their keys in the same cache cell");
+    }
   }
   // shared buffers, each (M, n): q k v | attention | o | gate up act | down
   const int64_t sizes[9] = {H * D, Hkv * D, Hkv * D, H * D, dim, ffn, ffn, ffn, dim};
@@ -401,7 +417,7 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
   buf[0] = work.data_ptr<float>();
   for (int i = 1; i < 9; ++i) buf[i] = buf[i - 1] + M * sizes[i - 1];
   float* const outs[7] = {buf[0], buf[1], buf[2], buf[4], buf[5], buf[6], buf[8]};
-  at::Tensor logits = at::empty({M, V}, P.embed.options());
+  at::Tensor logits = at::empty({last_only ? 1 : M, V}, P.embed.options());
   std::vector<Mat> seq;
   seq.reserve(7 * L + 1);
   for (int64_t i = 0; i < 7 * L + 1; ++i) {
@@ -438,16 +454,15 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
       gemv(i + 2);
 #pragma omp barrier
       for (int64_t p = t; p < M * Hkv; p += T) {  // the new keys (rotated) and values into the cache
-        const int64_t m = p / Hkv, g = p % Hkv, cell = ((m * Hkv + g) * S + slot) * D;
+        const int64_t m = p / Hkv, g = p % Hkv, cell = ((row[m] * Hkv + g) * S + slot[m]) * D;
         rope(buf[1] + m * Hkv * D + g * D, cos + pos[m] * D, sin + pos[m] * D, D, kc + cell);
         std::copy_n(buf[2] + m * Hkv * D + g * D, D, vc + cell);
       }
 #pragma omp barrier
       for (int64_t p = t; p < M * H; p += T) {
-        const int64_t m = p / H, head = p % H, g = head / (H / Hkv);
+        const int64_t m = p / H, head = p % H, kv = (row[m] * Hkv + head / (H / Hkv)) * S * D;
         rope(buf[0] + m * H * D + head * D, cos + pos[m] * D, sin + pos[m] * D, D, qr.data());
-        attend(qr.data(), kc + (m * Hkv + g) * S * D, vc + (m * Hkv + g) * S * D, mk + m * S, S, D, scale,
-               w.data(), buf[3] + m * H * D + head * D);
+        attend(qr.data(), kc + kv, vc + kv, mk + m * S, S, D, scale, w.data(), buf[3] + m * H * D + head * D);
       }
 #pragma omp barrier
       quantize_rows(buf[3], M, H * D, xq.data(), xs.data());
@@ -471,7 +486,11 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
       for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[8][j];
     }
     normed(P.norms[2 * L]);
-    gemv(7 * L);
+    if (last_only) {  // a prompt's logits are wanted for its last token only
+      gemv_share(seq[7 * L], nullptr, t, T, xq.data() + (M - 1) * dim, xs.data() + M - 1, 1);
+    } else {
+      gemv(7 * L);
+    }
   }
   return logits;
 }
@@ -482,8 +501,9 @@ TORCH_LIBRARY(fournil, m) {
   m.class_<Int8Plan>("Int8Plan")
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor,
                        at::Tensor, at::Tensor, int64_t, int64_t, double>());
-  m.def("int8_decode_step(__torch__.torch.classes.fournil.Int8Plan plan, Tensor ids, Tensor positions, int slot, "
-        "Tensor mask, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache) -> Tensor");
+  m.def("int8_decode_step(__torch__.torch.classes.fournil.Int8Plan plan, Tensor ids, Tensor positions, "
+        "Tensor rows, Tensor slots, Tensor mask, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, bool last_only) "
+        "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(fournil, CPU, m) {

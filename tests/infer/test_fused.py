@@ -4,6 +4,8 @@ thread or two, what it refuses, and which models and batches it leaves to the ot
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -93,8 +95,9 @@ def test_fused_step_refuses_bad_input_with_a_message(tiny_int8):
         fused(one, one, 8, mask, cache)
     with pytest.raises(RuntimeError, match="past the rotary table"):
         fused(one, torch.tensor([[model.config.max_seq_len]]), 0, mask, cache)
+    wrong = [torch.zeros(1, model.config.kv_heads + 1, 8, model.config.head_dim)] * model.config.n_layers
     with pytest.raises(RuntimeError, match="caches are"):
-        fused(torch.tensor([[1], [2]]), torch.tensor([[0], [0]]), 0, mask.expand(2, 1, 1, 8), cache)
+        fused(one, one, 0, mask, SimpleNamespace(k=wrong, v=wrong))
 
 
 def test_engine_picks_the_fused_step_only_where_it_applies(tiny_dir, tiny_int8, tmp_path, monkeypatch):
@@ -124,9 +127,13 @@ def test_smollm2_int8_greedy_tokens_are_those_of_the_model_one_operator_at_a_tim
     ops.compiled = None
     sampling = SamplingConfig(max_tokens=24, ignore_eos=True)
     prompts = ["The capital of France is", "La recette de la pâte à crêpes :"]
-    for prompt in ["Bonjour", *prompts]:  # batch 1: a short prompt token by token through the fused step, then
+    long = ("Le Québec est une province du Canada dont la seule langue officielle est le français ; sa capitale, "
+            "la ville de Québec, fut fondée en 1608 par Samuel de Champlain.")
+    assert len(fused.encode(long)) > fused.compiled.prefill_tokens  # this one gets the eager prefill
+    # batch 1: the prompt prefilled in one fused call (up to 32 tokens), then fused steps
+    for prompt in ["Bonjour", *prompts, long]:
         assert fused.complete([prompt], sampling)[0].tokens == ops.complete([prompt], sampling)[0].tokens
-    # (longer prompts: an eager prefill, then fused steps), and a left-padded batch of two
+    # a left-padded batch of two: an eager prefill, then fused steps
     assert [c.tokens for c in fused.complete(prompts, sampling)] == [c.tokens for c in ops.complete(prompts, sampling)]
 
 
@@ -142,3 +149,37 @@ def test_int8_matrices_move_to_one_aligned_copy_with_the_same_numbers(tiny_int8)
     storage = {lin.weight.untyped_storage().data_ptr() for lin in linears}
     assert len(storage) == 1  # one copy, in the order a step reads them
     assert linears[1].weight.data_ptr() == linears[0].weight.data_ptr() + linears[0].weight.numel()
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("length", [5, kernels.MAX_ROWS + 8])  # one call; two, the second after the first
+def test_a_prompt_prefilled_in_one_call_leaves_the_logits_and_cache_of_the_model(tiny_int8, length):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    ids = torch.tensor([[(31 * i + 5) % 4000 for i in range(length)]])
+    positions = torch.arange(length)[None]
+    S = length + 4
+    cache, ref_cache = KVCache(model.config, 1, S, torch.float32), KVCache(model.config, 1, S, torch.float32)
+    key_mask = torch.zeros((1, 1, 1, S), dtype=torch.bool)
+    got = fused.prefill(ids, positions, key_mask, cache)
+    ref = model(ids, cache=ref_cache)[:, -1].float()
+    assert got.shape == (1, model.config.vocab_size) and cache.length == length
+    assert key_mask[0, 0, 0, :length].all() and not key_mask[0, 0, 0, length:].any()
+    assert torch.allclose(got, ref, rtol=0, atol=2e-3 * ref.abs().max().item()), (got - ref).abs().max()
+    for k, ref_k in zip(cache.k, ref_cache.k, strict=True):  # keys stored causally, rotated at their positions
+        assert torch.allclose(k, ref_k, rtol=0, atol=2e-3 * ref_k.abs().max().item())
+
+
+@torch.inference_mode()
+def test_two_rows_may_not_store_keys_in_one_cache_cell(tiny_int8):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    cache = KVCache(model.config, 1, 8, torch.float32)
+    two = torch.tensor([1, 2])
+    with pytest.raises(RuntimeError, match="rows 0 and 1 would store their keys in the same cache cell"):
+        torch.ops.fournil.int8_decode_step(fused.plan, two, two, torch.zeros(2, dtype=torch.long),
+                                           torch.tensor([3, 3]), torch.ones((2, 8), dtype=torch.bool),
+                                           cache.k, cache.v, False)
+    with pytest.raises(RuntimeError, match="cache row 1 outside the batch of 1"):
+        torch.ops.fournil.int8_decode_step(fused.plan, two, two, torch.tensor([0, 1]), torch.tensor([0, 1]),
+                                           torch.ones((2, 8), dtype=torch.bool), cache.k, cache.v, False)
