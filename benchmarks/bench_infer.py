@@ -3,10 +3,11 @@
 bound (weight bytes read per token ÷ the machine's measured read bandwidth). Tokens/s, higher is better.
 
 Each side generates the same number of new tokens after the same short prompt, end of sequence ignored; the
-prompt's prefill is included on both sides (it is 6 tokens against 64 decoded). "compiled" is `--compile`
-(fournil.infer.compiled); its one-time compile is done before timing, as llama.cpp's model load is. An int8
-model decodes through the fused step (fournil.infer.fused, no compile); "one operator at a time" is the same
-kernels called per matrix, as before the fused step. Every side, and the bandwidth measurement, take turns for
+prompt's prefill is included on both sides (it is 6 tokens against 64 decoded). An int8 model, and a float32
+one under `--compile`, decode through the fused step (fournil.infer.fused, no compile); "one operator at a
+time" is the same int8 kernels called per matrix, and "through inductor" the torch.compile graph
+(fournil.infer.compiled) that bfloat16 models get, its one-time compile done before timing, as llama.cpp's
+model load is. Every side, and the bandwidth measurement, take turns for
 three rounds; each keeps its fastest.
 """
 
@@ -78,6 +79,7 @@ def _run(work: Path) -> list[dict]:
     from llama_cpp import Llama as LlamaCpp
     from transformers import AutoModelForCausalLM
 
+    from fournil.infer.compiled import compiled_decoder
     from fournil.infer.config import SamplingConfig
     from fournil.infer.generate import Engine
     from fournil.infer.gguf_io import export_gguf, import_gguf
@@ -91,7 +93,9 @@ def _run(work: Path) -> list[dict]:
 
     sampling = SamplingConfig(max_tokens=NEW_TOKENS, ignore_eos=True)
     ours = Engine.load(model_dir)
-    ours_fast = Engine.load(model_dir, compile=True)
+    ours_fast = Engine.load(model_dir, compile=True)  # float32 --compile: the fused step (fournil.infer.fused)
+    ours_inductor = Engine.load(model_dir)
+    ours_inductor.compiled = compiled_decoder(ours_inductor.model)  # inductor's graph, as a bf16 model gets it
     ours_int8 = Engine.load(int8_dir)  # int8 weights (lm_head too): the fused step (fournil.infer.fused)
     ours_int8_ops = Engine.load(int8_dir)
     ours_int8_ops.compiled = None  # the same kernels one operator at a time (eager), for comparison
@@ -115,7 +119,8 @@ def _run(work: Path) -> list[dict]:
 
     runs = {
         "ours_fp32": lambda: ours.complete([ids], sampling),
-        "ours_fp32_compiled": lambda: ours_fast.complete([ids], sampling),
+        "ours_fp32_fused": lambda: ours_fast.complete([ids], sampling),
+        "ours_fp32_inductor": lambda: ours_inductor.complete([ids], sampling),
         "transformers_fp32": hf_generate,
         "llama_cpp_f32": llama_cpp(f32_gguf),
         "ours_int8": lambda: ours_int8.complete([ids], sampling),
@@ -131,13 +136,15 @@ def _run(work: Path) -> list[dict]:
     bound_int8 = bandwidth / bytes_per_token(ours_int8.model)
     rows = [  # (what, ours, anchor) in tok/s
         (f"SmolLM2-135M eager fp32 vs transformers ({THREADS} thr)", "ours_fp32", "transformers_fp32"),
-        ("compiled fp32 vs transformers fp32", "ours_fp32_compiled", "transformers_fp32"),
+        ("fp32 --compile (fused step) vs transformers fp32", "ours_fp32_fused", "transformers_fp32"),
+        ("fp32 through inductor vs transformers fp32", "ours_fp32_inductor", "transformers_fp32"),
         ("int8 (fused step) vs transformers fp32", "ours_int8", "transformers_fp32"),
         ("int8 one operator at a time vs transformers fp32", "ours_int8_ops", "transformers_fp32"),
-        ("compiled fp32 vs llama.cpp f32", "ours_fp32_compiled", "llama_cpp_f32"),
+        ("fp32 --compile (fused step) vs llama.cpp f32", "ours_fp32_fused", "llama_cpp_f32"),
+        ("fp32 through inductor vs llama.cpp f32", "ours_fp32_inductor", "llama_cpp_f32"),
         ("int8 (fused step) vs llama.cpp q8_0", "ours_int8", "llama_cpp_q8_0"),
         ("int8 one operator at a time vs llama.cpp q8_0", "ours_int8_ops", "llama_cpp_q8_0"),
-        (f"compiled fp32 vs bandwidth bound ({bandwidth / 1e9:.0f} GB/s)", "ours_fp32_compiled", bound_fp32),
+        (f"fp32 --compile (fused) vs bandwidth bound ({bandwidth / 1e9:.0f} GB/s)", "ours_fp32_fused", bound_fp32),
         ("int8 (fused step) vs bandwidth bound", "ours_int8", bound_int8),
         ("llama.cpp q8_0 vs bandwidth bound (reference)", "llama_cpp_q8_0", bound_int8),
     ]

@@ -1,12 +1,14 @@
-"""The whole decode step of an int8 model as one call into fournil's kernels (`fournil::int8_decode_step`).
+"""A whole decode step as one call into fournil's kernels (`fournil::decode_step`), for int8 and float32 models.
 
-Why: at batch 1 an int8 decode step is ~120 matrix-vector products over the model's weights plus a little
-elementwise work. Issued one operator at a time (eager, or inductor's graph with our int8 kernel inside), every
-product starts its threads and a cold memory stream: on SmolLM2-135M those products reached 18-19 GB/s where one
+Why: at batch 1 a decode step is ~120 matrix-vector products over the model's weights plus a little elementwise
+work. Issued one operator at a time (eager, or inductor's graph with our int8 kernel inside), every product
+starts its threads and a cold memory stream: on SmolLM2-135M int8 those products reached 18-19 GB/s where one
 pass over all of them reaches 26. The fused step keeps its threads for the whole token, each one streaming its
-share of every matrix straight into its share of the next, and needs no compile. It applies to models whose
-block matrices and lm_head are all int8 (`fournil quantize --bits 8`), float32 elsewhere, on an x86 CPU with
-AVX2, for up to 32 rows a step; `fused_decoder` returns None for anything else.
+share of every matrix straight into its share of the next, and needs no compile. It applies to models whose block
+matrices and lm_head are all int8 (`fournil quantize --bits 8`) or all float32, float32 elsewhere, on an x86 CPU
+with AVX2, for up to 32 rows a step; `fused_decoder` returns None for anything else. `Engine` uses it for int8
+models always, for float32 ones with `--compile` (plain decoding of a float model stays eager: the reference
+whose greedy tokens equal transformers').
 """
 
 from __future__ import annotations
@@ -21,14 +23,21 @@ from fournil.infer.quantize import Int8Linear
 from fournil.model.llama import KVCache, Llama, rope_cos_sin
 
 
-def eligible(model: Llama) -> bool:
-    """Every block matrix and lm_head int8, float32 norms and embeddings, on the CPU, with the kernels built."""
+def eligible(model: Llama) -> str | None:
+    """"int8" or "float32" when the fused step can run the model (every block matrix and lm_head of that kind,
+    float32 norms and embeddings, on the CPU, widths multiples of 16, the kernels built); None otherwise."""
+    matrices = _matrices(model)
+    if all(isinstance(m, Int8Linear) for m in matrices):
+        kind = "int8"
+    elif all(type(m) is nn.Linear and m.weight.dtype == torch.float32 for m in matrices):
+        kind = "float32"
+    else:
+        return None
     widths = (model.config.dim, model.config.n_heads * model.config.head_dim, model.config.ffn_dim)
-    return (all(isinstance(m, Int8Linear) for m in _matrices(model))
-            and model.model.embed_tokens.weight.dtype == torch.float32
-            and model.model.embed_tokens.weight.is_cpu
-            and all(w % 16 == 0 for w in widths)
-            and kernels.available())
+    embed = model.model.embed_tokens.weight
+    if embed.dtype != torch.float32 or not embed.is_cpu or any(w % 16 for w in widths):
+        return None
+    return kind if kernels.available() else None
 
 
 def _matrices(model: Llama) -> list[nn.Module]:
@@ -43,44 +52,56 @@ def _matrices(model: Llama) -> list[nn.Module]:
 HUGE_PAGE = 2 * 1024 * 1024
 
 
-def move_to_huge_pages(linears: list[Int8Linear]) -> None:
-    """Give the int8 matrices one copy in anonymous memory backed by 2 MiB pages, in the order a step reads them.
+def move_to_huge_pages(model: Llama, linears: list[nn.Module]) -> None:
+    """Give the matrices one copy in anonymous memory backed by 2 MiB pages, in the order a step reads them.
 
     Why: loaded weights are pages of the mmap'd safetensors file, 4 KiB each, so streaming SmolLM2's 135 MB
-    walks 33,000 pages a token and misses the TLB on each. With 2 MiB pages (Linux transparent huge pages,
-    asked for with madvise) the same step ran 10-11 % faster here (8.9 → 7.9 and 9.7 → 8.8 ms, interleaved).
-    The modules' buffers become views of the copy, so eager prefill reads it too and the weights are held once.
-    Where the system gives no huge pages (another OS, THP off) this is a plain copy."""
+    (int8) walks 33,000 pages a token and misses the TLB on each. With 2 MiB pages (Linux transparent huge
+    pages, asked for with madvise) the same int8 step ran 6-10 % faster here (8.54 against 9.50 and 9.36
+    against 9.95 ms, interleaved). The modules' weights become views of the copy, so eager prefill reads it too
+    and the weights are held once (a tied embedding table follows lm_head). Where the system gives no huge
+    pages (another OS, THP off) this is a plain copy."""
+    embed = model.model.embed_tokens
+    tied = embed.weight is model.lm_head.weight
+    dtype = linears[0].weight.dtype
     sizes = [lin.weight.numel() for lin in linears]
+    nbytes = sum(sizes) * linears[0].weight.element_size()
     # private anonymous memory (a shared mapping would be shmem, which THP leaves alone), freed with its last view
-    region = mmap.mmap(-1, sum(sizes) + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    region = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
     if hasattr(mmap, "MADV_HUGEPAGE"):
         region.madvise(mmap.MADV_HUGEPAGE)
-    arena = torch.frombuffer(region, dtype=torch.int8)
-    offset = -arena.data_ptr() % HUGE_PAGE  # start on a page boundary: whole huge pages from the first byte
+    arena = torch.frombuffer(region, dtype=dtype)
+    offset = -arena.data_ptr() % HUGE_PAGE // arena.element_size()  # whole huge pages from the first byte
     for lin, size in zip(linears, sizes, strict=True):
         view = arena[offset:offset + size].view(lin.weight.shape)
         view.copy_(lin.weight)
-        lin.weight = view
+        if isinstance(lin.weight, nn.Parameter):
+            lin.weight = nn.Parameter(view, requires_grad=False)
+        else:
+            lin.weight = view
         offset += size
+    if tied:
+        embed.weight = model.lm_head.weight
 
 
-class FusedInt8Decoder:
+class FusedDecoder:
     """Called like CompiledDecoder: one new token per row, keys/values written at `slot`, float32 logits back."""
 
     def __init__(self, model: Llama):
         config = model.config
         matrices = _matrices(model)
+        self.kind = eligible(model)
         norms = [n.weight.float().contiguous() for b in model.model.layers
                  for n in (b.input_layernorm, b.post_attention_layernorm)] + [model.model.norm.weight.float()]
         # rotary tables for every position: the same float32 numbers the eager model computes per step
         cos, sin = rope_cos_sin(torch.arange(config.max_seq_len)[None], config.head_dim, config.rope_theta,
                                 torch.float32)
-        move_to_huge_pages(matrices)
+        move_to_huge_pages(model, matrices)
+        scales = [m.weight_scale.float().contiguous() for m in matrices] if self.kind == "int8" else []
         # the weights, checked once and held on the C++ side: a step then passes only its own few tensors
-        self.plan = torch.classes.fournil.Int8Plan(
-            norms, [m.weight for m in matrices], [m.weight_scale.float().contiguous() for m in matrices],
-            model.model.embed_tokens.weight.contiguous(), cos[0, 0].contiguous(), sin[0, 0].contiguous(),
+        self.plan = torch.classes.fournil.DecodePlan(
+            norms, [m.weight.detach() for m in matrices], scales,
+            model.model.embed_tokens.weight.detach().contiguous(), cos[0, 0].contiguous(), sin[0, 0].contiguous(),
             config.n_heads, config.kv_heads, config.norm_eps)
 
     # a batch-1 prompt up to this long is prefilled by `prefill` (SmolLM2: 6 tokens 22 against 45 ms eager, 32
@@ -95,7 +116,7 @@ class FusedInt8Decoder:
                  cache: KVCache) -> torch.Tensor:
         """ids/positions (B, 1), key_mask (B, 1, 1, S) bool with `slot` set → float32 logits (B, V)."""
         B = ids.shape[0]
-        return torch.ops.fournil.int8_decode_step(
+        return torch.ops.fournil.decode_step(
             self.plan, ids.reshape(B).contiguous(), positions.reshape(B).contiguous(), torch.arange(B),
             torch.full((B,), slot), key_mask.reshape(B, -1), cache.k, cache.v, False)
 
@@ -113,7 +134,7 @@ class FusedInt8Decoder:
             slots = torch.arange(start + first, start + last)
             # what was there before, plus this chunk up to each row's own position
             mask = key_mask.reshape(1, S) | ((columns >= start + first) & (columns <= slots[:, None]))
-            logits = torch.ops.fournil.int8_decode_step(
+            logits = torch.ops.fournil.decode_step(
                 self.plan, ids[0, first:last].contiguous(), positions[0, first:last].contiguous(),
                 torch.zeros(last - first, dtype=torch.long), slots, mask, cache.k, cache.v, True)
             key_mask[0, 0, 0, start + first:start + last] = True
@@ -121,10 +142,13 @@ class FusedInt8Decoder:
         return logits
 
 
-def fused_decoder(model: Llama) -> FusedInt8Decoder | None:
-    """The model's FusedInt8Decoder (kept on the model), or None when the model or machine does not qualify."""
+def fused_decoder(model: Llama, floats: bool = False) -> FusedDecoder | None:
+    """The model's FusedDecoder (kept on the model), or None when the model or machine does not qualify; a
+    float32 model only with `floats` (Engine asks for it under --compile)."""
     decoder = getattr(model, "_fournil_fused", None)
-    if decoder is None and eligible(model):
-        decoder = FusedInt8Decoder(model)
-        object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: keep state_dict() unchanged
+    if decoder is None:
+        kind = eligible(model)
+        if kind == "int8" or (kind == "float32" and floats):
+            decoder = FusedDecoder(model)
+            object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: state_dict() unchanged
     return decoder

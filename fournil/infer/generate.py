@@ -18,7 +18,7 @@ import torch
 from fournil.console import UsageError
 from fournil.infer.compiled import CompiledDecoder, cache_size, compiled_decoder
 from fournil.infer.config import SamplingConfig
-from fournil.infer.fused import FusedInt8Decoder, fused_decoder
+from fournil.infer.fused import FusedDecoder, fused_decoder
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
 from fournil.model.llama import KVCache, Llama
 
@@ -72,7 +72,7 @@ def decode_steps(
     sampling: SamplingConfig,
     eos_ids: frozenset[int] | set[int] = frozenset(),
     pad_id: int = 0,
-    compiled: CompiledDecoder | FusedInt8Decoder | None = None,
+    compiled: CompiledDecoder | FusedDecoder | None = None,
 ) -> Iterator[tuple[list[int], list[bool]]]:
     """Yield (tokens, done) once per step, one entry per prompt. The caller may set `done[i] = True` (a stop
     string) to end row i; the loop ends when every row is done or after `sampling.max_tokens` steps.
@@ -108,7 +108,7 @@ class _Decoder:
     """The decoding state of one batch: KV cache, mask, positions, last logits, seen tokens, RNG."""
 
     def __init__(self, model: Llama, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
-                 pad_id: int, max_len: int, compiled: CompiledDecoder | FusedInt8Decoder | None):
+                 pad_id: int, max_len: int, compiled: CompiledDecoder | FusedDecoder | None):
         B = len(prompts)
         if compiled is not None and not compiled.accepts(B):
             compiled = None  # a batch wider than the fast step takes: eager steps
@@ -189,9 +189,11 @@ class Engine:
     def __init__(self, model: Llama, tokenizer: PromptTokenizer, compile: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
-        # an all-int8 model decodes through the fused step with or without `compile` (it needs no compile and
-        # is the faster of the two); others through inductor when asked
-        self.compiled = fused_decoder(self.model) or (compiled_decoder(self.model) if compile else None)
+        # an all-int8 model decodes through the fused step with or without `compile` (it needs no compile); a
+        # float32 one with `compile` too (no compile either, and faster than inductor's graph); others through
+        # inductor when asked
+        self.compiled = fused_decoder(self.model, floats=compile) or (compiled_decoder(self.model) if compile
+                                                                        else None)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise UsageError(f"tokenizer has {tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size}: they do not belong together")

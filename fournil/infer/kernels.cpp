@@ -11,8 +11,8 @@
 //   y[:, block i] = (x . q_iT) * scale_i, several matrices sharing one input in one pass (q/k/v, gate/up).
 // fournil::decode_attention(q (B, H, D), k (B, Hkv, S, D), v, mask (B, S) bool, scale) -> (B, H, D)
 //   one query per row over the cache positions whose mask is set (grouped-query heads share kv heads).
-// fournil::int8_decode_step(plan, ids, positions, rows, slots, mask, k_cache, v_cache, last_only) -> logits
-//   a whole decode step of an int8 Llama whose weights an Int8Plan holds (see its comment below).
+// fournil::decode_step(plan, ids, positions, rows, slots, mask, k_cache, v_cache, last_only) -> logits
+//   a whole decode step of a Llama (int8 or float32 matrices) whose weights a DecodePlan holds (see below).
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -251,13 +251,40 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 namespace {
 
-struct Mat {                            // one int8 matrix of the step and the (M, n) buffer its products fill
-  const int8_t* q;
+struct Mat {                            // one matrix of the step and the (M, n) buffer its products fill
+  const int8_t* q;                      // int8 weights with one scale per row, or
   const float* scale;
+  const float* wf;                      // float32 weights (q and scale unused)
   int64_t n;
   int64_t K;
   float* out;
+
+  const char* block(int64_t b) const {  // where row block b starts
+    return wf ? reinterpret_cast<const char*>(wf + b * kRows * K) : reinterpret_cast<const char*>(q + b * kRows * K);
+  }
 };
+
+// kRows float32 rows (or fewer at a matrix's end) against one activation row; `next` (the thread's next block,
+// 4x the bytes of an int8 one) is prefetched meanwhile, two lines per step
+void block_dot_f32(const float* r, int64_t n, const char* next, const float* x, int64_t K, float* out) {
+  if (n == kRows) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = 0; k < K; k += 8) {
+      _mm_prefetch(next + 16 * k, _MM_HINT_T0);
+      _mm_prefetch(next + 16 * k + 64, _MM_HINT_T0);
+      const __m256 xv = _mm256_loadu_ps(x + k);
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r + k), xv, a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r + K + k), xv, a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 2 * K + k), xv, a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r + 3 * K + k), xv, a3);
+    }
+    const __m256 ab = _mm256_hadd_ps(a0, a1), cd = _mm256_hadd_ps(a2, a3);
+    const __m256 abcd = _mm256_hadd_ps(ab, cd);
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1)));
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = dot(r + i * K, x, K);
+}
 
 // thread t's share [first, last) of the row blocks of an n-row matrix: equal heights give equal rows, so the
 // thread that computed gate rows i..j also holds up rows i..j
@@ -266,16 +293,24 @@ inline std::pair<int64_t, int64_t> share(int64_t n, int t, int T) {
   return {blocks * t / T, blocks * (t + 1) / T};
 }
 
-// thread t's rows of w.out = (xq . w.qT) * scales; the last block prefetches the thread's first block of `after`,
-// so the memory stream runs on from one matrix into the next
-void gemv_share(const Mat& w, const Mat* after, int t, int T, const int16_t* xq, const float* xs, int64_t M) {
+// thread t's rows of w.out = x . wT: int8 weights take the int16-quantised activations xq (scales xs), float32
+// ones the activations xf as they are. The last block prefetches the thread's first block of `after`, so the
+// memory stream runs on from one matrix into the next.
+void gemv_share(const Mat& w, const Mat* after, int t, int T, const int16_t* xq, const float* xs, const float* xf,
+                int64_t M) {
   const auto [b0, b1] = share(w.n, t, T);
-  const int8_t* onward = after ? after->q + share(after->n, t, T).first * kRows * after->K : w.q;
+  const char* onward = after ? after->block(share(after->n, t, T).first) : w.block(0);
   for (int64_t b = b0; b < b1; ++b) {
-    const int64_t row = b * kRows;
-    const Block cur{w.q + row * w.K, w.scale + row, row, std::min(kRows, w.n - row)};
-    const int8_t* next = b + 1 < b1 ? cur.rows + kRows * w.K : onward;
-    for (int64_t m = 0; m < M; ++m) block_dot(cur, next, xq + m * w.K, w.K, xs[m], w.out + m * w.n + row);
+    const int64_t row = b * kRows, n = std::min(kRows, w.n - row);
+    const char* next = b + 1 < b1 ? w.block(b + 1) : onward;
+    for (int64_t m = 0; m < M; ++m) {
+      if (w.wf) {
+        block_dot_f32(w.wf + row * w.K, n, next, xf + m * w.K, w.K, w.out + m * w.n + row);
+      } else {
+        const Block cur{w.q + row * w.K, w.scale + row, row, n};
+        block_dot(cur, reinterpret_cast<const int8_t*>(next), xq + m * w.K, w.K, xs[m], w.out + m * w.n + row);
+      }
+    }
   }
 }
 
@@ -299,31 +334,35 @@ void rope(const float* x, const float* cos, const float* sin, int64_t D, float* 
 
 void check_float(const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.scalar_type() == at::kFloat && t.is_contiguous() && t.is_cpu(),
-              "fournil int8 decode: ", what, " must be a contiguous float32 CPU tensor");
+              "fournil decode step: ", what, " must be a contiguous float32 CPU tensor");
 }
 
 }  // namespace
 
-// The weights of an int8 Llama for int8_decode_step, checked once: per layer the input and post-attention norm
-// weights and the q, k, v, o, gate, up, down matrices (int8, one float32 scale per row), then the final norm
-// and lm_head; the embedding table (V, dim) and rotary tables (P, D), float32. Holding them here makes a step
-// one call with a handful of arguments: passing ~200 tensors in lists cost 0.6 ms of a 10 ms token.
-struct Int8Plan : torch::CustomClassHolder {
+// The weights of a Llama for decode_step, checked once: per layer the input and post-attention norm weights and
+// the q, k, v, o, gate, up, down matrices, then the final norm and lm_head; the embedding table (V, dim) and
+// rotary tables (P, D). The matrices are all int8 with one float32 scale per row, or all float32 (no scales);
+// everything else is float32. Holding them here makes a step one call with a handful of arguments.
+struct DecodePlan : torch::CustomClassHolder {
   std::vector<at::Tensor> norms, qs, scales;
   at::Tensor embed, rope_cos, rope_sin;
   int64_t L, V, dim, ffn, H, Hkv, D;
   float eps;
+  bool int8;
 
-  Int8Plan(std::vector<at::Tensor> norms_, std::vector<at::Tensor> qs_, std::vector<at::Tensor> scales_,
-           at::Tensor embed_, at::Tensor rope_cos_, at::Tensor rope_sin_, int64_t n_heads, int64_t n_kv_heads,
-           double eps_)
+  DecodePlan(std::vector<at::Tensor> norms_, std::vector<at::Tensor> qs_, std::vector<at::Tensor> scales_,
+             at::Tensor embed_, at::Tensor rope_cos_, at::Tensor rope_sin_, int64_t n_heads, int64_t n_kv_heads,
+             double eps_)
       : norms(std::move(norms_)), qs(std::move(qs_)), scales(std::move(scales_)), embed(std::move(embed_)),
         rope_cos(std::move(rope_cos_)), rope_sin(std::move(rope_sin_)), H(n_heads), Hkv(n_kv_heads),
         eps(static_cast<float>(eps_)) {
     L = static_cast<int64_t>(norms.size() - 1) / 2;
     TORCH_CHECK(L > 0 && static_cast<int64_t>(norms.size()) == 2 * L + 1 &&
-                static_cast<int64_t>(qs.size()) == 7 * L + 1 && scales.size() == qs.size(),
-                "Int8Plan: per layer 2 norms and 7 matrices (q k v o gate up down), then the final ones");
+                static_cast<int64_t>(qs.size()) == 7 * L + 1,
+                "DecodePlan: per layer 2 norms and 7 matrices (q k v o gate up down), then the final ones");
+    int8 = qs[0].scalar_type() == at::kChar;
+    TORCH_CHECK(scales.size() == (int8 ? qs.size() : 0),
+                "DecodePlan: one scale vector per int8 matrix, none for float32 ones");
     check_float(embed, "embed");
     check_float(rope_cos, "rope_cos");
     check_float(rope_sin, "rope_sin");
@@ -331,20 +370,23 @@ struct Int8Plan : torch::CustomClassHolder {
     dim = embed.size(1);
     D = rope_cos.size(1);
     TORCH_CHECK(H > 0 && Hkv > 0 && H % Hkv == 0 && D % 2 == 0 && rope_sin.sizes() == rope_cos.sizes(),
-                "Int8Plan: heads, head size and rope tables do not agree");
+                "DecodePlan: heads, head size and rope tables do not agree");
     for (const at::Tensor& n : norms) {
       check_float(n, "norm weight");
-      TORCH_CHECK(n.numel() == dim, "Int8Plan: norm weights of ", dim);
+      TORCH_CHECK(n.numel() == dim, "DecodePlan: norm weights of ", dim);
     }
     ffn = qs[4].size(0);
     for (int64_t i = 0; i < 7 * L + 1; ++i) {
       const int64_t n = height(i), K = width(i);
       const at::Tensor& q = qs[i];
-      TORCH_CHECK(q.scalar_type() == at::kChar && q.is_contiguous() && q.dim() == 2 && q.size(0) == n &&
-                  q.size(1) == K, "Int8Plan: matrix ", i, " must be contiguous int8 (", n, ", ", K, ")");
-      TORCH_CHECK(K % 16 == 0, "Int8Plan: matrix widths must be multiples of 16, got ", K);
-      check_float(scales[i], "scale");
-      TORCH_CHECK(scales[i].numel() == n, "Int8Plan: scale ", i, " needs ", n, " entries");
+      TORCH_CHECK(q.scalar_type() == (int8 ? at::kChar : at::kFloat) && q.is_contiguous() && q.dim() == 2 &&
+                  q.size(0) == n && q.size(1) == K, "DecodePlan: matrix ", i, " must be contiguous ",
+                  int8 ? "int8" : "float32", " (", n, ", ", K, ") like the first");
+      TORCH_CHECK(K % 16 == 0, "DecodePlan: matrix widths must be multiples of 16, got ", K);
+      if (int8) {
+        check_float(scales[i], "scale");
+        TORCH_CHECK(scales[i].numel() == n, "DecodePlan: scale ", i, " needs ", n, " entries");
+      }
     }
   }
 
@@ -369,42 +411,42 @@ struct Int8Plan : torch::CustomClassHolder {
 //   ids, positions (M,) int64; rows (M,): the cache batch index of each; slots (M,): its cache column;
 //   mask (M, S) bool; k_cache/v_cache: per layer (B, Hkv, S, D) float32
 //   -> float32 logits (M, V), or (1, V) of the last row with last_only
-at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::Tensor& ids,
+at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Tensor& ids,
                             const at::Tensor& positions, const at::Tensor& rows, const at::Tensor& slots,
                             const at::Tensor& mask, at::TensorList k_cache, at::TensorList v_cache,
                             bool last_only) {
-  const Int8Plan& P = *plan;
+  const DecodePlan& P = *plan;
   const int64_t L = P.L, V = P.V, dim = P.dim, ffn = P.ffn, H = P.H, Hkv = P.Hkv, D = P.D;
   const int64_t M = ids.numel();
-  TORCH_CHECK(M >= 1 && M <= kMaxRows, "int8_decode_step: 1 to ", kMaxRows, " rows, got ", M);
+  TORCH_CHECK(M >= 1 && M <= kMaxRows, "decode_step: 1 to ", kMaxRows, " rows, got ", M);
   for (const at::Tensor* t : {&ids, &positions, &rows, &slots}) {
     TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous() && t->numel() == M,
-                "int8_decode_step: ids, positions, rows and slots are (M,) int64");
+                "decode_step: ids, positions, rows and slots are (M,) int64");
   }
   TORCH_CHECK(static_cast<int64_t>(k_cache.size()) == L && static_cast<int64_t>(v_cache.size()) == L,
-              "int8_decode_step: one key and one value cache per layer (", L, ")");
+              "decode_step: one key and one value cache per layer (", L, ")");
   const bool four = k_cache[0].dim() == 4;
   const int64_t B = four ? k_cache[0].size(0) : 0, S = four ? k_cache[0].size(2) : 0;
   for (int64_t l = 0; l < L; ++l) {
     check_float(k_cache[l], "k_cache");
     check_float(v_cache[l], "v_cache");
     TORCH_CHECK(k_cache[l].sizes() == at::IntArrayRef({B, Hkv, S, D}) && v_cache[l].sizes() == k_cache[l].sizes(),
-                "int8_decode_step: caches are (B, ", Hkv, ", S, ", D, "), the same for every layer");
+                "decode_step: caches are (B, ", Hkv, ", S, ", D, "), the same for every layer");
   }
   TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == M * S && mask.is_contiguous(),
-              "int8_decode_step: mask (M, S) bool");
+              "decode_step: mask (M, S) bool");
   const int64_t* id = ids.data_ptr<int64_t>();
   const int64_t* pos = positions.data_ptr<int64_t>();
   const int64_t* row = rows.data_ptr<int64_t>();
   const int64_t* slot = slots.data_ptr<int64_t>();
   for (int64_t m = 0; m < M; ++m) {
-    TORCH_CHECK(id[m] >= 0 && id[m] < V, "int8_decode_step: token id ", id[m], " outside the vocabulary");
-    TORCH_CHECK(pos[m] >= 0 && pos[m] < P.rope_cos.size(0), "int8_decode_step: position ", pos[m],
+    TORCH_CHECK(id[m] >= 0 && id[m] < V, "decode_step: token id ", id[m], " outside the vocabulary");
+    TORCH_CHECK(pos[m] >= 0 && pos[m] < P.rope_cos.size(0), "decode_step: position ", pos[m],
                 " past the rotary table");
-    TORCH_CHECK(row[m] >= 0 && row[m] < B, "int8_decode_step: cache row ", row[m], " outside the batch of ", B);
-    TORCH_CHECK(slot[m] >= 0 && slot[m] < S, "int8_decode_step: slot ", slot[m], " outside the cache of ", S);
+    TORCH_CHECK(row[m] >= 0 && row[m] < B, "decode_step: cache row ", row[m], " outside the batch of ", B);
+    TORCH_CHECK(slot[m] >= 0 && slot[m] < S, "decode_step: slot ", slot[m], " outside the cache of ", S);
     for (int64_t r = 0; r < m; ++r) {
-      TORCH_CHECK(row[r] != row[m] || slot[r] != slot[m], "int8_decode_step: rows ", r, " and ", m,
+      TORCH_CHECK(row[r] != row[m] || slot[r] != slot[m], "decode_step: rows ", r, " and ", m,
                   " would store their keys in the same cache cell");
     }
   }
@@ -421,7 +463,8 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
   std::vector<Mat> seq;
   seq.reserve(7 * L + 1);
   for (int64_t i = 0; i < 7 * L + 1; ++i) {
-    seq.push_back({P.qs[i].data_ptr<int8_t>(), P.scales[i].data_ptr<float>(), P.height(i), P.width(i),
+    seq.push_back({P.int8 ? P.qs[i].data_ptr<int8_t>() : nullptr, P.int8 ? P.scales[i].data_ptr<float>() : nullptr,
+                   P.int8 ? nullptr : P.qs[i].data_ptr<float>(), P.height(i), P.width(i),
                    i == 7 * L ? logits.data_ptr<float>() : outs[i % 7]});
   }
   const bool* mk = mask.data_ptr<bool>();
@@ -437,11 +480,16 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
     std::vector<float> x(M * dim), h(M * widest), w(S), qr(D);
     std::vector<int16_t> xq(M * widest);
     std::vector<float> xs(M);
+    const float* input = nullptr;  // the activations the next products take (quantised too for int8)
+    const auto take = [&](const float* src, int64_t K) {
+      input = src;
+      if (P.int8) quantize_rows(src, M, K, xq.data(), xs.data());
+    };
     const auto gemv = [&](int64_t i) { gemv_share(seq[i], i + 1 < 7 * L + 1 ? &seq[i + 1] : nullptr, t, T,
-                                                  xq.data(), xs.data(), M); };
-    const auto normed = [&](const at::Tensor& weight) {  // h = rmsnorm(x), quantised for the next products
+                                                  xq.data(), xs.data(), input, M); };
+    const auto normed = [&](const at::Tensor& weight) {  // h = rmsnorm(x), ready for the next products
       rms_norm(x.data(), weight.data_ptr<float>(), M, dim, P.eps, h.data());
-      quantize_rows(h.data(), M, dim, xq.data(), xs.data());
+      take(h.data(), dim);
     };
     for (int64_t m = 0; m < M; ++m) std::copy_n(embed + id[m] * dim, dim, x.data() + m * dim);
     for (int64_t l = 0; l < L; ++l) {
@@ -465,7 +513,7 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
         attend(qr.data(), kc + kv, vc + kv, mk + m * S, S, D, scale, w.data(), buf[3] + m * H * D + head * D);
       }
 #pragma omp barrier
-      quantize_rows(buf[3], M, H * D, xq.data(), xs.data());
+      take(buf[3], H * D);
       gemv(i + 3);
 #pragma omp barrier
       for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[4][j];
@@ -480,14 +528,15 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
         }
       }
 #pragma omp barrier
-      quantize_rows(buf[7], M, ffn, xq.data(), xs.data());
+      take(buf[7], ffn);
       gemv(i + 6);
 #pragma omp barrier
       for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[8][j];
     }
     normed(P.norms[2 * L]);
     if (last_only) {  // a prompt's logits are wanted for its last token only
-      gemv_share(seq[7 * L], nullptr, t, T, xq.data() + (M - 1) * dim, xs.data() + M - 1, 1);
+      gemv_share(seq[7 * L], nullptr, t, T, xq.data() + (M - 1) * dim, xs.data() + M - 1, h.data() + (M - 1) * dim,
+                 1);
     } else {
       gemv(7 * L);
     }
@@ -498,10 +547,10 @@ at::Tensor int8_decode_step(const c10::intrusive_ptr<Int8Plan>& plan, const at::
 TORCH_LIBRARY(fournil, m) {
   m.def("int8_linear(Tensor x, Tensor[] qs, Tensor[] scales) -> Tensor");
   m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor mask, float scale) -> Tensor");
-  m.class_<Int8Plan>("Int8Plan")
+  m.class_<DecodePlan>("DecodePlan")
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor,
                        at::Tensor, at::Tensor, int64_t, int64_t, double>());
-  m.def("int8_decode_step(__torch__.torch.classes.fournil.Int8Plan plan, Tensor ids, Tensor positions, "
+  m.def("decode_step(__torch__.torch.classes.fournil.DecodePlan plan, Tensor ids, Tensor positions, "
         "Tensor rows, Tensor slots, Tensor mask, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, bool last_only) "
         "-> Tensor");
 }
@@ -509,5 +558,5 @@ TORCH_LIBRARY(fournil, m) {
 TORCH_LIBRARY_IMPL(fournil, CPU, m) {
   m.impl("int8_linear", &int8_linear);
   m.impl("decode_attention", &decode_attention);
-  m.impl("int8_decode_step", &int8_decode_step);
+  m.impl("decode_step", &decode_step);
 }

@@ -11,7 +11,7 @@ import torch
 
 from fournil.infer import kernels
 from fournil.infer.config import SamplingConfig
-from fournil.infer.fused import FusedInt8Decoder, fused_decoder
+from fournil.infer.fused import FusedDecoder, fused_decoder
 from fournil.infer.generate import Engine, decode_steps
 from fournil.infer.quantize import load_quantized, quantize
 from fournil.model.llama import KVCache
@@ -53,16 +53,25 @@ def _steps(model, step, prompts: list[list[int]], n: int) -> list[torch.Tensor]:
     return out
 
 
+def _load(kind: str, tiny_dir, tiny_int8):
+    """The tiny model as int8 or float32, and its fused step."""
+    from fournil.model.hf import load_model
+
+    model = load_quantized(tiny_int8) if kind == "int8" else load_model(tiny_dir, dtype="float32").eval()
+    return model, fused_decoder(model, floats=True)
+
+
 @torch.inference_mode()
-def test_fused_logits_match_the_model_one_operator_at_a_time(tiny_int8):
-    model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
-    assert isinstance(fused, FusedInt8Decoder)
+@pytest.mark.parametrize(("kind", "tolerance"), [("int8", 2e-3), ("float32", 1e-5)])
+def test_fused_logits_match_the_model_one_operator_at_a_time(tiny_dir, tiny_int8, kind, tolerance):
+    model, fused = _load(kind, tiny_dir, tiny_int8)
+    assert isinstance(fused, FusedDecoder) and fused.kind == kind
     prompts = [[1, 504, 3205, 314], [1, 9000], [1, 42, 43, 44, 45, 46]]  # padding holes in rows 0 and 1
     got, ref = _steps(model, fused, prompts, 6), _steps(model, None, prompts, 6)
     for step, (g, r) in enumerate(zip(got, ref, strict=True)):
-        # both quantise activations to int16 the same way; sums in another order move a rounding now and then
-        assert torch.allclose(g, r, rtol=0, atol=2e-3 * r.abs().max().item()), (step, (g - r).abs().max())
+        # int8: both quantise activations to int16 the same way, and sums in another order move a rounding now
+        # and then; float32: sums in another order only
+        assert torch.allclose(g, r, rtol=0, atol=tolerance * r.abs().max().item()), (step, (g - r).abs().max())
         assert torch.equal(g.argmax(-1), r.argmax(-1))
 
 
@@ -101,10 +110,14 @@ def test_fused_step_refuses_bad_input_with_a_message(tiny_int8):
 
 
 def test_engine_picks_the_fused_step_only_where_it_applies(tiny_dir, tiny_int8, tmp_path, monkeypatch):
-    assert isinstance(Engine.load(tiny_int8).compiled, FusedInt8Decoder)
-    assert isinstance(Engine.load(tiny_int8, compile=True).compiled, FusedInt8Decoder)  # no compile needed
+    from fournil.infer.compiled import CompiledDecoder
+
+    assert isinstance(Engine.load(tiny_int8).compiled, FusedDecoder)
+    assert isinstance(Engine.load(tiny_int8, compile=True).compiled, FusedDecoder)  # no compile needed
     assert Engine.load(tiny_int8, dtype="bfloat16").compiled is None  # it computes in float32 only
-    assert Engine.load(tiny_dir).compiled is None  # float weights
+    assert Engine.load(tiny_dir).compiled is None  # a float model decodes eagerly unless asked to be fast
+    assert isinstance(Engine.load(tiny_dir, compile=True).compiled, FusedDecoder)
+    assert isinstance(Engine.load(tiny_dir, dtype="bfloat16", compile=True).compiled, CompiledDecoder)
     assert Engine.load(quantize(tiny_dir, tmp_path / "int4", 4)).compiled is None
     monkeypatch.setattr(kernels, "_available", False)  # a machine without the kernels
     assert fused_decoder(load_quantized(tiny_int8)) is None
@@ -143,7 +156,7 @@ def test_int8_matrices_move_to_one_aligned_copy_with_the_same_numbers(tiny_int8)
     model = load_quantized(tiny_int8)
     linears = [model.model.layers[0].self_attn.q_proj, model.model.layers[0].mlp.down_proj, model.lm_head]
     before = [lin.weight.clone() for lin in linears]
-    move_to_huge_pages(linears)
+    move_to_huge_pages(model, linears)
     assert all(torch.equal(lin.weight, w) for lin, w in zip(linears, before, strict=True))
     assert linears[0].weight.data_ptr() % HUGE_PAGE == 0  # whole huge pages from the first matrix on
     storage = {lin.weight.untyped_storage().data_ptr() for lin in linears}
@@ -152,10 +165,9 @@ def test_int8_matrices_move_to_one_aligned_copy_with_the_same_numbers(tiny_int8)
 
 
 @torch.inference_mode()
-@pytest.mark.parametrize("length", [5, kernels.MAX_ROWS + 8])  # one call; two, the second after the first
-def test_a_prompt_prefilled_in_one_call_leaves_the_logits_and_cache_of_the_model(tiny_int8, length):
-    model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+@pytest.mark.parametrize(("kind", "length"), [("int8", 5), ("int8", kernels.MAX_ROWS + 8), ("float32", 9)])
+def test_a_prompt_prefilled_in_one_call_leaves_the_logits_and_cache_of_the_model(tiny_dir, tiny_int8, kind, length):
+    model, fused = _load(kind, tiny_dir, tiny_int8)  # 32 + 8: two calls, the second after the first
     ids = torch.tensor([[(31 * i + 5) % 4000 for i in range(length)]])
     positions = torch.arange(length)[None]
     S = length + 4
@@ -177,9 +189,28 @@ def test_two_rows_may_not_store_keys_in_one_cache_cell(tiny_int8):
     cache = KVCache(model.config, 1, 8, torch.float32)
     two = torch.tensor([1, 2])
     with pytest.raises(RuntimeError, match="rows 0 and 1 would store their keys in the same cache cell"):
-        torch.ops.fournil.int8_decode_step(fused.plan, two, two, torch.zeros(2, dtype=torch.long),
+        torch.ops.fournil.decode_step(fused.plan, two, two, torch.zeros(2, dtype=torch.long),
                                            torch.tensor([3, 3]), torch.ones((2, 8), dtype=torch.bool),
                                            cache.k, cache.v, False)
     with pytest.raises(RuntimeError, match="cache row 1 outside the batch of 1"):
-        torch.ops.fournil.int8_decode_step(fused.plan, two, two, torch.tensor([0, 1]), torch.tensor([0, 1]),
+        torch.ops.fournil.decode_step(fused.plan, two, two, torch.tensor([0, 1]), torch.tensor([0, 1]),
                                            torch.ones((2, 8), dtype=torch.bool), cache.k, cache.v, False)
+
+
+@torch.inference_mode()
+def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
+    from fournil.model.config import ModelConfig
+    from fournil.model.llama import Llama
+
+    torch.manual_seed(0)
+    config = ModelConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=256,
+                         max_seq_len=64, init_std=0.1, tie_embeddings=True)
+    model = Llama(config).eval()
+    before = model.lm_head.weight.clone()
+    fused = fused_decoder(model, floats=True)
+    assert fused.kind == "float32"
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert torch.equal(model.model.embed_tokens.weight, before)
+    got = _steps(model, fused, [[1, 2, 3]], 2)
+    ref = _steps(model, None, [[1, 2, 3]], 2)
+    assert all(torch.allclose(g, r, rtol=0, atol=1e-5 * r.abs().max().item()) for g, r in zip(got, ref, strict=True))
