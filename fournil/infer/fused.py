@@ -87,10 +87,11 @@ def move_to_huge_pages(model: Llama, linears: list[nn.Module]) -> None:
 class FusedDecoder:
     """Called like CompiledDecoder: one new token per row, keys/values written at `slot`, float32 logits back."""
 
-    def __init__(self, model: Llama):
+    def __init__(self, model: Llama, kind: str):
+        """kind: what `eligible(model)` said, "int8" or "float32"."""
         config = model.config
         matrices = _matrices(model)
-        self.kind = eligible(model)
+        self.kind = kind
         norms = [n.weight.float().contiguous() for b in model.model.layers
                  for n in (b.input_layernorm, b.post_attention_layernorm)] + [model.model.norm.weight.float()]
         # rotary tables for every position: the same float32 numbers the eager model computes per step
@@ -149,6 +150,6 @@ def fused_decoder(model: Llama, floats: bool = False) -> FusedDecoder | None:
     if decoder is None:
         kind = eligible(model)
         if kind == "int8" or (kind == "float32" and floats):
-            decoder = FusedDecoder(model)
+            decoder = FusedDecoder(model, kind)
             object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: state_dict() unchanged
     return decoder

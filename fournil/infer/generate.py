@@ -76,8 +76,9 @@ def decode_steps(
 ) -> Iterator[tuple[list[int], list[bool]]]:
     """Yield (tokens, done) once per step, one entry per prompt. The caller may set `done[i] = True` (a stop
     string) to end row i; the loop ends when every row is done or after `sampling.max_tokens` steps.
-    `compiled` runs the decode steps through a fast step, inductor's (fournil.infer.compiled) or the fused int8
-    one (fournil.infer.fused), for batches it accepts; prefill stays eager."""
+    `compiled` runs the decode steps through a fast step, inductor's (fournil.infer.compiled) or the fused one
+    (fournil.infer.fused), for batches it accepts; prefill stays eager except for a short batch-1 prompt, which
+    the fused step takes in one call and inductor's token by token."""
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UsageError("every prompt needs at least one token")
     longest = max(len(p) for p in prompts)
@@ -190,7 +191,7 @@ class Engine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         # an all-int8 model decodes through the fused step with or without `compile` (it needs no compile); a
-        # float32 one with `compile` too (no compile either, and faster than inductor's graph); others through
+        # float32 one with `compile` too (as fast as inductor's graph, without its compile); others through
         # inductor when asked
         self.compiled = fused_decoder(self.model, floats=compile) or (compiled_decoder(self.model) if compile
                                                                         else None)
@@ -203,10 +204,10 @@ class Engine:
              compile: bool = False) -> Engine:
         """A model directory (fournil, transformers, imported GGUF, or quantised by `fournil quantize`).
 
-        compile: decode through inductor (fournil.infer.compiled). An int8 model on a CPU with fournil's
-        kernels (fournil.infer.kernels) decodes through the fused step (fournil.infer.fused) either way; without
-        the kernels it then computes in bfloat16, the input type of inductor's int8 weight-only kernels, unless
-        `dtype` says otherwise."""
+        compile: decode fast. On a CPU with fournil's kernels (fournil.infer.kernels) a float32 model then
+        decodes through the fused step (fournil.infer.fused), an int8 one does so either way; other models go
+        through inductor (fournil.infer.compiled). Without the kernels an int8 model then computes in bfloat16,
+        the input type of inductor's int8 weight-only kernels, unless `dtype` says otherwise."""
         from fournil.infer import kernels
         from fournil.infer.quantize import is_quantized, load_quantized
         from fournil.model.hf import load_model

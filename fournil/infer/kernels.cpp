@@ -400,11 +400,11 @@ struct DecodePlan : torch::CustomClassHolder {
   }
 };
 
-// One decode step of an int8 Llama, whole, in one parallel region. Why: through separate operators each of a
+// One decode step of a Llama, whole, in one parallel region. Why: through separate operators each of a
 // token's ~120 matrix products starts its threads and a cold memory stream on its own; here the threads stay
 // up for the whole token, split every matrix by rows, and meet at a barrier only where a result is needed
-// whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised,
-// int16-quantised activations, so that small work is done twice rather than waited for.
+// whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised (for int8,
+// int16-quantised) activations, so that small work is done twice rather than waited for.
 // Its M input rows are tokens: one per sequence of a batch (decoding), or consecutive tokens of one sequence
 // (a prompt, up to 32 at a time, for which the weights are then read once): every row's keys/values are stored
 // before any row attends, and each row attends to the cache positions its mask row sets.
@@ -412,9 +412,8 @@ struct DecodePlan : torch::CustomClassHolder {
 //   mask (M, S) bool; k_cache/v_cache: per layer (B, Hkv, S, D) float32
 //   -> float32 logits (M, V), or (1, V) of the last row with last_only
 at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Tensor& ids,
-                            const at::Tensor& positions, const at::Tensor& rows, const at::Tensor& slots,
-                            const at::Tensor& mask, at::TensorList k_cache, at::TensorList v_cache,
-                            bool last_only) {
+                       const at::Tensor& positions, const at::Tensor& rows, const at::Tensor& slots,
+                       const at::Tensor& mask, at::TensorList k_cache, at::TensorList v_cache, bool last_only) {
   const DecodePlan& P = *plan;
   const int64_t L = P.L, V = P.V, dim = P.dim, ffn = P.ffn, H = P.H, Hkv = P.Hkv, D = P.D;
   const int64_t M = ids.numel();
