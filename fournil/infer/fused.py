@@ -149,7 +149,9 @@ def fused_decoder(model: Llama, floats: bool = False) -> FusedDecoder | None:
     decoder = getattr(model, "_fournil_fused", None)
     if decoder is None:
         kind = eligible(model)
-        if kind == "int8" or (kind == "float32" and floats):
-            decoder = FusedDecoder(model, kind)
-            object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: state_dict() unchanged
-    return decoder
+        if kind is None or (kind == "float32" and not floats):
+            return None
+        decoder = FusedDecoder(model, kind)
+        object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: state_dict() unchanged
+    # a float32 model's step, made for an earlier --compile engine, is not handed to one that did not ask
+    return decoder if decoder.kind == "int8" or floats else None

@@ -30,18 +30,9 @@ constexpr float kLevels = 16383.f;      // activations -> int16 in [-2^14, 2^14]
 constexpr int64_t kChunk = 4096;        // 2 * kChunk/16 products of 127 * 2^14 without overflow
 constexpr int64_t kMaxRows = 32;        // more rows (a long prefill): dequantise and use torch's GEMM instead
 
-struct Matrix {                         // one weight matrix of a call and where its rows land in the output
-  const int8_t* rows;
-  const float* scale;
-  int64_t out_col;
-  int64_t n;
-  int64_t first_block;
-};
-
 struct Block {                          // kRows (or fewer, at a matrix's end) consecutive weight rows
   const int8_t* rows;
   const float* scale;
-  int64_t out_col;
   int64_t n;
 };
 
@@ -167,54 +158,6 @@ void attend(const float* q, const float* k, const float* v, const bool* mask, in
 
 }  // namespace
 
-at::Tensor int8_linear(const at::Tensor& x, at::TensorList qs, at::TensorList scales) {
-  TORCH_CHECK(!qs.empty() && qs.size() == scales.size(), "int8_linear: one scale vector per weight matrix");
-  const int64_t K = x.size(-1);
-  TORCH_CHECK(K % 16 == 0, "int8_linear: the input width must be a multiple of 16, got ", K);
-  std::vector<at::Tensor> scale32;
-  std::vector<Matrix> mats;  // blocks are numbered across the matrices; block b of the call = mats[i] block j
-  int64_t N = 0, n_blocks = 0;
-  for (size_t i = 0; i < qs.size(); ++i) {
-    const at::Tensor& q = qs[i];
-    TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.size(1) == K,
-                "int8_linear: weights must be contiguous int8 (N, ", K, ")");
-    TORCH_CHECK(scales[i].numel() == q.size(0), "int8_linear: scale ", i, " needs ", q.size(0), " entries");
-    scale32.push_back(scales[i].to(at::kFloat).contiguous());
-    mats.push_back({q.data_ptr<int8_t>(), scale32.back().data_ptr<float>(), N, q.size(0), n_blocks});
-    N += q.size(0);
-    n_blocks += (q.size(0) + kRows - 1) / kRows;
-  }
-  const auto block = [&](int64_t b) {
-    size_t i = 0;
-    while (i + 1 < mats.size() && mats[i + 1].first_block <= b) ++i;
-    const Matrix& w = mats[i];
-    const int64_t n = (b - w.first_block) * kRows;
-    return Block{w.rows + n * K, w.scale + n, w.out_col + n, std::min(kRows, w.n - n)};
-  };
-  const at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = xf.size(0);
-  TORCH_CHECK(M <= kMaxRows, "int8_linear: at most ", kMaxRows, " rows, got ", M);
-  at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kShort));
-  std::vector<float> x_scale(M);
-  int16_t* xqp = xq.data_ptr<int16_t>();
-  quantize_rows(xf.data_ptr<float>(), M, K, xqp, x_scale.data());
-  at::Tensor out = at::empty({M, N}, xf.options());
-  float* op = out.data_ptr<float>();
-  at::parallel_for(0, n_blocks, 16, [&](int64_t begin, int64_t end) {
-    Block current = block(begin);
-    for (int64_t b = begin; b < end; ++b) {
-      const Block next = block(std::min(b + 1, n_blocks - 1));
-      for (int64_t m = 0; m < M; ++m) {
-        block_dot(current, next.rows, xqp + m * K, K, x_scale[m], op + m * N + current.out_col);
-      }
-      current = next;
-    }
-  });
-  auto shape = x.sizes().vec();
-  shape.back() = N;
-  return out.to(x.scalar_type()).view(shape);
-}
-
 at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& mask,
                             double scale) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 4 && v.sizes() == k.sizes(), "decode_attention: q (B,H,D), k/v (B,Hkv,S,D)");
@@ -258,6 +201,7 @@ struct Mat {                            // one matrix of the step and the (M, n)
   int64_t n;
   int64_t K;
   float* out;
+  int64_t ld;                           // out's row stride: n for a buffer of its own, more for a column block
 
   const char* block(int64_t b) const {  // where row block b starts
     return wf ? reinterpret_cast<const char*>(wf + b * kRows * K) : reinterpret_cast<const char*>(q + b * kRows * K);
@@ -305,10 +249,10 @@ void gemv_share(const Mat& w, const Mat* after, int t, int T, const int16_t* xq,
     const char* next = b + 1 < b1 ? w.block(b + 1) : onward;
     for (int64_t m = 0; m < M; ++m) {
       if (w.wf) {
-        block_dot_f32(w.wf + row * w.K, n, next, xf + m * w.K, w.K, w.out + m * w.n + row);
+        block_dot_f32(w.wf + row * w.K, n, next, xf + m * w.K, w.K, w.out + m * w.ld + row);
       } else {
-        const Block cur{w.q + row * w.K, w.scale + row, row, n};
-        block_dot(cur, reinterpret_cast<const int8_t*>(next), xq + m * w.K, w.K, xs[m], w.out + m * w.n + row);
+        const Block cur{w.q + row * w.K, w.scale + row, n};
+        block_dot(cur, reinterpret_cast<const int8_t*>(next), xq + m * w.K, w.K, xs[m], w.out + m * w.ld + row);
       }
     }
   }
@@ -338,6 +282,47 @@ void check_float(const at::Tensor& t, const char* what) {
 }
 
 }  // namespace
+
+at::Tensor int8_linear(const at::Tensor& x, at::TensorList qs, at::TensorList scales) {
+  TORCH_CHECK(!qs.empty() && qs.size() == scales.size(), "int8_linear: one scale vector per weight matrix");
+  const int64_t K = x.size(-1);
+  TORCH_CHECK(K % 16 == 0, "int8_linear: the input width must be a multiple of 16, got ", K);
+  const at::Tensor xf = x.reshape({-1, K}).to(at::kFloat).contiguous();
+  const int64_t M = xf.size(0);
+  TORCH_CHECK(M <= kMaxRows, "int8_linear: at most ", kMaxRows, " rows, got ", M);
+  int64_t N = 0, n_blocks = 0;
+  for (size_t i = 0; i < qs.size(); ++i) {
+    const at::Tensor& q = qs[i];
+    TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous() && q.size(1) == K,
+                "int8_linear: weights must be contiguous int8 (N, ", K, ")");
+    TORCH_CHECK(scales[i].numel() == q.size(0), "int8_linear: scale ", i, " needs ", q.size(0), " entries");
+    N += q.size(0);
+    n_blocks += (q.size(0) + kRows - 1) / kRows;
+  }
+  at::Tensor out = at::empty({M, N}, xf.options());
+  std::vector<at::Tensor> scale32;
+  std::vector<Mat> mats;  // each matrix fills its columns of out
+  for (size_t i = 0, col = 0; i < qs.size(); col += qs[i].size(0), ++i) {
+    scale32.push_back(scales[i].to(at::kFloat).contiguous());
+    mats.push_back({qs[i].data_ptr<int8_t>(), scale32.back().data_ptr<float>(), nullptr, qs[i].size(0), K,
+                    out.data_ptr<float>() + col, N});
+  }
+  at::Tensor xq = at::empty({M, K}, xf.options().dtype(at::kShort));
+  std::vector<float> x_scale(M);
+  quantize_rows(xf.data_ptr<float>(), M, K, xq.data_ptr<int16_t>(), x_scale.data());
+  // one thread for a handful of rows: starting a second one costs more than it saves
+#pragma omp parallel num_threads(n_blocks > 16 ? std::max(1, at::get_num_threads()) : 1)
+  {
+    const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    for (size_t i = 0; i < mats.size(); ++i) {
+      gemv_share(mats[i], i + 1 < mats.size() ? &mats[i + 1] : nullptr, t, T, xq.data_ptr<int16_t>(),
+                 x_scale.data(), nullptr, M);
+    }
+  }
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return out.to(x.scalar_type()).view(shape);
+}
 
 // The weights of a Llama for decode_step, checked once: per layer the input and post-attention norm weights and
 // the q, k, v, o, gate, up, down matrices, then the final norm and lm_head; the embedding table (V, dim) and
@@ -464,7 +449,7 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
   for (int64_t i = 0; i < 7 * L + 1; ++i) {
     seq.push_back({P.int8 ? P.qs[i].data_ptr<int8_t>() : nullptr, P.int8 ? P.scales[i].data_ptr<float>() : nullptr,
                    P.int8 ? nullptr : P.qs[i].data_ptr<float>(), P.height(i), P.width(i),
-                   i == 7 * L ? logits.data_ptr<float>() : outs[i % 7]});
+                   i == 7 * L ? logits.data_ptr<float>() : outs[i % 7], P.height(i)});
   }
   const bool* mk = mask.data_ptr<bool>();
   const float* cos = P.rope_cos.data_ptr<float>();
