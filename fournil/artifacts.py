@@ -12,6 +12,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,34 @@ MANIFEST = "fournil.json"
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # disk full, file-size limit (RLIMIT_FSIZE), quota
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<target name>.<writer pid>.<random>.tmp, from atomic_path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in `directory`.
+
+    Such a writer never reached its cleanup, so its `.name.PID.xxx.tmp` stays and would pollute the output of
+    the rerun. A file is removed only when the process named in it is gone: a live writer's file is left alone.
+    """
+    removed = 0
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(directory):
+            match = _TEMP.match(entry.name)
+            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed += 1
+    return removed
 
 
 @contextlib.contextmanager
@@ -31,7 +60,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `target`; on success it replaces `target`, on error it is removed."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    remove_stale_temps(target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts should be as readable as any file

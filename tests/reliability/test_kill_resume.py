@@ -257,3 +257,38 @@ def without_time(stats: Path) -> dict:
     data = json.loads(stats.read_text())
     data.pop("seconds")
     return data
+
+
+WRITER = """
+import sys, time
+from fournil import artifacts
+with artifacts.atomic_path(sys.argv[1]) as tmp:
+    tmp.write_bytes(b"half a shard")
+    print(tmp, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_write(tmp_path):
+    """SIGKILL skips atomic_path's cleanup; the next write into that directory removes the dead writer's file
+    (a rerun's output must equal a clean run's, file for file) but never a live writer's."""
+    from fournil import artifacts
+
+    def writer(name: str) -> tuple[subprocess.Popen, Path]:
+        child = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / name)], stdout=subprocess.PIPE,
+                                 text=True, env=CHILD_ENV)
+        return child, Path(child.stdout.readline().strip())
+
+    live, live_tmp = writer("shard_00002.bin")
+    dead, dead_tmp = writer("shard_00001.bin")
+    dead.kill()
+    dead.wait()
+    try:
+        assert dead_tmp.is_file() and live_tmp.is_file()
+        artifacts.write_text(tmp_path / "index.json", "{}")
+        assert not dead_tmp.exists()
+        assert live_tmp.is_file()
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live_tmp.name, "index.json"]
+    finally:
+        live.kill()
+        live.wait()
