@@ -20,6 +20,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -28,6 +29,7 @@ namespace {
 constexpr int64_t kRows = 4;            // rows per block: they share each load of the activations
 constexpr float kLevels = 16383.f;      // activations -> int16 in [-2^14, 2^14]: an int32 lane holds
 constexpr int64_t kChunk = 4096;        // 2 * kChunk/16 products of 127 * 2^14 without overflow
+constexpr int64_t kAhead = 16384;       // bytes of its next stretch a thread fetches before each barrier
 constexpr int64_t kMaxRows = 32;        // more rows (a long prefill): dequantise and use torch's GEMM instead
 
 struct Block {                          // kRows (or fewer, at a matrix's end) consecutive weight rows
@@ -230,30 +232,139 @@ void block_dot_f32(const float* r, int64_t n, const char* next, const float* x, 
   for (int64_t i = 0; i < n; ++i) out[i] = dot(r + i * K, x, K);
 }
 
-// thread t's share [first, last) of the row blocks of an n-row matrix: equal heights give equal rows, so the
-// thread that computed gate rows i..j also holds up rows i..j
+// thread t's share [first, last) of the row blocks of an n-row matrix (int8_linear's fixed split)
 inline std::pair<int64_t, int64_t> share(int64_t n, int t, int T) {
   const int64_t blocks = (n + kRows - 1) / kRows;
   return {blocks * t / T, blocks * (t + 1) / T};
 }
 
-// thread t's rows of w.out = x . wT: int8 weights take the int16-quantised activations xq (scales xs), float32
-// ones the activations xf as they are. The last block prefetches the thread's first block of `after`, so the
-// memory stream runs on from one matrix into the next.
+// row block b of w.out = x . wT for each of the M activation rows: int8 weights take the int16-quantised
+// activations xq (scales xs), float32 ones the activations xf as they are; `next` is prefetched meanwhile
+inline void block_rows(const Mat& w, int64_t b, const char* next, const int16_t* xq, const float* xs,
+                       const float* xf, int64_t M) {
+  const int64_t row = b * kRows, n = std::min(kRows, w.n - row);
+  for (int64_t m = 0; m < M; ++m) {
+    if (w.wf) {
+      block_dot_f32(w.wf + row * w.K, n, next, xf + m * w.K, w.K, w.out + m * w.ld + row);
+    } else {
+      const Block cur{w.q + row * w.K, w.scale + row, n};
+      block_dot(cur, reinterpret_cast<const int8_t*>(next), xq + m * w.K, w.K, xs[m], w.out + m * w.ld + row);
+    }
+  }
+}
+
+// thread t's rows of w: the last block prefetches the thread's first block of `after`, so the memory stream
+// runs on from one matrix into the next
 void gemv_share(const Mat& w, const Mat* after, int t, int T, const int16_t* xq, const float* xs, const float* xf,
                 int64_t M) {
   const auto [b0, b1] = share(w.n, t, T);
   const char* onward = after ? after->block(share(after->n, t, T).first) : w.block(0);
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t row = b * kRows, n = std::min(kRows, w.n - row);
-    const char* next = b + 1 < b1 ? w.block(b + 1) : onward;
+  for (int64_t b = b0; b < b1; ++b) block_rows(w, b, b + 1 < b1 ? w.block(b + 1) : onward, xq, xs, xf, M);
+}
+
+// The products between two barriers of the fused step (q k v; o; gate and up; down; lm_head), as one list of
+// row-block "items" that the threads share by stealing. Why: with a fixed split, whichever thread the memory
+// system served less during a stretch arrived late at its barrier while the other waited (4-14 % of a token).
+// Each thread owns an equal range of items and takes from its front, a quarter of what is left at a time;
+// once it is empty it takes from the back of the fullest other range.
+struct Stretch {
+  struct Part {                         // one matrix, or two read block by block together (gate, up)
+    const Mat* a;
+    const Mat* b;
+    float* act;                         // when set: silu(a) * b of each item's rows goes here
+    int64_t blocks;
+  };
+  Part parts[3];
+  int n_parts = 0;
+  int64_t items = 0;
+
+  void add(const Mat* a, const Mat* b = nullptr, float* act = nullptr) {
+    const int64_t blocks = (a->n + kRows - 1) / kRows;
+    parts[n_parts++] = {a, b, act, blocks};
+    items += blocks;
+  }
+  std::pair<const Part*, int64_t> at(int64_t j) const {  // the part and block of item j
+    int i = 0;
+    while (j >= parts[i].blocks) j -= parts[i++].blocks;
+    return {&parts[i], j};
+  }
+  const char* first(int64_t j) const {  // where item j's reading starts
+    const auto [part, b] = at(j);
+    return part->a->block(b);
+  }
+};
+
+struct alignas(64) Range {              // a thread's items [front, back), front in the low 32 bits
+  std::atomic<uint64_t> v{0};
+};
+
+inline uint64_t pack(int64_t front, int64_t back) {
+  return static_cast<uint64_t>(back) << 32 | static_cast<uint64_t>(front);
+}
+
+// take a quarter of what is left in r (at least one item), from its front or its back, into [a, b)
+inline bool take(std::atomic<uint64_t>& r, bool front, int64_t& a, int64_t& b) {
+  uint64_t cur = r.load(std::memory_order_relaxed);
+  for (;;) {
+    const int64_t f = static_cast<int64_t>(cur & 0xffffffffu), e = static_cast<int64_t>(cur >> 32);
+    if (f >= e) return false;
+    const int64_t c = std::max<int64_t>(1, (e - f) / 4);
+    if (r.compare_exchange_weak(cur, front ? pack(f + c, e) : pack(f, e - c), std::memory_order_relaxed)) {
+      a = front ? f : e - c;
+      b = front ? f + c : e;
+      return true;
+    }
+  }
+}
+
+inline int64_t left(const Range& r) {
+  const uint64_t v = r.v.load(std::memory_order_relaxed);
+  return std::max<int64_t>(0, static_cast<int64_t>(v >> 32) - static_cast<int64_t>(v & 0xffffffffu));
+}
+
+// item j of s for the M rows; `next` (the following item's first block) is prefetched while its last block runs
+void run_item(const Stretch& s, int64_t j, const char* next, const int16_t* xq, const float* xs, const float* xf,
+              int64_t M) {
+  const auto [part, b] = s.at(j);
+  if (part->b == nullptr) {
+    block_rows(*part->a, b, next, xq, xs, xf, M);
+    return;
+  }
+  block_rows(*part->a, b, part->b->block(b), xq, xs, xf, M);
+  block_rows(*part->b, b, next, xq, xs, xf, M);
+  if (part->act != nullptr) {
+    const int64_t n = part->a->n, r1 = std::min(n, (b + 1) * kRows);
     for (int64_t m = 0; m < M; ++m) {
-      if (w.wf) {
-        block_dot_f32(w.wf + row * w.K, n, next, xf + m * w.K, w.K, w.out + m * w.ld + row);
-      } else {
-        const Block cur{w.q + row * w.K, w.scale + row, n};
-        block_dot(cur, reinterpret_cast<const int8_t*>(next), xq + m * w.K, w.K, xs[m], w.out + m * w.ld + row);
+      for (int64_t r = b * kRows; r < r1; ++r) {
+        const float g = part->a->out[m * n + r];
+        part->act[m * n + r] = g / (1.f + std::exp(-g)) * part->b->out[m * n + r];
       }
+    }
+  }
+}
+
+// thread t's part of stretch s (ranges: one per thread): its own items, then others' that are still waiting.
+// `onward` is prefetched after the thread's last own item: its first block of the next stretch.
+void run_stretch(const Stretch& s, Range* ranges, const char* onward, int t, int T, const int16_t* xq,
+                 const float* xs, const float* xf, int64_t M) {
+  int64_t a, b;
+  while (take(ranges[t].v, true, a, b)) {
+    for (int64_t j = a; j < b; ++j) {
+      // the next item is probably ours too (unless it is stolen meanwhile): read it ahead
+      const bool more = j + 1 < b || j + 1 < static_cast<int64_t>(ranges[t].v.load(std::memory_order_relaxed) >> 32);
+      run_item(s, j, more ? s.first(j + 1) : onward, xq, xs, xf, M);
+    }
+  }
+  for (;;) {
+    int victim = -1;
+    int64_t most = 0;
+    for (int v = 0; v < T; ++v) {
+      const int64_t n = v == t ? 0 : left(ranges[v]);
+      if (n > most) most = n, victim = v;
+    }
+    if (victim < 0) return;
+    if (take(ranges[victim].v, false, a, b)) {
+      for (int64_t j = a; j < b; ++j) run_item(s, j, j + 1 < b ? s.first(j + 1) : onward, xq, xs, xf, M);
     }
   }
 }
@@ -387,8 +498,8 @@ struct DecodePlan : torch::CustomClassHolder {
 
 // One decode step of a Llama, whole, in one parallel region. Why: through separate operators each of a
 // token's ~120 matrix products starts its threads and a cold memory stream on its own; here the threads stay
-// up for the whole token, split every matrix by rows, and meet at a barrier only where a result is needed
-// whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised (for int8,
+// up for the whole token, share every matrix's row blocks (see Stretch), and meet at a barrier only where a
+// result is needed whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised (for int8,
 // int16-quantised) activations, so that small work is done twice rather than waited for.
 // Its M input rows are tokens: one per sequence of a batch (decoding), or consecutive tokens of one sequence
 // (a prompt, up to 32 at a time, for which the weights are then read once): every row's keys/values are stored
@@ -451,6 +562,21 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
                    P.int8 ? nullptr : P.qs[i].data_ptr<float>(), P.height(i), P.width(i),
                    i == 7 * L ? logits.data_ptr<float>() : outs[i % 7], P.height(i)});
   }
+  // the stretches between barriers: per layer q k v | o | gate+up (with silu(gate) * up) | down; then lm_head
+  std::vector<Stretch> stretches(4 * L + 1);
+  for (int64_t l = 0; l < L; ++l) {
+    Stretch* st = &stretches[4 * l];
+    const Mat* w = &seq[7 * l];
+    st[0].add(&w[0]);
+    st[0].add(&w[1]);
+    st[0].add(&w[2]);
+    st[1].add(&w[3]);
+    st[2].add(&w[4], &w[5], buf[7]);
+    st[3].add(&w[6]);
+  }
+  stretches[4 * L].add(&seq[7 * L]);
+  const int threads = std::max(1, at::get_num_threads());
+  std::vector<Range> ranges(stretches.size() * threads);
   const bool* mk = mask.data_ptr<bool>();
   const float* cos = P.rope_cos.data_ptr<float>();
   const float* sin = P.rope_sin.data_ptr<float>();
@@ -458,33 +584,44 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t widest = std::max({dim, H * D, ffn});
 
-#pragma omp parallel num_threads(std::max(1, at::get_num_threads()))
+#pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    for (size_t i = 0; i < stretches.size(); ++i) {  // each thread's own items of every stretch
+      const int64_t n = stretches[i].items;
+      ranges[i * threads + t].v.store(pack(n * t / T, n * (t + 1) / T), std::memory_order_relaxed);
+    }
     std::vector<float> x(M * dim), h(M * widest), w(S), qr(D);
     std::vector<int16_t> xq(M * widest);
     std::vector<float> xs(M);
     const float* input = nullptr;  // the activations the next products take (quantised too for int8)
-    const auto take = [&](const float* src, int64_t K) {
+    const auto take_input = [&](const float* src, int64_t K) {
       input = src;
       if (P.int8) quantize_rows(src, M, K, xq.data(), xs.data());
     };
-    const auto gemv = [&](int64_t i) { gemv_share(seq[i], i + 1 < 7 * L + 1 ? &seq[i + 1] : nullptr, t, T,
-                                                  xq.data(), xs.data(), input, M); };
+    const auto run = [&](size_t i, int64_t rows_from = 0, int64_t rows = -1) {  // stretch i, then a barrier
+      const Stretch& next = stretches[(i + 1) % stretches.size()];
+      const char* onward = next.first(next.items * t / T);
+      const int64_t K = stretches[i].parts[0].a->K;
+      run_stretch(stretches[i], &ranges[i * threads], onward, t, T, xq.data() + rows_from * K, xs.data() + rows_from,
+                  input + rows_from * K, rows < 0 ? M : rows);
+      // the memory would idle through the barrier (and the attention after q k v): fetch the start of this
+      // thread's next stretch into L2 meanwhile (16 KiB: 4-5 % faster a token, more gained nothing; a prefetch
+      // never faults, so one that runs past a small model's last matrix is harmless)
+      for (int64_t off = 0; off < kAhead; off += 64) _mm_prefetch(onward + off, _MM_HINT_T1);
+#pragma omp barrier
+    };
     const auto normed = [&](const at::Tensor& weight) {  // h = rmsnorm(x), ready for the next products
       rms_norm(x.data(), weight.data_ptr<float>(), M, dim, P.eps, h.data());
-      take(h.data(), dim);
+      take_input(h.data(), dim);
     };
     for (int64_t m = 0; m < M; ++m) std::copy_n(embed + id[m] * dim, dim, x.data() + m * dim);
+#pragma omp barrier
     for (int64_t l = 0; l < L; ++l) {
-      const int64_t i = 7 * l;
       float* kc = k_cache[l].data_ptr<float>();
       float* vc = v_cache[l].data_ptr<float>();
       normed(P.norms[2 * l]);
-      gemv(i);
-      gemv(i + 1);
-      gemv(i + 2);
-#pragma omp barrier
+      run(4 * l);
       for (int64_t p = t; p < M * Hkv; p += T) {  // the new keys (rotated) and values into the cache
         const int64_t m = p / Hkv, g = p % Hkv, cell = ((row[m] * Hkv + g) * S + slot[m]) * D;
         rope(buf[1] + m * Hkv * D + g * D, cos + pos[m] * D, sin + pos[m] * D, D, kc + cell);
@@ -497,33 +634,17 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
         attend(qr.data(), kc + kv, vc + kv, mk + m * S, S, D, scale, w.data(), buf[3] + m * H * D + head * D);
       }
 #pragma omp barrier
-      take(buf[3], H * D);
-      gemv(i + 3);
-#pragma omp barrier
+      take_input(buf[3], H * D);
+      run(4 * l + 1);
       for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[4][j];
       normed(P.norms[2 * l + 1]);
-      gemv(i + 4);
-      gemv(i + 5);
-      const auto [b0, b1] = share(ffn, t, T);  // silu(gate) * up on the rows this thread computed
-      for (int64_t m = 0; m < M; ++m) {
-        for (int64_t r = b0 * kRows; r < std::min(b1 * kRows, ffn); ++r) {
-          const float g = buf[5][m * ffn + r];
-          buf[7][m * ffn + r] = g / (1.f + std::exp(-g)) * buf[6][m * ffn + r];
-        }
-      }
-#pragma omp barrier
-      take(buf[7], ffn);
-      gemv(i + 6);
-#pragma omp barrier
+      run(4 * l + 2);
+      take_input(buf[7], ffn);
+      run(4 * l + 3);
       for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[8][j];
     }
     normed(P.norms[2 * L]);
-    if (last_only) {  // a prompt's logits are wanted for its last token only
-      gemv_share(seq[7 * L], nullptr, t, T, xq.data() + (M - 1) * dim, xs.data() + M - 1, h.data() + (M - 1) * dim,
-                 1);
-    } else {
-      gemv(7 * L);
-    }
+    run(4 * L, last_only ? M - 1 : 0, last_only ? 1 : M);  // a prompt's logits: its last token's only
   }
   return logits;
 }
