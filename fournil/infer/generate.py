@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from fournil.console import UsageError
+from fournil.infer import kernels
 from fournil.infer.compiled import CompiledDecoder, cache_size, compiled_decoder
 from fournil.infer.config import SamplingConfig
 from fournil.infer.fused import FusedDecoder, fused_decoder
@@ -50,7 +51,7 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, s: SamplingC
 def pick(logits: torch.Tensor, s: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
     """(B, V) processed logits → (B,) token ids."""
     if s.greedy:
-        return logits.argmax(-1)
+        return kernels.argmax(logits)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
 
 

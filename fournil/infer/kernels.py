@@ -88,6 +88,10 @@ def _register_fakes() -> None:
     def _(q, k, v, mask, scale):
         return torch.empty_like(q)
 
+    @torch.library.register_fake("fournil::argmax_rows")
+    def _(x):
+        return x.new_empty(x.shape[:1], dtype=torch.long)
+
 
 def int8_linear(x: torch.Tensor, qs: list[torch.Tensor], scales: list[torch.Tensor]) -> torch.Tensor:
     """cat([x · qᵢᵀ · scaleᵢ]) over matrices sharing the input x (…, K), ≤ MAX_ROWS rows; `available()` first."""
@@ -99,3 +103,11 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
     """softmax(q·kᵀ·scale over the masked-in positions)·v for one query per row; `available()` first.
     q (B, H, D), k/v (B, Hkv, S, D), mask (B, S) bool → (B, H, D)."""
     return torch.ops.fournil.decode_attention(q, k, v, mask, scale)
+
+
+def argmax(logits: torch.Tensor) -> torch.Tensor:
+    """logits.argmax(-1) of (M, V) logits, the same index on ties and NaN, ~10x faster on a CPU float32 row (one
+    token's greedy pick); torch's own for anything else."""
+    if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and available():
+        return torch.ops.fournil.argmax_rows(logits.contiguous())
+    return logits.argmax(-1)

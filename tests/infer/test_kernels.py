@@ -92,6 +92,23 @@ def test_decode_attention_matches_softmax_attention_under_a_mask(head_dim):
     assert torch.isfinite(kernels.decode_attention(q, k, v, mask, head_dim ** -0.5)).all()
 
 
+@pytest.mark.parametrize("width", [1, 7, 8, 9, 49152, 49155])
+def test_argmax_gives_torch_s_index_on_ties_nan_and_infinities(width):
+    """Greedy decoding's pick: any other index on a tie would change the generated text."""
+    torch.manual_seed(width)
+    cases = [torch.randn(3, width), torch.ones(3, width), torch.full((2, width), float("-inf")),
+             torch.randint(-2, 3, (4, width)).float()]  # many ties
+    nan, inf = torch.randn(3, width), torch.randn(3, width)
+    nan[1, width // 2] = float("nan")
+    nan[2, -1] = float("nan")
+    inf[0, width // 3] = float("inf")
+    inf[1, -1] = 100.0
+    for x in [*cases, nan, inf, torch.randn(1, width)]:
+        assert torch.equal(kernels.argmax(x), x.argmax(-1)), x
+    other = torch.randn(2, width, dtype=torch.float64)  # not float32: torch's own argmax
+    assert torch.equal(kernels.argmax(other), other.argmax(-1))
+
+
 def test_the_kernels_can_be_switched_off(monkeypatch):
     monkeypatch.setenv("FOURNIL_KERNELS", "0")
     assert kernels._load() is False
