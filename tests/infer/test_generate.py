@@ -118,3 +118,25 @@ def test_sampling_config_names_every_bad_field():
     problems = dict(SamplingConfig(max_tokens=-1, temperature=-1, top_k=-2, top_p=0, min_p=1,
                                    repetition_penalty=0, stop=("",)).check())
     assert set(problems) == {"max_tokens", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "stop"}
+
+
+def test_stream_decoder_decodes_a_window_yet_equals_the_whole_decode(tiny_dir, monkeypatch):
+    """Byte-level BPE (SmolLM2's): random ids and real text, streamed, equal one decode of all ids; and each push
+    decodes a few ids, not all of them (a long generation must not slow down token by token)."""
+    import random
+
+    tok = PromptTokenizer.load(tiny_dir)
+    rng = random.Random(1)
+    sequences = [tok.encode("Un croissant 🥐 au beurre, « très » doré.\n  x = 1", special=False)]
+    end = tok.encode(" fin", special=False)  # random ids, then plain text: nothing left unfinished at the end
+    sequences += [[rng.randrange(tok.vocab_size) for _ in range(300)] + end for _ in range(10)]
+    decode = tok.decode
+    widths = []
+    monkeypatch.setattr(tok, "decode", lambda ids: widths.append(len(ids)) or decode(ids))
+    for n, ids in enumerate(sequences):
+        decoder = StreamDecoder(tok)
+        streamed = "".join(decoder.push(i) for i in ids) + decoder.flush()
+        assert decoder.text == decode(ids)
+        if n == 0:  # real text streams exactly (random bytes may turn what was shown into U+FFFD)
+            assert streamed == decoder.text
+    assert max(widths) < 20, max(widths)
