@@ -343,9 +343,10 @@ void run_item(const Stretch& s, int64_t j, const char* next, const int16_t* xq, 
   }
 }
 
-// thread t's part of stretch s (ranges: one per thread): its own items, then others' that are still waiting.
-// `onward` is prefetched after the thread's last own item: its first block of the next stretch.
-void run_stretch(const Stretch& s, Range* ranges, const char* onward, int t, int T, const int16_t* xq,
+// thread t's part of stretch s: its own items, then others' that are still waiting (ranges: one for each of the
+// R threads asked for; one the runtime did not start is taken whole by the others). `onward` is prefetched
+// after the thread's last own item: its first block of the next stretch.
+void run_stretch(const Stretch& s, Range* ranges, int R, const char* onward, int t, const int16_t* xq,
                  const float* xs, const float* xf, int64_t M) {
   int64_t a, b;
   while (take(ranges[t].v, true, a, b)) {
@@ -358,7 +359,7 @@ void run_stretch(const Stretch& s, Range* ranges, const char* onward, int t, int
   for (;;) {
     int victim = -1;
     int64_t most = 0;
-    for (int v = 0; v < T; ++v) {
+    for (int v = 0; v < R; ++v) {
       const int64_t n = v == t ? 0 : left(ranges[v]);
       if (n > most) most = n, victim = v;
     }
@@ -499,8 +500,8 @@ struct DecodePlan : torch::CustomClassHolder {
 // One decode step of a Llama, whole, in one parallel region. Why: through separate operators each of a
 // token's ~120 matrix products starts its threads and a cold memory stream on its own; here the threads stay
 // up for the whole token, share every matrix's row blocks (see Stretch), and meet at a barrier only where a
-// result is needed whole (6 per layer). Each thread keeps its own copy of the residual stream and of the normalised (for int8,
-// int16-quantised) activations, so that small work is done twice rather than waited for.
+// result is needed whole (6 per layer). Each thread keeps its own copy of the residual stream and of the
+// normalised (for int8, int16-quantised) activations, so that small work is done twice rather than waited for.
 // Its M input rows are tokens: one per sequence of a batch (decoding), or consecutive tokens of one sequence
 // (a prompt, up to 32 at a time, for which the weights are then read once): every row's keys/values are stored
 // before any row attends, and each row attends to the cache positions its mask row sets.
@@ -576,7 +577,13 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
   }
   stretches[4 * L].add(&seq[7 * L]);
   const int threads = std::max(1, at::get_num_threads());
-  std::vector<Range> ranges(stretches.size() * threads);
+  std::vector<Range> ranges(stretches.size() * threads);  // each thread's own items of every stretch
+  for (size_t i = 0; i < stretches.size(); ++i) {
+    for (int t = 0; t < threads; ++t) {
+      const int64_t n = stretches[i].items;
+      ranges[i * threads + t].v.store(pack(n * t / threads, n * (t + 1) / threads), std::memory_order_relaxed);
+    }
+  }
   const bool* mk = mask.data_ptr<bool>();
   const float* cos = P.rope_cos.data_ptr<float>();
   const float* sin = P.rope_sin.data_ptr<float>();
@@ -587,10 +594,6 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
-    for (size_t i = 0; i < stretches.size(); ++i) {  // each thread's own items of every stretch
-      const int64_t n = stretches[i].items;
-      ranges[i * threads + t].v.store(pack(n * t / T, n * (t + 1) / T), std::memory_order_relaxed);
-    }
     std::vector<float> x(M * dim), h(M * widest), w(S), qr(D);
     std::vector<int16_t> xq(M * widest);
     std::vector<float> xs(M);
@@ -601,10 +604,11 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
     };
     const auto run = [&](size_t i, int64_t rows_from = 0, int64_t rows = -1) {  // stretch i, then a barrier
       const Stretch& next = stretches[(i + 1) % stretches.size()];
-      const char* onward = next.first(next.items * t / T);
+      const char* onward = next.first(next.items * t / threads);
       const int64_t K = stretches[i].parts[0].a->K;
-      run_stretch(stretches[i], &ranges[i * threads], onward, t, T, xq.data() + rows_from * K, xs.data() + rows_from,
-                  input + rows_from * K, rows < 0 ? M : rows);
+      run_stretch(stretches[i], &ranges[i * threads], threads, onward, t, xq.data() + rows_from * K,
+                  xs.data() + rows_from, input + rows_from * K, rows < 0 ? M : rows);
+      if (i + 1 == stretches.size()) return;  // lm_head: the region's end waits for it
       // the memory would idle through the barrier (and the attention after q k v): fetch the start of this
       // thread's next stretch into L2 meanwhile (16 KiB: 4-5 % faster a token, more gained nothing; a prefetch
       // never faults, so one that runs past a small model's last matrix is harmless)
@@ -616,7 +620,6 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
       take_input(h.data(), dim);
     };
     for (int64_t m = 0; m < M; ++m) std::copy_n(embed + id[m] * dim, dim, x.data() + m * dim);
-#pragma omp barrier
     for (int64_t l = 0; l < L; ++l) {
       float* kc = k_cache[l].data_ptr<float>();
       float* vc = v_cache[l].data_ptr<float>();
