@@ -121,6 +121,15 @@ class FusedDecoder:
             self.plan, ids.reshape(B).contiguous(), positions.reshape(B).contiguous(), torch.arange(B),
             torch.full((B,), slot), key_mask.reshape(B, -1), cache.k, cache.v, False)
 
+    def rows(self, ids: torch.Tensor, positions: torch.Tensor, k: list[torch.Tensor],
+             v: list[torch.Tensor]) -> torch.Tensor:
+        """One new token for each of the first n rows of a cache whose rows have lengths of their own (the server's
+        slots): row i's token ids[i] at position and cache column positions[i], attending to columns 0..positions[i].
+        ids/positions (n,), k/v per layer (slots, Hkv, S, D) → float32 logits (n, V)."""
+        n, S = ids.shape[0], k[0].shape[2]
+        mask = torch.arange(S) <= positions[:, None]
+        return torch.ops.fournil.decode_step(self.plan, ids, positions, torch.arange(n), positions, mask, k, v, False)
+
     def prefill(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
                 cache: KVCache) -> torch.Tensor:
         """One sequence's prompt, ids/positions (1, T), into the cache after `cache.length` → the float32 logits

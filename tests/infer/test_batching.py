@@ -140,3 +140,35 @@ def test_real_model_in_a_changing_batch_equals_engine(smol_engine):
     for question, sink in zip(questions, sinks, strict=True):
         assert sink.text == smol_engine.complete([question], sampling, chat=True)[0].text
         assert sink.text.strip()  # a real model says something
+
+
+def test_int8_rows_decode_through_the_fused_step_as_one_operator_at_a_time(tiny_dir, tmp_path, monkeypatch):
+    """The server's decode step for an int8 model is the fused one (each row its own cache row and column, lengths
+    differing and changing as requests come and go), with the tokens of the same model one operator at a time."""
+    from fournil.infer import kernels
+    from fournil.infer.fused import fused_decoder
+    from fournil.infer.quantize import quantize
+
+    if not kernels.available():
+        pytest.skip("fournil's kernels need x86-64 AVX2 and a compiler")
+    int8 = Engine.load(quantize(tiny_dir, tmp_path / "int8", 8))
+    texts, calls = {}, []
+    decoder = fused_decoder(int8.model)  # the one every Scheduler of this model gets
+    rows = decoder.rows
+    monkeypatch.setattr(decoder, "rows", lambda *args: calls.append(len(args[0])) or rows(*args))
+    for fused in (True, False):
+        scheduler = Scheduler(int8.model, int8.tokenizer, slots=3, context=96)
+        assert scheduler.fused is not None
+        calls.clear()
+        if not fused:
+            scheduler.fused = None
+        sinks = []
+        for i, prompt in enumerate(PROMPTS):
+            sinks.append(submit(scheduler, int8, prompt, SamplingConfig(max_tokens=6 + 3 * i, ignore_eos=True))[1])
+            scheduler.step()
+        run_until_idle(scheduler)
+        assert scheduler.peak_batch == 3 and (len(calls) == scheduler.steps if fused else not calls)
+        assert not fused or max(calls) == 3
+        texts[fused] = [s.text for s in sinks]
+    assert texts[True] == texts[False]
+    assert all(texts[True])
