@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,10 @@ MANIFEST = "fournil.json"
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # disk full, file-size limit (RLIMIT_FSIZE), quota
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")  # .<target name>.<writer pid>.<random>.tmp, from atomic_path
+# atomic_path's temporary files: .<target name>.<host>.<writer pid>.<random>.tmp. The host is in the name because
+# a directory on a shared filesystem may have live writers on other machines, whose pids mean nothing here.
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
+_TEMP = re.compile(r"^\..+\.([A-Za-z0-9-]+)\.(\d+)\.[^.]+\.tmp$")
 
 
 def _alive(pid: int) -> bool:
@@ -42,13 +46,15 @@ def remove_stale_temps(directory: Path) -> int:
     """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in `directory`.
 
     Such a writer never reached its cleanup, so its `.name.PID.xxx.tmp` stays and would pollute the output of
-    the rerun. A file is removed only when the process named in it is gone: a live writer's file is left alone.
+    the rerun. A file is removed only when the process named in it, on this machine, is gone: a live writer's
+    file, or another machine's, is left alone.
     """
     removed = 0
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(directory):
             match = _TEMP.match(entry.name)
-            if match and entry.is_file(follow_symlinks=False) and not _alive(int(match.group(1))):
+            if match and match.group(1) == _HOST and entry.is_file(follow_symlinks=False) \
+                    and not _alive(int(match.group(2))):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                     removed += 1
@@ -61,7 +67,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; artifacts should be as readable as any file

@@ -13,6 +13,7 @@
 //   one query per row over the cache positions whose mask is set (grouped-query heads share kv heads).
 // fournil::decode_step(plan, ids, positions, rows, slots, mask, k_cache, v_cache, last_only) -> logits
 //   a whole decode step of a Llama (int8 or float32 matrices) whose weights a DecodePlan holds (see below).
+// fournil::argmax_rows(x (M, V) float32) -> (M,) int64: torch.argmax(x, -1), the same index on ties and NaN.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>

@@ -1,5 +1,6 @@
-"""fournil's own CPU decode kernels (kernels.cpp): an int8 matrix-vector product, one-query attention, and a
-whole decode step (`fournil::decode_step` with its `DecodePlan`, used by fournil.infer.fused).
+"""fournil's own CPU decode kernels (kernels.cpp): an int8 matrix-vector product, one-query attention, a whole
+decode step (`fournil::decode_step` with its `DecodePlan`, used by fournil.infer.fused), and greedy decoding's
+argmax.
 
 Why: at batch 1 decoding is bound by how fast the weights stream from memory. ATen's and inductor's int8
 weight-only kernels reach 7-12 GB/s here, about half of what the machine reads (23-30 GB/s); this one reaches

@@ -271,7 +271,8 @@ with artifacts.atomic_path(sys.argv[1]) as tmp:
 
 def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_write(tmp_path):
     """SIGKILL skips atomic_path's cleanup; the next write into that directory removes the dead writer's file
-    (a rerun's output must equal a clean run's, file for file) but never a live writer's."""
+    (a rerun's output must equal a clean run's, file for file) but never a live writer's, nor one from another
+    machine sharing the directory."""
     from fournil import artifacts
 
     def writer(name: str) -> tuple[subprocess.Popen, Path]:
@@ -279,6 +280,8 @@ def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_writ
                                  text=True, env=CHILD_ENV)
         return child, Path(child.stdout.readline().strip())
 
+    elsewhere = tmp_path / ".shard_00003.bin.another-host.999999999.abcdefgh.tmp"  # no such pid here: not ours
+    elsewhere.write_bytes(b"")
     live, live_tmp = writer("shard_00002.bin")
     dead, dead_tmp = writer("shard_00001.bin")
     dead.kill()
@@ -288,7 +291,7 @@ def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_writ
         artifacts.write_text(tmp_path / "index.json", "{}")
         assert not dead_tmp.exists()
         assert live_tmp.is_file()
-        assert sorted(p.name for p in tmp_path.iterdir()) == [live_tmp.name, "index.json"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([elsewhere.name, live_tmp.name, "index.json"])
     finally:
         live.kill()
         live.wait()
