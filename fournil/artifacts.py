@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Iterator
@@ -26,8 +27,9 @@ MANIFEST = "fournil.json"
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # disk full, file-size limit (RLIMIT_FSIZE), quota
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-# atomic_path's temporary files: .<target name>.<host>.<writer pid>.<random>.tmp. The host is in the name because
-# a directory on a shared filesystem may have live writers on other machines, whose pids mean nothing here.
+# atomic_path's temporary files and scratch_dir's directories: .<name>.<host>.<writer pid>.<random>.tmp. The host
+# is in the name because a directory on a shared filesystem may have live writers on other machines, whose pids
+# mean nothing here.
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:40] or "host"
 _TEMP = re.compile(r"^\..+\.([A-Za-z0-9-]+)\.(\d+)\.[^.]+\.tmp$")
 
@@ -43,22 +45,39 @@ def _alive(pid: int) -> bool:
 
 
 def remove_stale_temps(directory: Path) -> int:
-    """Delete the temporary files that writers killed mid-write (SIGKILL, power loss) left in `directory`.
+    """Delete the temporary files and scratch directories that writers killed mid-write (SIGKILL, power loss) left
+    in `directory`.
 
-    Such a writer never reached its cleanup, so its `.name.PID.xxx.tmp` stays and would pollute the output of
-    the rerun. A file is removed only when the process named in it, on this machine, is gone: a live writer's
-    file, or another machine's, is left alone.
+    Such a writer never reached its cleanup, so its `.name.HOST.PID.xxx.tmp` stays and would pollute the output of
+    the rerun. One is removed only when the process named in it, on this machine, is gone: a live writer's, or
+    another machine's, is left alone.
     """
     removed = 0
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(directory):
             match = _TEMP.match(entry.name)
-            if match and match.group(1) == _HOST and entry.is_file(follow_symlinks=False) \
-                    and not _alive(int(match.group(2))):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-                    removed += 1
+            if match and match.group(1) == _HOST and not _alive(int(match.group(2))):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.path)
+                removed += 1
     return removed
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: str | Path, name: str) -> Iterator[Path]:
+    """A private working directory inside `parent` (on the same filesystem as the outputs it helps build), removed
+    afterwards; one that a killed run left there is removed by the next write into `parent`."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(parent)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.{_HOST}.{os.getpid()}.", suffix=".tmp", dir=parent))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -208,8 +206,7 @@ def pack(corpus: Path, tokenizer: Path, out: Path, *, seq_len: int = 2048, seed:
     vocab_size = tok.get_vocab_size()
     dtype = token_dtype(vocab_size)
     out.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=".pack-", dir=out))
-    try:
+    with artifacts.scratch_dir(out, "pack") as scratch:  # one a killed run left behind goes too
         token_file = scratch / "tokens.bin"
         try:
             docs = _tokenise(corpus, tok, eos_id, dtype, vocab_size, seed, val_docs, token_file)
@@ -247,8 +244,6 @@ def pack(corpus: Path, tokenizer: Path, out: Path, *, seq_len: int = 2048, seed:
         del tokens
         return writer.close(corpus=str(corpus), corpus_config_sha256=manifest.get("config_sha256"), seed=seed,
                             mix=plan)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def count_tokens(corpus: Path, tokenizer: Path) -> dict:

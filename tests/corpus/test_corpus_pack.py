@@ -41,7 +41,7 @@ def test_temporary_files_are_removed_on_error(golden_corpus, tmp_path, monkeypat
     seen = []
 
     def boom(self, *args, **kwargs):
-        seen.extend(p for p in (tmp_path / "shards").glob(".pack-*/tokens.bin") if p.stat().st_size)
+        seen.extend(p for p in (tmp_path / "shards").glob(".pack.*/tokens.bin") if p.stat().st_size)
         raise OSError("simulated")
 
     monkeypatch.setattr(ShardWriter, "add_many", boom)

@@ -270,9 +270,9 @@ with artifacts.atomic_path(sys.argv[1]) as tmp:
 
 
 def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_write(tmp_path):
-    """SIGKILL skips atomic_path's cleanup; the next write into that directory removes the dead writer's file
-    (a rerun's output must equal a clean run's, file for file) but never a live writer's, nor one from another
-    machine sharing the directory."""
+    """SIGKILL skips atomic_path's (and scratch_dir's) cleanup; the next write into that directory removes the dead
+    writer's file and folder (a rerun's output must equal a clean run's, file for file) but never a live writer's,
+    nor one from another machine sharing the directory."""
     from fournil import artifacts
 
     def writer(name: str) -> tuple[subprocess.Popen, Path]:
@@ -282,6 +282,9 @@ def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_writ
 
     elsewhere = tmp_path / ".shard_00003.bin.another-host.999999999.abcdefgh.tmp"  # no such pid here: not ours
     elsewhere.write_bytes(b"")
+    scratch = tmp_path / f".pack.{artifacts._HOST}.999999999.abcdefgh.tmp"  # pack's scratch folder, owner gone
+    scratch.mkdir()
+    (scratch / "tokens.bin").write_bytes(b"\x01\x00" * 8)
     live, live_tmp = writer("shard_00002.bin")
     dead, dead_tmp = writer("shard_00001.bin")
     dead.kill()
@@ -289,7 +292,7 @@ def test_a_writer_killed_mid_write_leaves_no_temporary_file_behind_the_next_writ
     try:
         assert dead_tmp.is_file() and live_tmp.is_file()
         artifacts.write_text(tmp_path / "index.json", "{}")
-        assert not dead_tmp.exists()
+        assert not dead_tmp.exists() and not scratch.exists()
         assert live_tmp.is_file()
         assert sorted(p.name for p in tmp_path.iterdir()) == sorted([elsewhere.name, live_tmp.name, "index.json"])
     finally:
