@@ -138,7 +138,7 @@ class Scheduler:
                                self.device)
         # an int8 model decodes its rows through the fused step (fournil.infer.fused), one call for all of them, as
         # Engine does (SmolLM2 int8, one client: 3x the tokens/s of one operator at a time); prompts stay eager
-        self.fused = fused_decoder(self.model) if self.device.type == "cpu" else None
+        self.fused = fused_decoder(self.model)  # None off the CPU or for other models (fused.eligible)
         self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # row i of the cache belongs to active[i]

@@ -209,7 +209,6 @@ class Engine:
         decodes through the fused step (fournil.infer.fused), an int8 one does so either way; other models go
         through inductor (fournil.infer.compiled). Without the kernels an int8 model then computes in bfloat16,
         the input type of inductor's int8 weight-only kernels, unless `dtype` says otherwise."""
-        from fournil.infer import kernels
         from fournil.infer.quantize import is_quantized, load_quantized
         from fournil.model.hf import load_model
 
