@@ -9,7 +9,8 @@ docs/infer.md). They are x86-64 AVX2 C++, compiled with the C++ compiler torch's
 own `torch.compile` needs, once per machine (about 40 s; cached under torch's extensions directory).
 
 Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, CUDA tensors, or
-FOURNIL_KERNELS=0. `available()` says which, and logs why once.
+FOURNIL_KERNELS=0. `available()` says which, and logs why once. On a CPU with AVX-512 VNNI the int8 products
+multiply-add with vpdpwssd (the same integer sums, so the same numbers); FOURNIL_KERNELS_VNNI=0 keeps them on AVX2.
 """
 
 from __future__ import annotations

@@ -92,6 +92,50 @@ def test_decode_attention_matches_softmax_attention_under_a_mask(head_dim):
     assert torch.isfinite(kernels.decode_attention(q, k, v, mask, head_dim ** -0.5)).all()
 
 
+def test_attention_softmax_holds_for_scores_far_apart():
+    """The softmax's vectorised exponential: scores 100s apart (weights that underflow to 0 beside one near 1), and
+    runs of masked-in positions that are and are not multiples of its 8 lanes."""
+    torch.manual_seed(7)
+    D = 64
+    for S in (7, 8, 19, 64):
+        q = torch.randn(1, 3, D) * 12  # scores up to ~±100 after scaling
+        k, v = torch.randn(1, 1, S, D), torch.randn(1, 1, S, D)
+        mask = torch.ones(1, S, dtype=torch.bool)
+        got = kernels.decode_attention(q, k, v, mask, D ** -0.5)
+        scores = torch.einsum("bhd,bsd->bhs", q.double(), k[:, 0].double()) * D ** -0.5
+        ref = torch.einsum("bhs,bsd->bhd", scores.softmax(-1), v[:, 0].double())
+        assert torch.allclose(got.double(), ref, atol=1e-5), S
+
+
+_PRODUCTS = """
+import sys, torch
+from fournil.infer import kernels
+from fournil.infer.quantize import quantize_int8
+assert kernels.available()
+torch.manual_seed(3)
+pairs = [quantize_int8(torch.randn(n, 8192 + 48)) for n in (576, 7)]
+x = torch.randn(5, 8192 + 48) * 3
+torch.save(kernels.int8_linear(x, [q for q, _ in pairs], [s for _, s in pairs]), sys.argv[1])
+"""
+
+
+def test_avx512_vnni_and_avx2_products_are_the_same_numbers(tmp_path):
+    """Where the CPU has AVX-512 VNNI the int8 product takes vpdpwssd; its integer sums are exact, so the results
+    must equal the AVX2 path's bit for bit (FOURNIL_KERNELS_VNNI=0 forces that one; both read once per process)."""
+    import os
+    import subprocess
+    import sys
+
+    outs = {}
+    for vnni in ("1", "0"):
+        out = tmp_path / f"vnni{vnni}.pt"
+        env = {**os.environ, "FOURNIL_KERNELS_VNNI": vnni}
+        subprocess.run([sys.executable, "-c", _PRODUCTS, str(out)], check=True, env=env, timeout=300)
+        outs[vnni] = torch.load(out, weights_only=True)
+    assert outs["1"].shape == (5, 583) and torch.isfinite(outs["1"]).all()
+    assert torch.equal(outs["1"], outs["0"])
+
+
 @pytest.mark.parametrize("width", [1, 7, 8, 9, 49152, 49155])
 def test_argmax_gives_torch_s_index_on_ties_nan_and_infinities(width):
     """Greedy decoding's pick: any other index on a tie would change the generated text."""
