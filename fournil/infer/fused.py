@@ -103,7 +103,6 @@ class FusedDecoder:
         # argument in Python first (looking for fake ones, which only tracing makes), 60 cache tensors a step here:
         # 0.09 ms of a 4 ms SmolLM2 int8 token
         self._step = getattr(torch.ops.fournil.decode_step.default, "_op", torch.ops.fournil.decode_step)
-        self._rows: dict[int, torch.Tensor] = {}  # torch.arange(B) per batch size: the cache row of each row
         # the weights, checked once and held on the C++ side: a step then passes only its own few tensors
         self.plan = torch.classes.fournil.DecodePlan(
             norms, [m.weight.detach() for m in matrices], scales,
@@ -122,10 +121,7 @@ class FusedDecoder:
                  cache: KVCache) -> torch.Tensor:
         """ids/positions (B, 1), key_mask (B, 1, 1, S) bool with `slot` set → float32 logits (B, V)."""
         B = ids.shape[0]
-        rows = self._rows.get(B)
-        if rows is None:
-            rows = self._rows[B] = torch.arange(B)
-        return self._step(self.plan, ids.reshape(B).contiguous(), positions.reshape(B).contiguous(), rows,
+        return self._step(self.plan, ids.reshape(B).contiguous(), positions.reshape(B).contiguous(), torch.arange(B),
                           torch.full((B,), slot), key_mask.reshape(B, -1), cache.k, cache.v, False)
 
     def rows(self, ids: torch.Tensor, positions: torch.Tensor, k: list[torch.Tensor],
