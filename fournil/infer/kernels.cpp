@@ -233,6 +233,23 @@ void attend(const float* q, const float* k, const float* v, const bool* mask, in
   float total = 0.f;
   for (float lane : lanes) total += lane;
   for (; i < n; ++i) total += w[i] = std::exp(w[i] - top);
+  // the weighted sum of the values in registers, 8 lanes of the head at a time, instead of through `out` per position:
+  // a SmolLM2 token with its matrix products taken out went from 0.80 to 0.78 ms at 70 positions (12 of 12
+  // interleaved rounds), and the share grows with the context
+  if (D % 8 == 0 && D <= 128) {
+    __m256 acc[16];
+    const int64_t C = D / 8;
+    for (int64_t c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
+    for (int64_t s = 0, j = 0; s < S; ++s) {
+      if (!mask[s]) continue;
+      const __m256 e = _mm256_set1_ps(w[j++]);
+      const float* vs = v + s * D;
+      for (int64_t c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(e, _mm256_loadu_ps(vs + 8 * c), acc[c]);
+    }
+    const __m256 inv = _mm256_set1_ps(1.f / total);
+    for (int64_t c = 0; c < C; ++c) _mm256_storeu_ps(out + 8 * c, _mm256_mul_ps(acc[c], inv));
+    return;
+  }
   for (int64_t s = 0, j = 0; s < S; ++s) {
     if (!mask[s]) continue;
     const float e = w[j++];

@@ -73,7 +73,8 @@ def test_int8_module_takes_the_kernel_for_decode_rows_and_torch_for_a_prefill(mo
     assert calls == [(1, 1, 64)]  # the 40-row prefill went through torch
 
 
-@pytest.mark.parametrize("head_dim", [64, 24])  # 24: the dot product's scalar tail
+# 24: the dot product's scalar tail; 20 and 136: the weighted sum's scalar path (not 8 lanes at a time, or too wide)
+@pytest.mark.parametrize("head_dim", [64, 24, 20, 136])
 def test_decode_attention_matches_softmax_attention_under_a_mask(head_dim):
     torch.manual_seed(head_dim)
     B, H, Hkv, S = 2, 6, 2, 40
