@@ -54,9 +54,10 @@ class SlotCache:
     """
 
     def __init__(self, config: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None):
-        shape = (slots, config.kv_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        shape = (config.n_layers, slots, config.kv_heads, max_len, config.head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)  # as KVCache: all layers, k[layer] a view
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.k, self.v = list(self.keys.unbind(0)), list(self.values.unbind(0))
         self.slots, self.max_len = slots, max_len
         self._rows = slice(0, 0)
         self._cols: torch.Tensor | None = None  # decode: the column each row writes
@@ -222,7 +223,7 @@ class Scheduler:
         positions = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
         ids = torch.tensor([r.pending for r in self.active], dtype=torch.long, device=self.device)[:, None]
         if self.fused is not None and self.fused.accepts(n):
-            logits = self.fused.rows(ids[:, 0], positions, self.cache.k, self.cache.v)
+            logits = self.fused.rows(ids[:, 0], positions, self.cache.keys, self.cache.values)
         else:
             self.cache.plan_decode(positions)
             span = self.cache._span

@@ -103,6 +103,7 @@ class FusedDecoder:
         # argument in Python first (looking for fake ones, which only tracing makes), 60 cache tensors a step here:
         # 0.09 ms of a 4 ms SmolLM2 int8 token
         self._step = getattr(torch.ops.fournil.decode_step.default, "_op", torch.ops.fournil.decode_step)
+        self._token = getattr(torch.ops.fournil.decode_token.default, "_op", torch.ops.fournil.decode_token)
         # the weights, checked once and held on the C++ side: a step then passes only its own few tensors
         self.plan = torch.classes.fournil.DecodePlan(
             norms, [m.weight.detach() for m in matrices], scales,
@@ -122,14 +123,20 @@ class FusedDecoder:
         """ids/positions (B, 1), key_mask (B, 1, 1, S) bool with `slot` set → float32 logits (B, V)."""
         B = ids.shape[0]
         return self._step(self.plan, ids.reshape(B).contiguous(), positions.reshape(B).contiguous(), torch.arange(B),
-                          torch.full((B,), slot), key_mask.reshape(B, -1), cache.k, cache.v, False)
+                          torch.full((B,), slot), key_mask.reshape(B, -1), cache.keys, cache.values, False)
 
-    def rows(self, ids: torch.Tensor, positions: torch.Tensor, k: list[torch.Tensor],
-             v: list[torch.Tensor]) -> torch.Tensor:
+    def token(self, token: int, position: int, slot: int, key_mask: torch.Tensor, cache: KVCache,
+              logits: torch.Tensor) -> int:
+        """Batch 1's next step, as one call with plain integers: token at `position`, its keys/values at cache column
+        `slot` (which key_mask, (1, 1, 1, S) bool, gets set); the float32 logits (1, V) go into `logits` and their
+        argmax (the greedy pick) comes back."""
+        return self._token(self.plan, token, position, slot, key_mask, cache.keys, cache.values, logits)
+
+    def rows(self, ids: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """One new token for each of the first n rows of a cache whose rows have lengths of their own (the server's
         slots): row i's token ids[i] at position and cache column positions[i], attending to columns 0..positions[i].
-        ids/positions (n,), k/v per layer (slots, Hkv, S, D) → float32 logits (n, V)."""
-        n, S = ids.shape[0], k[0].shape[2]
+        ids/positions (n,), k/v (layers, slots, Hkv, S, D) → float32 logits (n, V)."""
+        n, S = ids.shape[0], k.shape[3]
         mask = torch.arange(S) <= positions[:, None]
         return self._step(self.plan, ids, positions, torch.arange(n), positions, mask, k, v, False)
 
@@ -149,7 +156,7 @@ class FusedDecoder:
             mask = key_mask.reshape(1, S) | ((columns >= start + first) & (columns <= slots[:, None]))
             logits = self._step(
                 self.plan, ids[0, first:last].contiguous(), positions[0, first:last].contiguous(),
-                torch.zeros(last - first, dtype=torch.long), slots, mask, cache.k, cache.v, True)
+                torch.zeros(last - first, dtype=torch.long), slots, mask, cache.keys, cache.values, True)
             key_mask[0, 0, 0, start + first:start + last] = True
             cache.length += last - first
         return logits

@@ -147,14 +147,32 @@ class _Decoder:
             if compiled is not None:
                 self.key_mask[:, 0, 0, :ids.shape[1]] = mask.bool()
         self.next_pos = positions[:, -1:] + 1
+        # one sequence through the fused step: a step is one call with plain integers (FusedDecoder.token), which
+        # also hands back the greedy pick; logits land in one buffer
+        self.single = B == 1 and isinstance(compiled, FusedDecoder)
+        if self.single:
+            self.position = int(self.next_pos)
+            self.picked: int | None = None  # the argmax of self.logits, once a token step made them
+            self.buffer = torch.empty_like(self.logits)
 
     def next_tokens(self, done: list[bool]) -> list[int]:
+        if self.single and self.picked is not None and self.sampling.greedy and self.seen is None:
+            return [self.pad_id if done[0] else self.picked]
         tokens = pick(process_logits(self.logits, self.seen, self.sampling), self.sampling, self.generator)
         return [self.pad_id if d else t for d, t in zip(done, tokens.tolist(), strict=True)]
 
     def advance(self, tokens: list[int]) -> None:
         """Run the model on one new token per row; keep its logits."""
         B = len(tokens)
+        if self.single:
+            if self.seen is not None:
+                self.seen[0, tokens[0]] = True
+            self.picked = self.compiled.token(tokens[0], self.position, self.cache.length, self.key_mask, self.cache,
+                                              self.buffer)
+            self.logits = self.buffer
+            self.position += 1
+            self.cache.length += 1
+            return
         new = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]
         if self.seen is not None:
             self.seen.scatter_(1, new, True)

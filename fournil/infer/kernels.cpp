@@ -13,6 +13,7 @@
 //   one query per row over the cache positions whose mask is set (grouped-query heads share kv heads).
 // fournil::decode_step(plan, ids, positions, rows, slots, mask, k_cache, v_cache, last_only) -> logits
 //   a whole decode step of a Llama (int8 or float32 matrices) whose weights a DecodePlan holds (see below).
+// fournil::decode_token(plan, id, position, slot, mask, k_cache, v_cache, logits) -> argmax: batch 1's step, ints in.
 // fournil::argmax_rows(x (M, V) float32) -> (M,) int64: torch.argmax(x, -1), the same index on ties and NaN.
 
 #include <torch/extension.h>
@@ -551,6 +552,10 @@ struct DecodePlan : torch::CustomClassHolder {
   int64_t L, V, dim, ffn, H, Hkv, D;
   float eps;
   bool int8;
+  // the matrices in step order as raw pointers (each step fills in where its products go). Why: a step that
+  // reads them from the tensors touches ~400 tensor objects, which the token before has pushed out of every cache
+  // with its 135 MB of weights: 45 us a SmolLM2 int8 token, where one contiguous table costs ~2
+  std::vector<Mat> mats;
 
   DecodePlan(std::vector<at::Tensor> norms_, std::vector<at::Tensor> qs_, std::vector<at::Tensor> scales_,
              at::Tensor embed_, at::Tensor rope_cos_, at::Tensor rope_sin_, int64_t n_heads, int64_t n_kv_heads,
@@ -589,6 +594,8 @@ struct DecodePlan : torch::CustomClassHolder {
         check_float(scales[i], "scale");
         TORCH_CHECK(scales[i].numel() == n, "DecodePlan: scale ", i, " needs ", n, " entries");
       }
+      mats.push_back({int8 ? q.data_ptr<int8_t>() : nullptr, int8 ? scales[i].data_ptr<float>() : nullptr,
+                      int8 ? nullptr : q.data_ptr<float>(), n, K, nullptr, n});
     }
   }
 
@@ -611,35 +618,26 @@ struct DecodePlan : torch::CustomClassHolder {
 // (a prompt, up to 32 at a time, for which the weights are then read once): every row's keys/values are stored
 // before any row attends, and each row attends to the cache positions its mask row sets.
 //   ids, positions (M,) int64; rows (M,): the cache batch index of each; slots (M,): its cache column;
-//   mask (M, S) bool; k_cache/v_cache: per layer (B, Hkv, S, D) float32
+//   mask (M, S) bool; k_cache/v_cache: (L, B, Hkv, S, D) float32, all layers in one tensor (the step's
+//   arguments are then a handful of tensors, not two per layer: see DecodePlan::mats for why that counts)
 //   -> float32 logits (M, V), or (1, V) of the last row with last_only
-at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Tensor& ids,
-                       const at::Tensor& positions, const at::Tensor& rows, const at::Tensor& slots,
-                       const at::Tensor& mask, at::TensorList k_cache, at::TensorList v_cache, bool last_only) {
-  const DecodePlan& P = *plan;
-  const int64_t L = P.L, V = P.V, dim = P.dim, ffn = P.ffn, H = P.H, Hkv = P.Hkv, D = P.D;
-  const int64_t M = ids.numel();
-  TORCH_CHECK(M >= 1 && M <= kMaxRows, "decode_step: 1 to ", kMaxRows, " rows, got ", M);
-  for (const at::Tensor* t : {&ids, &positions, &rows, &slots}) {
-    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous() && t->numel() == M,
-                "decode_step: ids, positions, rows and slots are (M,) int64");
-  }
-  TORCH_CHECK(static_cast<int64_t>(k_cache.size()) == L && static_cast<int64_t>(v_cache.size()) == L,
-              "decode_step: one key and one value cache per layer (", L, ")");
-  const bool four = k_cache[0].dim() == 4;
-  const int64_t B = four ? k_cache[0].size(0) : 0, S = four ? k_cache[0].size(2) : 0;
-  for (int64_t l = 0; l < L; ++l) {
-    check_float(k_cache[l], "k_cache");
-    check_float(v_cache[l], "v_cache");
-    TORCH_CHECK(k_cache[l].sizes() == at::IntArrayRef({B, Hkv, S, D}) && v_cache[l].sizes() == k_cache[l].sizes(),
-                "decode_step: caches are (B, ", Hkv, ", S, ", D, "), the same for every layer");
-  }
-  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == M * S && mask.is_contiguous(),
-              "decode_step: mask (M, S) bool");
-  const int64_t* id = ids.data_ptr<int64_t>();
-  const int64_t* pos = positions.data_ptr<int64_t>();
-  const int64_t* row = rows.data_ptr<int64_t>();
-  const int64_t* slot = slots.data_ptr<int64_t>();
+namespace {
+
+// the caches' batch size B and length S after checking them against the plan: (L, B, Hkv, S, D) float32 both
+std::pair<int64_t, int64_t> cache_shape(const DecodePlan& P, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  check_float(k_cache, "k_cache");
+  check_float(v_cache, "v_cache");
+  const bool five = k_cache.dim() == 5;
+  const int64_t B = five ? k_cache.size(1) : 0, S = five ? k_cache.size(3) : 0;
+  TORCH_CHECK(k_cache.sizes() == at::IntArrayRef({P.L, B, P.Hkv, S, P.D}) && v_cache.sizes() == k_cache.sizes(),
+              "decode_step: key and value caches are (", P.L, ", B, ", P.Hkv, ", S, ", P.D, ") for ", P.L,
+              " layers");
+  return {B, S};
+}
+
+void check_rows(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* pos, const int64_t* row,
+                const int64_t* slot, int64_t B, int64_t S) {
+  const int64_t V = P.V;
   for (int64_t m = 0; m < M; ++m) {
     TORCH_CHECK(id[m] >= 0 && id[m] < V, "decode_step: token id ", id[m], " outside the vocabulary");
     TORCH_CHECK(pos[m] >= 0 && pos[m] < P.rope_cos.size(0), "decode_step: position ", pos[m],
@@ -651,6 +649,13 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
                   " would store their keys in the same cache cell");
     }
   }
+}
+
+// the step itself on checked arguments (see decode_step); logits: (last_only ? 1 : M, V)
+void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* pos, const int64_t* row,
+              const int64_t* slot, const bool* mk, int64_t B, int64_t S, float* k_all, float* v_all, bool last_only,
+              float* logits) {
+  const int64_t L = P.L, dim = P.dim, ffn = P.ffn, H = P.H, Hkv = P.Hkv, D = P.D;
   // shared buffers, each (M, n): q k v | attention | o | gate up act | down
   const int64_t sizes[9] = {H * D, Hkv * D, Hkv * D, H * D, dim, ffn, ffn, ffn, dim};
   int64_t total = 0;
@@ -660,14 +665,8 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
   buf[0] = work.data_ptr<float>();
   for (int i = 1; i < 9; ++i) buf[i] = buf[i - 1] + M * sizes[i - 1];
   float* const outs[7] = {buf[0], buf[1], buf[2], buf[4], buf[5], buf[6], buf[8]};
-  at::Tensor logits = at::empty({last_only ? 1 : M, V}, P.embed.options());
-  std::vector<Mat> seq;
-  seq.reserve(7 * L + 1);
-  for (int64_t i = 0; i < 7 * L + 1; ++i) {
-    seq.push_back({P.int8 ? P.qs[i].data_ptr<int8_t>() : nullptr, P.int8 ? P.scales[i].data_ptr<float>() : nullptr,
-                   P.int8 ? nullptr : P.qs[i].data_ptr<float>(), P.height(i), P.width(i),
-                   i == 7 * L ? logits.data_ptr<float>() : outs[i % 7], P.height(i)});
-  }
+  std::vector<Mat> seq(P.mats);
+  for (int64_t i = 0; i < 7 * L + 1; ++i) seq[i].out = i == 7 * L ? logits : outs[i % 7];
   // the stretches between barriers: per layer q k v | o | gate+up (with silu(gate) * up) | down; then lm_head
   std::vector<Stretch> stretches(4 * L + 1);
   for (int64_t l = 0; l < L; ++l) {
@@ -689,7 +688,6 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
       ranges[i * threads + t].v.store(pack(n * t / threads, n * (t + 1) / threads), std::memory_order_relaxed);
     }
   }
-  const bool* mk = mask.data_ptr<bool>();
   const float* cos = P.rope_cos.data_ptr<float>();
   const float* sin = P.rope_sin.data_ptr<float>();
   const float* embed = P.embed.data_ptr<float>();
@@ -726,8 +724,8 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
     };
     for (int64_t m = 0; m < M; ++m) std::copy_n(embed + id[m] * dim, dim, x.data() + m * dim);
     for (int64_t l = 0; l < L; ++l) {
-      float* kc = k_cache[l].data_ptr<float>();
-      float* vc = v_cache[l].data_ptr<float>();
+      float* kc = k_all + l * B * Hkv * S * D;
+      float* vc = v_all + l * B * Hkv * S * D;
       normed(P.norms[2 * l]);
       run(4 * l);
       for (int64_t p = t; p < M * Hkv; p += T) {  // the new keys (rotated) and values into the cache
@@ -754,52 +752,109 @@ at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Ten
     normed(P.norms[2 * L]);
     run(4 * L, last_only ? M - 1 : 0, last_only ? 1 : M);  // a prompt's logits: its last token's only
   }
+}
+
+}  // namespace
+
+at::Tensor decode_step(const c10::intrusive_ptr<DecodePlan>& plan, const at::Tensor& ids,
+                       const at::Tensor& positions, const at::Tensor& rows, const at::Tensor& slots,
+                       const at::Tensor& mask, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       bool last_only) {
+  const DecodePlan& P = *plan;
+  const int64_t M = ids.numel();
+  TORCH_CHECK(M >= 1 && M <= kMaxRows, "decode_step: 1 to ", kMaxRows, " rows, got ", M);
+  for (const at::Tensor* t : {&ids, &positions, &rows, &slots}) {
+    TORCH_CHECK(t->scalar_type() == at::kLong && t->is_contiguous() && t->numel() == M,
+                "decode_step: ids, positions, rows and slots are (M,) int64");
+  }
+  const auto [B, S] = cache_shape(P, k_cache, v_cache);
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == M * S && mask.is_contiguous(),
+              "decode_step: mask (M, S) bool");
+  const int64_t* id = ids.data_ptr<int64_t>();
+  const int64_t* pos = positions.data_ptr<int64_t>();
+  const int64_t* row = rows.data_ptr<int64_t>();
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  check_rows(P, M, id, pos, row, slot, B, S);
+  at::Tensor logits = at::empty({last_only ? 1 : M, P.V}, P.embed.options());
+  run_step(P, M, id, pos, row, slot, mask.data_ptr<bool>(), B, S, k_cache.data_ptr<float>(),
+           v_cache.data_ptr<float>(), last_only, logits.data_ptr<float>());
   return logits;
 }
 
-// each row's index of its largest value, the first on ties and the first NaN if any, as torch.argmax gives;
-// why: torch's takes 60-130 us on one (1, 49152) row of logits, 1-2 % of a fused decode step, this one ~5 us
+namespace {
+
+// the index of r's largest value (V of them), the first on ties and the first NaN if any, as torch.argmax gives
+int64_t argmax_row(const float* r, int64_t V) {
+  const int64_t V8 = V - V % 8;
+  __m256 top = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
+  for (int64_t i = 0; i < V8; i += 8) {
+    const __m256 v = _mm256_loadu_ps(r + i);
+    top = _mm256_max_ps(top, v);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+  }
+  float best = -INFINITY;
+  bool any_nan = _mm256_movemask_ps(nan) != 0;
+  alignas(32) float lanes[8];
+  _mm256_store_ps(lanes, top);
+  for (float lane : lanes) best = std::max(best, lane);
+  for (int64_t i = V8; i < V; ++i) {
+    any_nan = any_nan || std::isnan(r[i]);
+    best = std::max(best, r[i]);
+  }
+  // the first position holding it (a row of only -inf: index 0, as torch says)
+  const auto hit = [&](float v) { return any_nan ? std::isnan(v) : v == best; };
+  const __m256 want = _mm256_set1_ps(best);
+  int64_t at = 0;
+  for (; at < V8; at += 8) {
+    const __m256 v = _mm256_loadu_ps(r + at);
+    const __m256 found = any_nan ? _mm256_cmp_ps(v, v, _CMP_UNORD_Q) : _mm256_cmp_ps(v, want, _CMP_EQ_OQ);
+    const int mask = _mm256_movemask_ps(found);
+    if (mask != 0) {
+      at += __builtin_ctz(static_cast<unsigned>(mask));
+      break;
+    }
+  }
+  if (at >= V8) {
+    while (at < V - 1 && !hit(r[at])) ++at;
+  }
+  return at;
+}
+
+}  // namespace
+
+// One sequence's next token (batch 1): its id, position and cache column as plain integers; sets mask[slot],
+// writes the logits into `logits` (1, V) and returns their argmax (greedy decoding's pick). Why: each tensor a
+// step's call builds and each operator it calls from Python costs microseconds, more after a token has pushed the
+// interpreter's memory out of the caches; with decode_step SmolLM2 int8 spent ~0.2 ms a token in Python (of ~4),
+// with this one call a token ~0.05.
+int64_t decode_token(const c10::intrusive_ptr<DecodePlan>& plan, int64_t id, int64_t position, int64_t slot,
+                     const at::Tensor& mask, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                     const at::Tensor& logits) {
+  const DecodePlan& P = *plan;
+  const auto [B, S] = cache_shape(P, k_cache, v_cache);
+  TORCH_CHECK(B == 1, "decode_token: a cache of one row, got ", B);
+  TORCH_CHECK(mask.scalar_type() == at::kBool && mask.numel() == S && mask.is_contiguous(),
+              "decode_token: mask of ", S, " bool");
+  check_float(logits, "logits");
+  TORCH_CHECK(logits.numel() == P.V, "decode_token: logits of ", P.V);
+  const int64_t row = 0;
+  check_rows(P, 1, &id, &position, &row, &slot, B, S);
+  bool* mk = mask.data_ptr<bool>();
+  mk[slot] = true;
+  float* out = logits.data_ptr<float>();
+  run_step(P, 1, &id, &position, &row, &slot, mk, B, S, k_cache.data_ptr<float>(), v_cache.data_ptr<float>(), false,
+           out);
+  return argmax_row(out, P.V);
+}
+
+// each row's argmax_row; why: torch's takes 60-130 us on one (1, 49152) row of logits, 1-2 % of a fused decode step, this one ~5 us
 at::Tensor argmax_rows(const at::Tensor& x) {
   check_float(x, "argmax input");
   TORCH_CHECK(x.dim() == 2 && x.size(1) > 0, "argmax_rows: (M, V) with V > 0");
-  const int64_t M = x.size(0), V = x.size(1), V8 = V - V % 8;
+  const int64_t M = x.size(0), V = x.size(1);
   at::Tensor out = at::empty({M}, x.options().dtype(at::kLong));
   int64_t* index = out.data_ptr<int64_t>();
-  for (int64_t m = 0; m < M; ++m) {
-    const float* r = x.data_ptr<float>() + m * V;
-    __m256 top = _mm256_set1_ps(-INFINITY), nan = _mm256_setzero_ps();
-    for (int64_t i = 0; i < V8; i += 8) {
-      const __m256 v = _mm256_loadu_ps(r + i);
-      top = _mm256_max_ps(top, v);
-      nan = _mm256_or_ps(nan, _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-    }
-    float best = -INFINITY;
-    bool any_nan = _mm256_movemask_ps(nan) != 0;
-    alignas(32) float lanes[8];
-    _mm256_store_ps(lanes, top);
-    for (float lane : lanes) best = std::max(best, lane);
-    for (int64_t i = V8; i < V; ++i) {
-      any_nan = any_nan || std::isnan(r[i]);
-      best = std::max(best, r[i]);
-    }
-    // the first position holding it (a row of only -inf: index 0, as torch says)
-    const auto hit = [&](float v) { return any_nan ? std::isnan(v) : v == best; };
-    const __m256 want = _mm256_set1_ps(best);
-    int64_t at = 0;
-    for (; at < V8; at += 8) {
-      const __m256 v = _mm256_loadu_ps(r + at);
-      const __m256 found = any_nan ? _mm256_cmp_ps(v, v, _CMP_UNORD_Q) : _mm256_cmp_ps(v, want, _CMP_EQ_OQ);
-      const int mask = _mm256_movemask_ps(found);
-      if (mask != 0) {
-        at += __builtin_ctz(static_cast<unsigned>(mask));
-        break;
-      }
-    }
-    if (at >= V8) {
-      while (at < V - 1 && !hit(r[at])) ++at;
-    }
-    index[m] = at;
-  }
+  for (int64_t m = 0; m < M; ++m) index[m] = argmax_row(x.data_ptr<float>() + m * V, V);
   return out;
 }
 
@@ -811,8 +866,10 @@ TORCH_LIBRARY(fournil, m) {
       .def(torch::init<std::vector<at::Tensor>, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor,
                        at::Tensor, at::Tensor, int64_t, int64_t, double>());
   m.def("decode_step(__torch__.torch.classes.fournil.DecodePlan plan, Tensor ids, Tensor positions, "
-        "Tensor rows, Tensor slots, Tensor mask, Tensor(a!)[] k_cache, Tensor(b!)[] v_cache, bool last_only) "
+        "Tensor rows, Tensor slots, Tensor mask, Tensor(a!) k_cache, Tensor(b!) v_cache, bool last_only) "
         "-> Tensor");
+  m.def("decode_token(__torch__.torch.classes.fournil.DecodePlan plan, int id, int position, int slot, "
+        "Tensor(a!) mask, Tensor(b!) k_cache, Tensor(c!) v_cache, Tensor(d!) logits) -> int");
 }
 
 TORCH_LIBRARY_IMPL(fournil, CPU, m) {
@@ -820,4 +877,5 @@ TORCH_LIBRARY_IMPL(fournil, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("argmax_rows", &argmax_rows);
   m.impl("decode_step", &decode_step);
+  m.impl("decode_token", &decode_token);
 }

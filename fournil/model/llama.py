@@ -59,9 +59,11 @@ class KVCache:
     """
 
     def __init__(self, config: ModelConfig, batch_size: int, max_len: int, dtype: torch.dtype, device=None):
-        shape = (batch_size, config.kv_heads, max_len, config.head_dim)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.n_layers)]
+        shape = (config.n_layers, batch_size, config.kv_heads, max_len, config.head_dim)
+        # every layer's in one tensor (a fused decode step takes the two whole); k[layer], v[layer] are views
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.k, self.v = list(self.keys.unbind(0)), list(self.values.unbind(0))
         self.length = 0
         self.max_len = max_len
 

@@ -104,9 +104,11 @@ def test_fused_step_refuses_bad_input_with_a_message(tiny_int8):
         fused(one, one, 8, mask, cache)
     with pytest.raises(RuntimeError, match="past the rotary table"):
         fused(one, torch.tensor([[model.config.max_seq_len]]), 0, mask, cache)
-    wrong = [torch.zeros(1, model.config.kv_heads + 1, 8, model.config.head_dim)] * model.config.n_layers
+    wrong = torch.zeros(model.config.n_layers, 1, model.config.kv_heads + 1, 8, model.config.head_dim)
     with pytest.raises(RuntimeError, match="caches are"):
-        fused(one, one, 0, mask, SimpleNamespace(k=wrong, v=wrong))
+        fused(one, one, 0, mask, SimpleNamespace(keys=wrong, values=wrong))
+    with pytest.raises(RuntimeError, match="caches are"):  # one layer short
+        fused(one, one, 0, mask, SimpleNamespace(keys=cache.keys[1:], values=cache.values[1:]))
 
 
 def test_engine_picks_the_fused_step_only_where_it_applies(tiny_dir, tiny_int8, tmp_path, monkeypatch):
@@ -191,10 +193,10 @@ def test_two_rows_may_not_store_keys_in_one_cache_cell(tiny_int8):
     with pytest.raises(RuntimeError, match="rows 0 and 1 would store their keys in the same cache cell"):
         torch.ops.fournil.decode_step(fused.plan, two, two, torch.zeros(2, dtype=torch.long),
                                            torch.tensor([3, 3]), torch.ones((2, 8), dtype=torch.bool),
-                                           cache.k, cache.v, False)
+                                           cache.keys, cache.values, False)
     with pytest.raises(RuntimeError, match="cache row 1 outside the batch of 1"):
         torch.ops.fournil.decode_step(fused.plan, two, two, torch.tensor([0, 1]), torch.tensor([0, 1]),
-                                           torch.ones((2, 8), dtype=torch.bool), cache.k, cache.v, False)
+                                           torch.ones((2, 8), dtype=torch.bool), cache.keys, cache.values, False)
 
 
 @torch.inference_mode()
@@ -214,3 +216,53 @@ def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
     got = _steps(model, fused, [[1, 2, 3]], 2)
     ref = _steps(model, None, [[1, 2, 3]], 2)
     assert all(torch.allclose(g, r, rtol=0, atol=1e-5 * r.abs().max().item()) for g, r in zip(got, ref, strict=True))
+
+
+@torch.inference_mode()
+def test_a_token_step_with_plain_integers_is_decode_step_and_its_argmax(tiny_int8):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    S = 8
+    caches = [KVCache(model.config, 1, S, torch.float32) for _ in range(2)]
+    masks = [torch.zeros((1, 1, 1, S), dtype=torch.bool) for _ in range(2)]
+    logits = torch.empty(1, model.config.vocab_size)
+    for slot, token in enumerate([5, 17, 300, 2]):
+        masks[0][0, 0, 0, slot] = True
+        ref = fused(torch.tensor([[token]]), torch.tensor([[slot]]), slot, masks[0], caches[0])
+        picked = fused.token(token, slot, slot, masks[1], caches[1], logits)
+        assert torch.equal(masks[1], masks[0])  # the step sets its own column
+        assert torch.equal(logits, ref) and picked == int(ref.argmax())
+        assert torch.equal(caches[1].keys, caches[0].keys) and torch.equal(caches[1].values, caches[0].values)
+    with pytest.raises(RuntimeError, match="slot 8 outside the cache of 8"):
+        fused.token(1, 0, S, masks[1], caches[1], logits)
+    with pytest.raises(RuntimeError, match="a cache of one row"):
+        fused.token(1, 0, 0, masks[1], KVCache(model.config, 2, S, torch.float32), logits)
+    with pytest.raises(RuntimeError, match="logits of"):
+        fused.token(1, 0, 0, masks[1], caches[1], torch.empty(1, 3))
+
+
+class _NotFused:
+    """The same fused step seen from outside FusedDecoder: batch 1 then goes through decode_step each token."""
+
+    def __init__(self, fused: FusedDecoder):
+        self.fused, self.prefill_tokens, self.accepts = fused, fused.prefill_tokens, fused.accepts
+
+    def __call__(self, *args):
+        return self.fused(*args)
+
+    def prefill(self, *args):
+        return self.fused.prefill(*args)
+
+
+@pytest.mark.parametrize("sampling", [
+    SamplingConfig(max_tokens=12, ignore_eos=True),
+    SamplingConfig(max_tokens=12, ignore_eos=True, repetition_penalty=1.5),
+    SamplingConfig(max_tokens=12, ignore_eos=True, temperature=0.9, top_k=40, seed=3),
+], ids=["greedy", "repetition-penalty", "sampled"])
+def test_batch_one_decodes_the_same_tokens_through_token_steps(tiny_int8, sampling):
+    model = load_quantized(tiny_int8)
+    fused = fused_decoder(model)
+    prompt = [[1, 50, 60, 70]]
+    got = [t for t, _ in decode_steps(model, prompt, sampling, compiled=fused)]
+    ref = [t for t, _ in decode_steps(model, prompt, sampling, compiled=_NotFused(fused))]
+    assert got == ref and len(got) == 12
