@@ -83,6 +83,7 @@ def test_decode_attention_matches_softmax_attention_under_a_mask(head_dim):
     mask = torch.zeros(B, S, dtype=torch.bool)
     mask[0, :25] = True
     mask[1, 10:31] = True  # left padding, then filled positions, then the unused rest of the cache
+    mask[1, 33::2] = True  # and scattered ones (the kernel packs the positions set)
     got = kernels.decode_attention(q, k, v, mask, head_dim ** -0.5)
     groups = H // Hkv
     kk, vv = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
