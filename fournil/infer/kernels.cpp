@@ -129,6 +129,58 @@ __m128i chunk4_vnni(const int8_t* r, const int8_t* next, const int16_t* xq, int6
   return hsum4(a0, a1, a2, a3);
 }
 
+// chunk4 for two activation rows (xa, xb) at once, sums into sa and sb: each weight vector is widened once for both.
+// Why: a prompt's rows (up to 32 in one step) make the products compute-bound; in pairs a SmolLM2 int8 prefill of 5
+// tokens took 6.4 ms instead of 7.2, of 32 tokens 33.2 instead of 37.2 (interleaved, 8 rounds)
+inline void chunk4x2(const int8_t* r, const int8_t* next, const int16_t* xa, const int16_t* xb, int64_t K,
+                     int64_t k0, int64_t k1, __m128i& sa, __m128i& sb) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  const auto widen = [](const int8_t* w) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+  };
+  for (int64_t k = k0; k < k1; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));
+    const __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));
+    const __m256i w0 = widen(r + k), w1 = widen(r + K + k), w2 = widen(r + 2 * K + k), w3 = widen(r + 3 * K + k);
+    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w0, xv));
+    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w1, xv));
+    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w2, xv));
+    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w3, xv));
+    b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(w0, yv));
+    b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(w1, yv));
+    b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(w2, yv));
+    b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(w3, yv));
+  }
+  sa = hsum4(a0, a1, a2, a3);
+  sb = hsum4(b0, b1, b2, b3);
+}
+
+__attribute__((target("avx512f,avx512vl,avx512vnni")))
+void chunk4x2_vnni(const int8_t* r, const int8_t* next, const int16_t* xa, const int16_t* xb, int64_t K, int64_t k0,
+                   int64_t k1, __m128i& sa, __m128i& sb) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+  const auto widen = [](const int8_t* w) {
+    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+  };
+  for (int64_t k = k0; k < k1; k += 16) {
+    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));
+    const __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));
+    const __m256i w0 = widen(r + k), w1 = widen(r + K + k), w2 = widen(r + 2 * K + k), w3 = widen(r + 3 * K + k);
+    a0 = _mm256_dpwssd_epi32(a0, w0, xv);
+    a1 = _mm256_dpwssd_epi32(a1, w1, xv);
+    a2 = _mm256_dpwssd_epi32(a2, w2, xv);
+    a3 = _mm256_dpwssd_epi32(a3, w3, xv);
+    b0 = _mm256_dpwssd_epi32(b0, w0, yv);
+    b1 = _mm256_dpwssd_epi32(b1, w1, yv);
+    b2 = _mm256_dpwssd_epi32(b2, w2, yv);
+    b3 = _mm256_dpwssd_epi32(b3, w3, yv);
+  }
+  sa = hsum4(a0, a1, a2, a3);
+  sb = hsum4(b0, b1, b2, b3);
+}
+
 // whether chunk4_vnni runs: the CPU has AVX-512 VNNI and FOURNIL_KERNELS_VNNI is not 0 (tests compare both paths)
 const bool kVnni = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                    __builtin_cpu_supports("avx512vnni") &&
@@ -159,6 +211,26 @@ void block_dot(const Block& b, const int8_t* next, const int16_t* xq, int64_t K,
     }
     out[i] = total * x_scale * b.scale[i];
   }
+}
+
+// block_dot for two activation rows (a full block; see chunk4x2)
+void block_dot2(const Block& b, const int8_t* next, const int16_t* xa, const int16_t* xb, int64_t K, float sa_scale,
+                float sb_scale, float* out_a, float* out_b) {
+  __m128 ta = _mm_setzero_ps(), tb = ta;
+  for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+    const int64_t k1 = std::min(K, k0 + kChunk);
+    __m128i sa, sb;
+    if (kVnni) {
+      chunk4x2_vnni(b.rows, next, xa, xb, K, k0, k1, sa, sb);
+    } else {
+      chunk4x2(b.rows, next, xa, xb, K, k0, k1, sa, sb);
+    }
+    ta = _mm_add_ps(ta, _mm_cvtepi32_ps(sa));
+    tb = _mm_add_ps(tb, _mm_cvtepi32_ps(sb));
+  }
+  const __m128 scale = _mm_loadu_ps(b.scale);
+  _mm_storeu_ps(out_a, _mm_mul_ps(_mm_mul_ps(ta, _mm_set1_ps(sa_scale)), scale));
+  _mm_storeu_ps(out_b, _mm_mul_ps(_mm_mul_ps(tb, _mm_set1_ps(sb_scale)), scale));
 }
 
 // activations -> int16, one absmax scale per row (15 bits: finer than bf16's 8-bit mantissa)
@@ -385,7 +457,15 @@ inline std::pair<int64_t, int64_t> share(int64_t n, int t, int T) {
 inline void block_rows(const Mat& w, int64_t b, const char* next, const int16_t* xq, const float* xs,
                        const float* xf, int64_t M) {
   const int64_t row = b * kRows, n = std::min(kRows, w.n - row);
-  for (int64_t m = 0; m < M; ++m) {
+  int64_t m = 0;
+  if (w.q != nullptr && n == kRows) {  // int8 rows of activations in pairs, each block widened once for two
+    const Block cur{w.q + row * w.K, w.scale + row, n};
+    for (; m + 2 <= M; m += 2) {
+      block_dot2(cur, reinterpret_cast<const int8_t*>(next), xq + m * w.K, xq + (m + 1) * w.K, w.K, xs[m],
+                 xs[m + 1], w.out + m * w.ld + row, w.out + (m + 1) * w.ld + row);
+    }
+  }
+  for (; m < M; ++m) {
     if (w.wf) {
       block_dot_f32(w.wf + row * w.K, n, next, xf + m * w.K, w.K, w.out + m * w.ld + row);
     } else {

@@ -117,13 +117,16 @@ assert kernels.available()
 torch.manual_seed(3)
 pairs = [quantize_int8(torch.randn(n, 8192 + 48)) for n in (576, 7)]
 x = torch.randn(5, 8192 + 48) * 3
-torch.save(kernels.int8_linear(x, [q for q, _ in pairs], [s for _, s in pairs]), sys.argv[1])
+qs, scales = [q for q, _ in pairs], [s for _, s in pairs]
+rows = torch.cat([kernels.int8_linear(x[i:i + 1], qs, scales) for i in range(5)])  # one at a time
+torch.save((kernels.int8_linear(x, qs, scales), rows), sys.argv[1])  # rows in pairs, the odd one alone
 """
 
 
 def test_avx512_vnni_and_avx2_products_are_the_same_numbers(tmp_path):
     """Where the CPU has AVX-512 VNNI the int8 product takes vpdpwssd; its integer sums are exact, so the results
-    must equal the AVX2 path's bit for bit (FOURNIL_KERNELS_VNNI=0 forces that one; both read once per process)."""
+    must equal the AVX2 path's bit for bit (FOURNIL_KERNELS_VNNI=0 forces that one; both read once per process).
+    So must several rows taken two at a time (a prompt's) and the same rows one by one (decoding's)."""
     import os
     import subprocess
     import sys
@@ -133,7 +136,8 @@ def test_avx512_vnni_and_avx2_products_are_the_same_numbers(tmp_path):
         out = tmp_path / f"vnni{vnni}.pt"
         env = {**os.environ, "FOURNIL_KERNELS_VNNI": vnni}
         subprocess.run([sys.executable, "-c", _PRODUCTS, str(out)], check=True, env=env, timeout=300)
-        outs[vnni] = torch.load(out, weights_only=True)
+        outs[vnni], rows = torch.load(out, weights_only=True)
+        assert torch.equal(outs[vnni], rows), vnni
     assert outs["1"].shape == (5, 583) and torch.isfinite(outs["1"]).all()
     assert torch.equal(outs["1"], outs["0"])
 
