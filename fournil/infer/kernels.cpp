@@ -20,12 +20,14 @@
 #include <ATen/Parallel.h>
 #include <immintrin.h>
 #include <omp.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -33,7 +35,7 @@ namespace {
 constexpr int64_t kRows = 4;            // rows per block: they share each load of the activations
 constexpr float kLevels = 16383.f;      // activations -> int16 in [-2^14, 2^14]: an int32 lane holds
 constexpr int64_t kChunk = 4096;        // 2 * kChunk/16 products of 127 * 2^14 without overflow
-constexpr int64_t kAhead = 16384;       // bytes of its next stretch a thread fetches before each barrier
+constexpr int64_t kAhead = 16384;       // bytes of its next stretch a thread fetches while waiting at a barrier
 // How far ahead the second prefetch reaches, in blocks past `next` (blocks of a stretch lie one after another in
 // memory; past a matrix's end the next matrix of the step follows). Why: one block ahead (2.3 KB for a 576-wide
 // matrix, most of SmolLM2's) covers DRAM's latency only while bandwidth is scarce; when this host's memory runs at
@@ -516,6 +518,47 @@ struct Stretch {
   }
 };
 
+// The fused step's barrier (in place of `omp barrier`): arrivals count up, the last one flips the phase the others
+// spin on. Why: a waiting thread fetches the start of its next stretch into L2 meanwhile, and the last to arrive,
+// on whom both wait, fetches nothing and lets go at once; before, every thread fetched those 16 KiB ahead of the
+// barrier, so the last one held both up while its fetches queued: 3-4 % faster a SmolLM2 int8 token with busy memory
+// (interleaved A/B, 13 of 16 and 2 of 2 runs), within the noise with quiet memory. Only for as many threads as CPUs
+// to run them (`fits`): with more, a spinning thread holds a CPU that the one it waits for needs (4 threads on 2 CPUs:
+// 41 tok/s, 5 when yielding at every turn), and libgomp's barrier, which then sleeps, stays (70 tok/s).
+struct alignas(64) SpinBarrier {
+  std::atomic<int> arrived{0};
+  alignas(64) std::atomic<int> phase{0};
+
+  // T threads, each with its own `mine` (0 at first); while waiting, fetch `bytes` from `ahead` (a prefetch never
+  // faults, so one that runs past a small model's last matrix is harmless)
+  void wait(int T, int& mine, const char* ahead = nullptr, int64_t bytes = 0) {
+    mine ^= 1;
+    if (arrived.fetch_add(1, std::memory_order_acq_rel) == T - 1) {
+      arrived.store(0, std::memory_order_relaxed);
+      phase.store(mine, std::memory_order_release);
+      return;
+    }
+    int64_t off = 0;
+    for (int64_t spins = 1; phase.load(std::memory_order_acquire) != mine; ++spins) {
+      if (off < bytes) {
+        _mm_prefetch(ahead + off, _MM_HINT_T1);
+        off += 64;
+        continue;
+      }
+      _mm_pause();
+      if (spins % 4096 == 0) std::this_thread::yield();
+    }
+  }
+
+  static bool fits(int T) {  // T threads have a CPU each
+    static const int cpus = [] {
+      cpu_set_t set;
+      return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+    }();
+    return T <= cpus;
+  }
+};
+
 struct alignas(64) Range {              // a thread's items [front, back), front in the low 32 bits
   std::atomic<uint64_t> v{0};
 };
@@ -815,9 +858,20 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
   const int64_t widest = std::max({dim, H * D, ffn});
 
+  SpinBarrier barrier;
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num(), T = omp_get_num_threads();
+    int phase = 0;  // this thread's side of the barrier
+    const bool spin = SpinBarrier::fits(T);
+    const auto sync = [&](const char* ahead = nullptr, int64_t bytes = 0) {
+      if (spin) {
+        barrier.wait(T, phase, ahead, bytes);
+        return;
+      }
+      for (int64_t off = 0; off < bytes; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T1);
+#pragma omp barrier
+    };
     std::vector<float> x(M * dim), h(M * widest), w(H / Hkv * S), qr(H / Hkv * D);
     std::vector<int32_t> cols(S);
     std::vector<int16_t> xq(M * widest);
@@ -834,11 +888,9 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
       run_stretch(stretches[i], &ranges[i * threads], threads, onward, t, xq.data() + rows_from * K,
                   xs.data() + rows_from, input + rows_from * K, rows < 0 ? M : rows);
       if (i + 1 == stretches.size()) return;  // lm_head: the region's end waits for it
-      // the memory would idle through the barrier (and the attention after q k v): fetch the start of this
-      // thread's next stretch into L2 meanwhile (16 KiB: 4-5 % faster a token, more gained nothing; a prefetch
-      // never faults, so one that runs past a small model's last matrix is harmless)
-      for (int64_t off = 0; off < kAhead; off += 64) _mm_prefetch(onward + off, _MM_HINT_T1);
-#pragma omp barrier
+      // the memory would idle through the barrier (and the attention after q k v): a waiting thread fetches the
+      // start of its next stretch into L2 meanwhile (16 KiB: 4-5 % faster a token, 64 gained nothing)
+      sync(onward, kAhead);
     };
     const auto normed = [&](const at::Tensor& weight) {  // h = rmsnorm(x), ready for the next products
       rms_norm(x.data(), weight.data_ptr<float>(), M, dim, P.eps, h.data());
@@ -855,7 +907,7 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
         rope(buf[1] + m * Hkv * D + g * D, cos + pos[m] * D, sin + pos[m] * D, D, kc + cell);
         std::copy_n(buf[2] + m * Hkv * D + g * D, D, vc + cell);
       }
-#pragma omp barrier
+      sync();
       // a consecutive range of the rows' heads per thread, so that a kv head's queries mostly meet in one thread,
       // which then reads its keys and values once (attend_group): 3 % faster a SmolLM2 token than every other head
       for (int64_t p = M * H * t / T, end = M * H * (t + 1) / T; p < end;) {
@@ -869,7 +921,7 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
                      buf[3] + m * H * D + head * D);
         p += n;
       }
-#pragma omp barrier
+      sync();
       take_input(buf[3], H * D);
       run(4 * l + 1);
       for (int64_t j = 0; j < M * dim; ++j) x[j] += buf[4][j];
