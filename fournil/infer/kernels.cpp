@@ -289,8 +289,8 @@ inline __m256 hsum8(const __m256* a) {
   return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
 }
 
-// softmax over the n scores in w, then their weighted sum of the value rows v + cols[j] * D into out (D)
-void weigh_values(float* w, int64_t n, const int32_t* cols, const float* v, int64_t D, float* out) {
+// softmax over the n scores in w, then their weighted sum of the value rows vr[j] (D each) into out (D)
+void weigh_values(float* w, int64_t n, const float* const* vr, int64_t D, float* out) {
   float top = -INFINITY;
   for (int64_t j = 0; j < n; ++j) top = std::max(top, w[j]);
   const __m256 shift = _mm256_set1_ps(top);
@@ -306,8 +306,8 @@ void weigh_values(float* w, int64_t n, const int32_t* cols, const float* v, int6
   float total = 0.f;
   for (float lane : lanes) total += lane;
   for (; i < n; ++i) total += w[i] = std::exp(w[i] - top);
-  // the weighted sum of the values in registers, 8 lanes of the head cols a time, instead of through `out` per position:
-  // a SmolLM2 token with its matrix products taken out went from 0.80 to 0.78 ms cols 70 positions (12 of 12
+  // the weighted sum of the values in registers, 8 lanes of the head at a time, instead of through `out` per position:
+  // a SmolLM2 token with its matrix products taken out went from 0.80 to 0.78 ms at 70 positions (12 of 12
   // interleaved rounds), and the share grows with the context
   if (D % 8 == 0 && D <= 128) {
     __m256 acc[16];
@@ -315,7 +315,7 @@ void weigh_values(float* w, int64_t n, const int32_t* cols, const float* v, int6
     for (int64_t c = 0; c < C; ++c) acc[c] = _mm256_setzero_ps();
     for (int64_t j = 0; j < n; ++j) {
       const __m256 e = _mm256_set1_ps(w[j]);
-      const float* vs = v + cols[j] * D;
+      const float* vs = vr[j];
       for (int64_t c = 0; c < C; ++c) acc[c] = _mm256_fmadd_ps(e, _mm256_loadu_ps(vs + 8 * c), acc[c]);
     }
     const __m256 inv = _mm256_set1_ps(1.f / total);
@@ -324,23 +324,27 @@ void weigh_values(float* w, int64_t n, const int32_t* cols, const float* v, int6
   }
   std::fill(out, out + D, 0.f);
   for (int64_t j = 0; j < n; ++j) {
-    for (int64_t d = 0; d < D; ++d) out[d] += w[j] * v[cols[j] * D + d];
+    for (int64_t d = 0; d < D; ++d) out[d] += w[j] * vr[j][d];
   }
   for (int64_t d = 0; d < D; ++d) out[d] /= total;
 }
 
 // G query heads (q: G rows of D) that share one kv head, each over the cache positions whose mask is set:
-// softmax(q.k * scale) . v into out (G rows of D). w: G * S scores, cols: S positions of scratch. No position set gives
-// zero rows (callers always set cols least the new token's).
-// Why a group cols once: the keys of 8 positions are read once for all G heads and their 8 dot products reduced
+// softmax(q.k * scale) . v into out (G rows of D). w: G * S scores, kr and vr: S row pointers of scratch. Position
+// `fresh` (if >= 0) reads its key and value from k_fresh and v_fresh instead of the cache (a token's own, which
+// another thread may be storing meanwhile). No position set gives zero rows (callers always set the new token's).
+// Why a group at once: the keys of 8 positions are read once for all G heads and their 8 dot products reduced
 // together, and the values of a block are fetched while its keys are scored: the cache of a 70-token SmolLM2 context
 // comes from DRAM (the token's weights have pushed it out), and per head and position that cost ~230 us of a
 // ~3.3 ms int8 token.
 void attend_group(const float* q, int64_t G, const float* k, const float* v, const bool* mask, int64_t S, int64_t D,
-                  float scale, float* w, int32_t* cols, float* out) {
+                  float scale, float* w, const float** kr, const float** vr, float* out, int64_t fresh = -1,
+                  const float* k_fresh = nullptr, const float* v_fresh = nullptr) {
   int64_t n = 0;
   for (int64_t s = 0; s < S; ++s) {
-    if (mask[s]) cols[n++] = static_cast<int32_t>(s);
+    if (!mask[s]) continue;
+    kr[n] = s == fresh ? k_fresh : k + s * D;
+    vr[n++] = s == fresh ? v_fresh : v + s * D;
   }
   if (n == 0) {
     std::fill(out, out + G * D, 0.f);
@@ -350,11 +354,10 @@ void attend_group(const float* q, int64_t G, const float* k, const float* v, con
   if (D % 8 == 0 && D <= 128) {
     const __m256 vscale = _mm256_set1_ps(scale);
     for (; j + 8 <= n; j += 8) {
-      const float* rows[8];
-      for (int i = 0; i < 8; ++i) rows[i] = k + cols[j + i] * D;
+      const float* const* rows = kr + j;
       for (int i = 0; i < 8; ++i) {  // the next block's keys and this block's values, meanwhile
-        const float* next = k + cols[std::min(n - 1, j + 8 + i)] * D;
-        const float* value = v + cols[j + i] * D;
+        const float* next = kr[std::min(n - 1, j + 8 + i)];
+        const float* value = vr[j + i];
         for (int64_t off = 0; off < D; off += 16) {
           _mm_prefetch(reinterpret_cast<const char*>(next + off), _MM_HINT_T0);
           _mm_prefetch(reinterpret_cast<const char*>(value + off), _MM_HINT_T1);
@@ -373,9 +376,9 @@ void attend_group(const float* q, int64_t G, const float* k, const float* v, con
     }
   }
   for (; j < n; ++j) {
-    for (int64_t g = 0; g < G; ++g) w[g * S + j] = dot(q + g * D, k + cols[j] * D, D) * scale;
+    for (int64_t g = 0; g < G; ++g) w[g * S + j] = dot(q + g * D, kr[j], D) * scale;
   }
-  for (int64_t g = 0; g < G; ++g) weigh_values(w + g * S, n, cols, v, D, out + g * D);
+  for (int64_t g = 0; g < G; ++g) weigh_values(w + g * S, n, vr, D, out + g * D);
 }
 
 }  // namespace
@@ -400,11 +403,11 @@ at::Tensor decode_attention(const at::Tensor& q, const at::Tensor& k, const at::
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 18) / (S * D * G));
   at::parallel_for(0, B * Hkv, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> w(G * S);
-    std::vector<int32_t> cols(S);
+    std::vector<const float*> kr(S), vr(S);
     for (int64_t bh = begin; bh < end; ++bh) {
       const int64_t b = bh / Hkv, head = (bh % Hkv) * G;
       attend_group(qp + (b * H + head) * D, G, kp + bh * S * D, vp + bh * S * D, mp + b * S, S, D,
-                   static_cast<float>(scale), w.data(), cols.data(), op + (b * H + head) * D);
+                   static_cast<float>(scale), w.data(), kr.data(), vr.data(), op + (b * H + head) * D);
     }
   });
   return out.to(q.scalar_type());
@@ -873,7 +876,8 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
 #pragma omp barrier
     };
     std::vector<float> x(M * dim), h(M * widest), w(H / Hkv * S), qr(H / Hkv * D);
-    std::vector<int32_t> cols(S);
+    std::vector<const float*> kr(S), vr(S);
+    std::vector<float> fresh(Hkv * D);  // one row: the new keys (rotated) of the kv heads this thread's heads read
     std::vector<int16_t> xq(M * widest);
     std::vector<float> xs(M);
     const float* input = nullptr;  // the activations the next products take (quantised too for int8)
@@ -902,23 +906,39 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
       float* vc = v_all + l * B * Hkv * S * D;
       normed(P.norms[2 * l]);
       run(4 * l);
-      for (int64_t p = t; p < M * Hkv; p += T) {  // the new keys (rotated) and values into the cache
-        const int64_t m = p / Hkv, g = p % Hkv, cell = ((row[m] * Hkv + g) * S + slot[m]) * D;
-        rope(buf[1] + m * Hkv * D + g * D, cos + pos[m] * D, sin + pos[m] * D, D, kc + cell);
-        std::copy_n(buf[2] + m * Hkv * D + g * D, D, vc + cell);
-      }
-      sync();
       // a consecutive range of the rows' heads per thread, so that a kv head's queries mostly meet in one thread,
       // which then reads its keys and values once (attend_group): 3 % faster a SmolLM2 token than every other head
-      for (int64_t p = M * H * t / T, end = M * H * (t + 1) / T; p < end;) {
-        const int64_t m = p / H, head = p % H, G = H / Hkv, group = head / G;
+      const int64_t G = H / Hkv, first = M * H * t / T, end = M * H * (t + 1) / T;
+      if (M == 1) {
+        // one row: no barrier between storing the new keys and attending. Each thread rotates the new key of every
+        // kv head its heads read into `fresh` and attends with it; the thread holding a kv head's first query head
+        // also stores it (so one thread writes each cell, and no thread reads a cell another is writing)
+        for (int64_t g = first / G; first < end && g * G < end; ++g) {
+          const int64_t cell = ((row[0] * Hkv + g) * S + slot[0]) * D;
+          rope(buf[1] + g * D, cos + pos[0] * D, sin + pos[0] * D, D, fresh.data() + g * D);
+          if (g * G >= first) {
+            std::copy_n(fresh.data() + g * D, D, kc + cell);
+            std::copy_n(buf[2] + g * D, D, vc + cell);
+          }
+        }
+      } else {
+        for (int64_t p = t; p < M * Hkv; p += T) {  // the new keys (rotated) and values into the cache
+          const int64_t m = p / Hkv, g = p % Hkv, cell = ((row[m] * Hkv + g) * S + slot[m]) * D;
+          rope(buf[1] + m * Hkv * D + g * D, cos + pos[m] * D, sin + pos[m] * D, D, kc + cell);
+          std::copy_n(buf[2] + m * Hkv * D + g * D, D, vc + cell);
+        }
+        sync();
+      }
+      for (int64_t p = first; p < end;) {
+        const int64_t m = p / H, head = p % H, group = head / G;
         const int64_t n = std::min(end - p, (group + 1) * G - head);  // this group's heads in the range
         for (int64_t i = 0; i < n; ++i) {
           rope(buf[0] + m * H * D + (head + i) * D, cos + pos[m] * D, sin + pos[m] * D, D, qr.data() + i * D);
         }
         const int64_t kv = (row[m] * Hkv + group) * S * D;
-        attend_group(qr.data(), n, kc + kv, vc + kv, mk + m * S, S, D, scale, w.data(), cols.data(),
-                     buf[3] + m * H * D + head * D);
+        attend_group(qr.data(), n, kc + kv, vc + kv, mk + m * S, S, D, scale, w.data(), kr.data(), vr.data(),
+                     buf[3] + m * H * D + head * D, M == 1 ? slot[0] : -1, fresh.data() + group * D,
+                     buf[2] + m * Hkv * D + group * D);
         p += n;
       }
       sync();
