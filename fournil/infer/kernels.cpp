@@ -626,19 +626,27 @@ void run_item(const Stretch& s, int64_t j, const char* next, const int16_t* xq, 
 // items the fetches ride along with the weight stream: attention 160-190 -> 90-105 us a SmolLM2 int8 token, the
 // token +1.8 % and +2.7 % (16 of 24, 12 of 16 interleaved rounds, busy memory)
 struct Side {
-  static constexpr int kMax = 8, kLines = 12;  // ranges; lines per item
+  static constexpr int kMax = 8;  // ranges
   const char* from[kMax];
   const char* to[kMax];
   int n = 0, at = 0;
+  int64_t lines = 0, per_item = 12;  // lines in all; fetched after each item
 
   void add(const void* begin, const void* end) {
     if (n < kMax && begin < end) {
       from[n] = static_cast<const char*>(begin);
       to[n++] = static_cast<const char*>(end);
+      lines += (to[n - 1] - from[n - 1] + 63) / 64;
     }
   }
+  // spread over `items` items (12 lines each at least: a long context's cache gets more, so that it is all fetched
+  // by the stretch's end)
+  void spread(int64_t items) {
+    items = std::max<int64_t>(1, items);
+    per_item = std::clamp<int64_t>((lines + items - 1) / items, 12, 256);
+  }
   void pump() {
-    for (int lines = kLines; at < n && lines > 0; --lines) {
+    for (int64_t k = per_item; at < n && k > 0; --k) {
       _mm_prefetch(from[at], _MM_HINT_T1);
       from[at] += 64;
       if (from[at] >= to[at]) ++at;
@@ -949,6 +957,7 @@ void run_step(const DecodePlan& P, int64_t M, const int64_t* id, const int64_t* 
           side.add(kc + kv + lo * D, kc + kv + (hi + 1) * D);
           side.add(vc + kv + lo * D, vc + kv + (hi + 1) * D);
         }
+        side.spread(stretches[4 * l].items / T);
       }
       normed(P.norms[2 * l]);
       run(4 * l);
