@@ -524,10 +524,10 @@ struct Stretch {
 // The fused step's barrier (in place of `omp barrier`): arrivals count up, the last one flips the phase the others
 // spin on. Why: a waiting thread fetches the start of its next stretch into L2 meanwhile, and the last to arrive,
 // on whom both wait, fetches nothing and lets go at once; before, every thread fetched those 16 KiB ahead of the
-// barrier, so the last one held both up while its fetches queued: 3-4 % faster a SmolLM2 int8 token with busy memory
-// (interleaved A/B, 13 of 16 and 2 of 2 runs), within the noise with quiet memory. Only for as many threads as CPUs
-// to run them (`fits`): with more, a spinning thread holds a CPU that the one it waits for needs (4 threads on 2 CPUs:
-// 41 tok/s, 5 when yielding at every turn), and libgomp's barrier, which then sleeps, stays (70 tok/s).
+// barrier, so the last one held both up while its fetches queued: +4.6 % a SmolLM2 int8 token (interleaved A/B,
+// median of 20 rounds, 15 won, busy and quiet memory alike). Only for as many threads as CPUs to run them (`fits`):
+// with more, a spinning thread holds a CPU that the one it waits for needs (4 threads on 2 CPUs: 41 tok/s, 5 when
+// yielding at every turn), and libgomp's barrier, which then sleeps, stays (125-129 tok/s).
 struct alignas(64) SpinBarrier {
   std::atomic<int> arrived{0};
   alignas(64) std::atomic<int> phase{0};
