@@ -13,6 +13,18 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: demo test test-fast lint bench install clean
 
+# llama-cpp-python compiles llama.cpp on install, by default for this CPU (-march=native). On a CPU that reports AMX
+# under an OS or VM that does not grant its tile state, that build dies with SIGILL (`tilezero`, seen here on an Intel
+# Xeon VM in every q8_0 prompt): build for the SIMD levels this CPU reports, AMX left out
+CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
+# each llama.cpp option : the /proc/cpuinfo flag it needs
+GGML_SIMD := AVX:avx AVX2:avx2 FMA:fma F16C:f16c BMI2:bmi2 AVX512:avx512f AVX512_VBMI:avx512vbmi \
+  AVX512_VNNI:avx512_vnni AVX512_BF16:avx512_bf16 AVX_VNNI:avx_vnni
+ifeq ($(shell uname -m),x86_64)
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+  $(foreach p,$(GGML_SIMD),-DGGML_$(word 1,$(subst :, ,$(p)))=$(if $(filter $(word 2,$(subst :, ,$(p))),$(CPU_FLAGS)),ON,OFF))
+endif
+
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
