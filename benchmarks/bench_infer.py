@@ -2,8 +2,10 @@
 `generate`, vs llama.cpp at equal bits (float32 vs f32 GGUF, our int8 vs q8_0), and vs the memory-bandwidth
 bound (weight bytes read per token ÷ the machine's measured read bandwidth). Tokens/s, higher is better.
 
-Each side generates the same number of new tokens after the same short prompt, end of sequence ignored; the
-prompt's prefill is included on both sides (it is 6 tokens against 64 decoded). An int8 model, and a float32
+Each side generates the same number of new tokens after the same short prompt, end of sequence ignored, and is
+timed two ways in the same run: decode (from the first new token to the last, 63 steps: what llama-bench's "tg"
+and a server's time per output token measure, and what the bandwidth bound describes, one pass over the weights
+a token) and end to end (the call, the 6-token prompt's prefill included). An int8 model, and a float32
 one under `--compile`, decode through the fused step (fournil.infer.fused, no compile); "one operator at a
 time" is the same int8 kernels called per matrix, and "through inductor" the torch.compile graph
 (fournil.infer.compiled) that bfloat16 models get, its one-time compile done before timing, as llama.cpp's
@@ -28,18 +30,43 @@ THREADS = min(4, os.cpu_count() or 1)
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
-def _best_interleaved(runs: dict, rounds: int = 3) -> dict[str, float]:
-    """Fastest of `rounds` runs of each, in seconds, taking turns: the host's memory bandwidth drifts from
-    minute to minute, and each side should meet the same drift."""
+class Marks:
+    """When a run's first and last new tokens arrived (perf_counter seconds); a run calls `token()` on each."""
+
+    def __init__(self):
+        self.first = self.last = None
+        self.count = 0
+
+    def token(self) -> None:
+        self.last = time.perf_counter()
+        if self.first is None:
+            self.first = self.last
+        self.count += 1
+
+    def decode_seconds(self) -> float:
+        """Seconds a token over the steps after the first (each one model call on one new token)."""
+        if self.count < 2:
+            raise RuntimeError(f"a run produced {self.count} tokens; the decode time needs at least 2")
+        return (self.last - self.first) / (self.count - 1)
+
+
+def _best_interleaved(runs: dict, rounds: int = 3) -> tuple[dict[str, float], dict[str, float]]:
+    """Fastest of `rounds` runs of each, taking turns (the host's memory bandwidth drifts from minute to minute,
+    and each side should meet the same drift): seconds a call, and, for runs that mark their tokens (each `fn`
+    takes a Marks), seconds a decode step."""
     for fn in runs.values():
-        fn()  # warm-up: allocations, thread pools, page cache
+        fn(Marks())  # warm-up: allocations, thread pools, page cache
     best = dict.fromkeys(runs, float("inf"))
+    step: dict[str, float] = {}
     for _ in range(rounds):
         for name, fn in runs.items():
+            marks = Marks()
             start = time.perf_counter()
-            fn()
+            fn(marks)
             best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            if marks.count:
+                step[name] = min(step.get(name, float("inf")), marks.decode_seconds())
+    return best, step
 
 
 class _Sum256MiB:
@@ -59,7 +86,7 @@ class _Sum256MiB:
         self.big.fill_(1.0)
         self.passes = 1
 
-    def __call__(self) -> None:
+    def __call__(self, marks: Marks | None = None) -> None:
         for _ in range(self.passes):
             self.big.sum()
 
@@ -94,8 +121,9 @@ def _run(work: Path) -> list[dict]:
 
     from fournil.infer.compiled import compiled_decoder
     from fournil.infer.config import SamplingConfig
-    from fournil.infer.generate import Engine
+    from fournil.infer.generate import Engine, decode_steps
     from fournil.infer.gguf_io import export_gguf, import_gguf
+    from fournil.infer.prompt import StreamDecoder
     from fournil.infer.quantize import quantize
 
     torch.set_num_threads(THREADS)
@@ -116,42 +144,66 @@ def _run(work: Path) -> list[dict]:
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     hf_ids = torch.tensor([ids])
 
-    def hf_generate():
+    class Streamer:  # transformers' streamer protocol: put() gets the prompt first, then each new token
+        def __init__(self, marks: Marks):
+            self.marks, self.prompt = marks, True
+
+        def put(self, value) -> None:
+            if not self.prompt:
+                self.marks.token()
+            self.prompt = False
+
+        def end(self) -> None:
+            pass
+
+    def hf_generate(marks: Marks):
         with torch.inference_mode():
             hf.generate(hf_ids, attention_mask=torch.ones_like(hf_ids), max_new_tokens=NEW_TOKENS,
-                        min_new_tokens=NEW_TOKENS, do_sample=False)
+                        min_new_tokens=NEW_TOKENS, do_sample=False, streamer=Streamer(marks))
 
     def llama_cpp(path: Path):
         model = LlamaCpp(str(path), verbose=False, n_threads=THREADS, n_ctx=256)
 
-        def generate():
+        def generate(marks: Marks):
             for n, _ in enumerate(model.generate(ids, temp=0.0, top_k=1, reset=True), 1):
+                marks.token()
                 if n == NEW_TOKENS:
                     break
         return generate
 
+    def engine(ours: Engine):
+        """What Engine.complete does for one prompt (decode_steps, then text as tokens arrive), marking tokens."""
+        def generate(marks: Marks):
+            text = StreamDecoder(ours.tokenizer, sampling.stop)
+            for tokens, _ in decode_steps(ours.model, [ids], sampling, frozenset(), ours.tokenizer.pad_id,
+                                          ours.compiled):
+                text.push(tokens[0])
+                marks.token()
+        return generate
+
     runs = {
-        "ours_fp32": lambda: ours.complete([ids], sampling),
-        "ours_fp32_fused": lambda: ours_fast.complete([ids], sampling),
-        "ours_fp32_inductor": lambda: ours_inductor.complete([ids], sampling),
+        "ours_fp32": engine(ours),
+        "ours_fp32_fused": engine(ours_fast),
+        "ours_fp32_inductor": engine(ours_inductor),
         "transformers_fp32": hf_generate,
         "llama_cpp_f32": llama_cpp(f32_gguf),
-        "ours_int8": lambda: ours_int8.complete([ids], sampling),
-        "ours_int8_ops": lambda: ours_int8_ops.complete([ids], sampling),
+        "ours_int8": engine(ours_int8),
+        "ours_int8_ops": engine(ours_int8_ops),
         "llama_cpp_q8_0": llama_cpp(q8_gguf),
         "bandwidth": _Sum256MiB(huge_pages=False),
         "bandwidth_huge_pages": _Sum256MiB(huge_pages=True),
     }
     # as many passes as make a run last as long as an int8 decode run (the bound's denominator)
-    one = _best_interleaved({"decode": runs["ours_int8"], "sum": runs["bandwidth_huge_pages"]}, rounds=2)
+    one, _ = _best_interleaved({"decode": runs["ours_int8"], "sum": runs["bandwidth_huge_pages"]}, rounds=2)
     for name in ("bandwidth", "bandwidth_huge_pages"):
         runs[name].passes = max(1, round(one["decode"] / one["sum"]))
-    best = _best_interleaved(runs)
-    rate = {name: NEW_TOKENS / seconds for name, seconds in best.items() if not name.startswith("bandwidth")}
+    best, step = _best_interleaved(runs)
+    decode = {name: 1 / seconds for name, seconds in step.items()}  # tok/s over the steps after the first
+    end_to_end = {name: NEW_TOKENS / seconds for name, seconds in best.items() if name in step}
     bandwidth = max(runs[name].bytes / best[name] for name in ("bandwidth", "bandwidth_huge_pages"))
     bound_fp32 = bandwidth / bytes_per_token(ours_fast.model)
     bound_int8 = bandwidth / bytes_per_token(ours_int8.model)
-    rows = [  # (what, ours, anchor) in tok/s
+    rows = [  # (what, ours, anchor): decode tok/s
         (f"SmolLM2-135M eager fp32 vs transformers ({THREADS} thr)", "ours_fp32", "transformers_fp32"),
         ("fp32 --compile (fused step) vs transformers fp32", "ours_fp32_fused", "transformers_fp32"),
         ("fp32 through inductor vs transformers fp32", "ours_fp32_inductor", "transformers_fp32"),
@@ -165,9 +217,18 @@ def _run(work: Path) -> list[dict]:
         ("int8 (fused step) vs bandwidth bound", "ours_int8", bound_int8),
         ("llama.cpp q8_0 vs bandwidth bound (reference)", "llama_cpp_q8_0", bound_int8),
     ]
-    return [{"name": f"infer decode b=1 {what}", "ours": rate[ours],
-             "anchor": rate[anchor] if isinstance(anchor, str) else anchor, "unit": "tok/s"}
-            for what, ours, anchor in rows]
+    totals = [  # the same runs end to end (call to return, prefill included): tok/s = 64 / seconds a call
+        ("int8 (fused step) vs transformers fp32", "ours_int8", "transformers_fp32"),
+        ("int8 (fused step) vs llama.cpp q8_0", "ours_int8", "llama_cpp_q8_0"),
+        ("fp32 --compile (fused step) vs llama.cpp f32", "ours_fp32_fused", "llama_cpp_f32"),
+        ("int8 (fused step) vs bandwidth bound", "ours_int8", bound_int8),
+    ]
+    out = []
+    for label, table, lines in (("decode", decode, rows), ("end-to-end", end_to_end, totals)):
+        out += [{"name": f"infer {label} b=1 {what}", "ours": table[ours],
+                 "anchor": table[anchor] if isinstance(anchor, str) else anchor, "unit": "tok/s"}
+                for what, ours, anchor in lines]
+    return out
 
 
 if __name__ == "__main__":
