@@ -14,8 +14,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 .PHONY: demo test test-fast lint bench install clean
 
 # llama-cpp-python compiles llama.cpp on install, by default for this CPU (-march=native). On a CPU that reports AMX
-# under an OS or VM that does not grant its tile state, that build dies with SIGILL (`tilezero`, seen here on an Intel
-# Xeon VM in every q8_0 prompt): build for the SIMD levels this CPU reports, AMX left out
+# under an OS or VM that does not grant its tile state, that build dies with SIGILL (`tilezero` in
+# ggml_backend_amx_mul_mat, seen here on an Intel Xeon VM in the llama.cpp tests and the infer benchmark; a one-token
+# prompt ran): build for the SIMD levels this CPU reports, AMX left out
 CPU_FLAGS := $(shell grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)
 # each llama.cpp option : the /proc/cpuinfo flag it needs
 GGML_SIMD := AVX:avx AVX2:avx2 FMA:fma F16C:f16c BMI2:bmi2 AVX512:avx512f AVX512_VBMI:avx512vbmi \
