@@ -9,10 +9,15 @@ a token) and end to end (the call, the 6-token prompt's prefill included). An in
 one under `--compile`, decode through the fused step (fournil.infer.fused, no compile); "one operator at a
 time" is the same int8 kernels called per matrix, and "through inductor" the torch.compile graph
 (fournil.infer.compiled) that bfloat16 models get, its one-time compile done before timing, as llama.cpp's
-model load is. Every side, and the bandwidth measurement, take turns for
-three rounds; each keeps its fastest. The bandwidth is read over as long as an int8 decode run lasts (several
-passes over 256 MiB): this host's bandwidth swings between ~20 and ~65 GB/s from one second to the next, and a
-single 4-10 ms pass can catch a quiet moment that a 0.3 s decode run never has to itself.
+model load is. Every side, and the bandwidth probes, take turns for three rounds; each keeps its fastest.
+
+The bound of a model is its weight bytes read a token ÷ the fastest of three readers (torch.sum, a plain
+streaming read, and fournil::read_bytes walking rows as the int8 step does, with its prefetches but no
+arithmetic) over a buffer of the same size, so that the probe is served by the level of the memory hierarchy
+that serves the weights, and reads at least as fast as the step could. Each probe reads for as long as its
+model's decode run lasts (this host's bandwidth drifts from one second to the next). SmolLM2's 136 MB of int8
+weights fit a large L3 (300 MiB on the Intel host of session 11); a CroissantLLM-1.3B-shaped int8 model (random
+weights, 1.28 GB) decodes beside it, so that one bound row always measures DRAM.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 NEW_TOKENS = 64
 PROMPT = "The capital of France is"
 THREADS = min(4, os.cpu_count() or 1)
+READERS = ("torch.sum", "plain", "rows")
 # torch's large tensors on 2 MiB pages, as `fournil generate|chat|translate|serve` ask (fournil/infer/cli.py);
 # read at torch's first allocation, so it holds when this benchmark is the first to use torch in the process
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
@@ -69,30 +75,53 @@ def _best_interleaved(runs: dict, rounds: int = 3) -> tuple[dict[str, float], di
     return best, step
 
 
-class _Sum256MiB:
-    """Sums over 256 MiB of float32 (far beyond the caches): the machine's read bandwidth, with our threads. The
-    fused int8 step reads its weights from 2 MiB pages; the bound takes the faster of both page sizes. `passes`
-    sums make one run, so that it lasts as long as the decode runs it is compared with."""
+def _buffer(nbytes: int):
+    """`nbytes` of ones on 2 MiB pages (as the fused step keeps its weights; fournil.infer.fused)."""
+    import mmap
 
-    def __init__(self, huge_pages: bool):
-        import mmap
+    import torch
 
+    region = mmap.mmap(-1, nbytes - nbytes % 4, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_HUGEPAGE"):
+        region.madvise(mmap.MADV_HUGEPAGE)
+    buffer = torch.frombuffer(region, dtype=torch.uint8)
+    buffer.fill_(1)
+    return buffer
+
+
+class _Read:
+    """Passes over a buffer by one reader: "torch.sum" (as float32), "plain" (fournil::read_bytes, one stream a
+    thread) or "rows" (fournil::read_bytes with the int8 step's access pattern over rows of `row_bytes`). `passes`
+    passes make one run, so that it lasts as long as the decode runs it is compared with (this host's bandwidth
+    drifts from second to second)."""
+
+    def __init__(self, buffer, how: str, row_bytes: int = 0):
         import torch
 
-        region = mmap.mmap(-1, 256 * 2**20, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        if huge_pages and hasattr(mmap, "MADV_HUGEPAGE"):
-            region.madvise(mmap.MADV_HUGEPAGE)
-        self.big = torch.frombuffer(region, dtype=torch.float32)
-        self.big.fill_(1.0)
-        self.passes = 1
+        self.buffer, self.how, self.row_bytes, self.passes = buffer, how, row_bytes, 1
+        self.floats = buffer.view(torch.float32)
 
     def __call__(self, marks: Marks | None = None) -> None:
+        from fournil.infer import kernels
+
         for _ in range(self.passes):
-            self.big.sum()
+            if self.how == "torch.sum":
+                self.floats.sum()
+            else:
+                kernels.read_bytes(self.buffer, self.row_bytes if self.how == "rows" else 0)
 
     @property
     def bytes(self) -> int:
-        return self.big.numel() * self.big.element_size() * self.passes
+        return self.buffer.numel() * self.passes
+
+
+def readers(nbytes: int, row_bytes: int) -> dict[str, _Read]:
+    """The bound's probes for weights of `nbytes`: a buffer of the same size, so that it is served by the same
+    level of the memory hierarchy as the weights are (SmolLM2's 136 MB of int8 weights fit a 300 MiB L3, a 1.3B
+    model's do not), read three ways; the bound takes the fastest. Why not one large buffer: on such a host
+    DRAM's bandwidth is not what a step whose weights sit in L3 could reach."""
+    buffer = _buffer(nbytes)
+    return {how: _Read(buffer, how, row_bytes) for how in READERS}
 
 
 def bytes_per_token(model) -> int:
@@ -108,6 +137,21 @@ def bytes_per_token(model) -> int:
     return total
 
 
+def _big_int8(work: Path):
+    """A CroissantLLM-1.3B-shaped Llama (recipes/croissant-1.3b.yaml, random weights: speed does not depend on
+    them), quantised to int8 as `fournil quantize --bits 8` does: 1.28 GB read a token, more than any L3 here."""
+    import torch
+
+    from fournil.infer.quantize import load_quantized, quantize
+    from fournil.model.hf import save_model
+    from fournil.model.llama import Llama
+    from fournil.recipe import load_recipe
+
+    torch.manual_seed(0)
+    save_model(Llama(load_recipe("croissant-1.3b").model), work / "big", dtype="bfloat16")
+    return load_quantized(quantize(work / "big", work / "big-int8", 8))
+
+
 def run() -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="bench-infer-") as work:  # models and GGUFs: 1.4 GB a run, not kept
         return _run(Path(work))
@@ -121,6 +165,7 @@ def _run(work: Path) -> list[dict]:
 
     from fournil.infer.compiled import compiled_decoder
     from fournil.infer.config import SamplingConfig
+    from fournil.infer.fused import fused_decoder
     from fournil.infer.generate import Engine, decode_steps
     from fournil.infer.gguf_io import export_gguf, import_gguf
     from fournil.infer.prompt import StreamDecoder
@@ -181,6 +226,13 @@ def _run(work: Path) -> list[dict]:
                 marks.token()
         return generate
 
+    big = _big_int8(work)  # weights larger than this host's caches
+    big_ids, big_fused = [i % big.config.vocab_size for i in ids], fused_decoder(big)
+
+    def big_decode(marks: Marks):
+        for _ in decode_steps(big, [big_ids], sampling, frozenset(), 0, big_fused):
+            marks.token()
+
     runs = {
         "ours_fp32": engine(ours),
         "ours_fp32_fused": engine(ours_fast),
@@ -190,19 +242,32 @@ def _run(work: Path) -> list[dict]:
         "ours_int8": engine(ours_int8),
         "ours_int8_ops": engine(ours_int8_ops),
         "llama_cpp_q8_0": llama_cpp(q8_gguf),
-        "bandwidth": _Sum256MiB(huge_pages=False),
-        "bandwidth_huge_pages": _Sum256MiB(huge_pages=True),
+        "ours_int8_big": big_decode,
     }
-    # as many passes as make a run last as long as an int8 decode run (the bound's denominator)
-    one, _ = _best_interleaved({"decode": runs["ours_int8"], "sum": runs["bandwidth_huge_pages"]}, rounds=2)
-    for name in ("bandwidth", "bandwidth_huge_pages"):
-        runs[name].passes = max(1, round(one["decode"] / one["sum"]))
+    # each bound's probes read a buffer the size of its model's weights, each for as many passes as make a run
+    # last as long as that model's decode run
+    dim = ours.model.config.dim
+    weights = {"ours_int8": (bytes_per_token(ours_int8.model), dim),
+               "ours_fp32_fused": (bytes_per_token(ours_fast.model), 4 * dim),
+               "ours_int8_big": (bytes_per_token(big), big.config.dim)}
+    probes = {}
+    for name, (nbytes, row_bytes) in weights.items():
+        probe = readers(nbytes, row_bytes)
+        one, _ = _best_interleaved({name: runs[name], **probe}, rounds=1)
+        for how, reader in probe.items():
+            reader.passes = max(1, round(one[name] / one[how]))
+            runs[f"read {how} ({name})"] = probes[name, how] = reader
     best, step = _best_interleaved(runs)
     decode = {name: 1 / seconds for name, seconds in step.items()}  # tok/s over the steps after the first
     end_to_end = {name: NEW_TOKENS / seconds for name, seconds in best.items() if name in step}
-    bandwidth = max(runs[name].bytes / best[name] for name in ("bandwidth", "bandwidth_huge_pages"))
-    bound_fp32 = bandwidth / bytes_per_token(ours_fast.model)
-    bound_int8 = bandwidth / bytes_per_token(ours_int8.model)
+    bandwidth = {name: max(probes[name, how].bytes / best[f"read {how} ({name})"] for how in READERS)
+                 for name in weights}
+    bound = {name: bandwidth[name] / nbytes for name, (nbytes, _) in weights.items()}
+    for (name, how), reader in probes.items():
+        print(f"bound probe for {name}: {how} reads {reader.bytes / best[f'read {how} ({name})'] / 1e9:.1f} GB/s",
+              flush=True)
+    mb = {name: nbytes / 1e6 for name, (nbytes, _) in weights.items()}
+    g = {name: bandwidth[name] / 1e9 for name in weights}
     rows = [  # (what, ours, anchor): decode tok/s
         (f"SmolLM2-135M eager fp32 vs transformers ({THREADS} thr)", "ours_fp32", "transformers_fp32"),
         ("fp32 --compile (fused step) vs transformers fp32", "ours_fp32_fused", "transformers_fp32"),
@@ -213,15 +278,20 @@ def _run(work: Path) -> list[dict]:
         ("fp32 through inductor vs llama.cpp f32", "ours_fp32_inductor", "llama_cpp_f32"),
         ("int8 (fused step) vs llama.cpp q8_0", "ours_int8", "llama_cpp_q8_0"),
         ("int8 one operator at a time vs llama.cpp q8_0", "ours_int8_ops", "llama_cpp_q8_0"),
-        (f"fp32 --compile (fused) vs bandwidth bound ({bandwidth / 1e9:.0f} GB/s)", "ours_fp32_fused", bound_fp32),
-        ("int8 (fused step) vs bandwidth bound", "ours_int8", bound_int8),
-        ("llama.cpp q8_0 vs bandwidth bound (reference)", "llama_cpp_q8_0", bound_int8),
+        (f"fp32 --compile (fused) vs bandwidth bound ({mb['ours_fp32_fused']:.0f} MB read at "
+         f"{g['ours_fp32_fused']:.0f} GB/s)", "ours_fp32_fused", bound["ours_fp32_fused"]),
+        (f"int8 (fused step) vs bandwidth bound ({mb['ours_int8']:.0f} MB at {g['ours_int8']:.0f} GB/s)",
+         "ours_int8", bound["ours_int8"]),
+        ("llama.cpp q8_0 vs bandwidth bound (reference)", "llama_cpp_q8_0", bound["ours_int8"]),
+        (f"CroissantLLM-1.3B shape int8 (fused) vs bound ({mb['ours_int8_big']:.0f} MB at "
+         f"{g['ours_int8_big']:.0f} GB/s)", "ours_int8_big", bound["ours_int8_big"]),
     ]
     totals = [  # the same runs end to end (call to return, prefill included): tok/s = 64 / seconds a call
         ("int8 (fused step) vs transformers fp32", "ours_int8", "transformers_fp32"),
         ("int8 (fused step) vs llama.cpp q8_0", "ours_int8", "llama_cpp_q8_0"),
         ("fp32 --compile (fused step) vs llama.cpp f32", "ours_fp32_fused", "llama_cpp_f32"),
-        ("int8 (fused step) vs bandwidth bound", "ours_int8", bound_int8),
+        ("int8 (fused step) vs bandwidth bound", "ours_int8", bound["ours_int8"]),
+        ("CroissantLLM-1.3B shape int8 (fused) vs bound", "ours_int8_big", bound["ours_int8_big"]),
     ]
     out = []
     for label, table, lines in (("decode", decode, rows), ("end-to-end", end_to_end, totals)):

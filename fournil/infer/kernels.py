@@ -1,6 +1,6 @@
 """fournil's own CPU decode kernels (kernels.cpp): an int8 matrix-vector product, one-query attention, a whole
-decode step (`fournil::decode_step` with its `DecodePlan`, used by fournil.infer.fused), and greedy decoding's
-argmax.
+decode step (`fournil::decode_step` with its `DecodePlan`, used by fournil.infer.fused), greedy decoding's
+argmax, and a reader for the benchmark's bandwidth bound.
 
 Why: at batch 1 decoding is bound by how fast the weights stream from memory. ATen's and inductor's int8
 weight-only kernels reach 7-12 GB/s here, about half of what the machine reads (23-30 GB/s); this one reaches
@@ -113,3 +113,10 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and available():
         return torch.ops.fournil.argmax_rows(logits.contiguous())
     return logits.argmax(-1)
+
+
+def read_bytes(x: torch.Tensor, row_bytes: int = 0) -> int:
+    """The sum of x's bytes, read by torch's threads: as two plain streams (row_bytes 0), or with the int8 step's
+    access pattern over rows of row_bytes (4 rows at once, its prefetches). The bandwidth bound's probes
+    (benchmarks/bench_infer.py): reading, nothing else, at least as fast as a decode step can; `available()` first."""
+    return torch.ops.fournil.read_bytes(x.contiguous(), row_bytes)
