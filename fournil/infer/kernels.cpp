@@ -16,7 +16,7 @@
 // fournil::decode_token(plan, id, position, slot, mask, k_cache, v_cache, logits) -> argmax: batch 1's step, ints in.
 // fournil::argmax_rows(x (M, V) float32) -> (M,) int64: torch.argmax(x, -1), the same index on ties and NaN.
 // fournil::read_bytes(x, row_bytes) -> int64: the sum of x's bytes (unsigned), read by at::get_num_threads() threads
-//   either as two plain streams (row_bytes 0) or as the int8 step reads its matrices (rows of row_bytes, 4 at once,
+//   either as one plain stream a thread (row_bytes 0) or as the int8 step reads its matrices (rows of row_bytes, 4 at once,
 //   the same prefetches): the bandwidth bound's probes (benchmarks/bench_infer.py).
 
 #include <torch/extension.h>

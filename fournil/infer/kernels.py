@@ -116,7 +116,7 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
 
 
 def read_bytes(x: torch.Tensor, row_bytes: int = 0) -> int:
-    """The sum of x's bytes, read by torch's threads: as two plain streams (row_bytes 0), or with the int8 step's
+    """The sum of x's bytes, read by torch's threads: as one plain stream a thread (row_bytes 0), or with the int8 step's
     access pattern over rows of row_bytes (4 rows at once, its prefetches). The bandwidth bound's probes
     (benchmarks/bench_infer.py): reading, nothing else, at least as fast as a decode step can; `available()` first."""
     return torch.ops.fournil.read_bytes(x.contiguous(), row_bytes)
