@@ -260,12 +260,11 @@ def _run(work: Path) -> list[dict]:
     best, step = _best_interleaved(runs)
     decode = {name: 1 / seconds for name, seconds in step.items()}  # tok/s over the steps after the first
     end_to_end = {name: NEW_TOKENS / seconds for name, seconds in best.items() if name in step}
-    bandwidth = {name: max(probes[name, how].bytes / best[f"read {how} ({name})"] for how in READERS)
-                 for name in weights}
+    read = {(name, how): reader.bytes / best[f"read {how} ({name})"] for (name, how), reader in probes.items()}
+    for (name, how), rate in read.items():
+        print(f"bound probe for {name}: {how} reads {rate / 1e9:.1f} GB/s", flush=True)
+    bandwidth = {name: max(read[name, how] for how in READERS) for name in weights}
     bound = {name: bandwidth[name] / nbytes for name, (nbytes, _) in weights.items()}
-    for (name, how), reader in probes.items():
-        print(f"bound probe for {name}: {how} reads {reader.bytes / best[f'read {how} ({name})'] / 1e9:.1f} GB/s",
-              flush=True)
     mb = {name: nbytes / 1e6 for name, (nbytes, _) in weights.items()}
     g = {name: bandwidth[name] / 1e9 for name in weights}
     rows = [  # (what, ours, anchor): decode tok/s
