@@ -128,7 +128,9 @@ def test_train_survives_ten_random_sigkills_bit_for_bit(shards, tmp_path):
         reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
         zygote.start(shards, reference)
         assert zygote.status() == 0
-        kills = sorted(rng.sample(range(1, LONG["train.steps"]), 10))
+        # Targets stop two steps short of the end: a kill lands inside step target+1 at the latest, so the child
+        # can never have finished on its own first (a fast host ran the last steps inside a fixed sleep before).
+        kills = sorted(rng.sample(range(1, LONG["train.steps"] - 1), 10))
         in_checkpoint = set(rng.sample(range(10), 3))
         hits = 0
         for i, step in enumerate(kills):
@@ -140,10 +142,16 @@ def test_train_survives_ten_random_sigkills_bit_for_bit(shards, tmp_path):
                     if in_progress_checkpoints(interrupted, step, started):
                         break
                 elif last_step(interrupted) >= step:
-                    time.sleep(rng.uniform(0, 0.15))  # anywhere inside the step that follows
+                    wake = time.time() + rng.uniform(0, 0.15)  # anywhere inside the step that follows...
+                    while time.time() < wake and last_step(interrupted) <= step:  # ...but not past its end
+                        time.sleep(0.001)
                     break
                 time.sleep(0.001)
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pytest.fail(f"seed {SEED}: the child ended by itself (wait status {zygote.status()}) before the kill "
+                            f"aimed at step {step}; kills {kills}")
             status = zygote.status()
             assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"seed {SEED}: {kills}"
             if i in in_checkpoint and in_progress_checkpoints(interrupted, step, started):
