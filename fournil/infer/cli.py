@@ -212,10 +212,20 @@ def cmd_translate(args: argparse.Namespace) -> None:
     if not args.files:
         lines = sys.stdin.read().splitlines()
     engine = _engine(args)
-    for line in translate_lines(engine, lines, args.source, args.target, sampling, chat=args.chat,
-                                batch_size=args.batch_size):
+    failed = 0  # lines with text whose output is empty or the source copied: the model did not translate them
+    outputs = translate_lines(engine, lines, args.source, args.target, sampling, chat=args.chat,
+                              batch_size=args.batch_size)
+    for number, (source, line) in enumerate(zip(lines, outputs, strict=True), 1):
+        if source.strip() and (not line or line == source.strip()):
+            failed += 1
+            log.warning("line %d: %s", number, "no translation (empty output)" if not line else "output copies the source")
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
+    if failed:
+        given = sum(1 for source in lines if source.strip())
+        log.warning("%d of %d lines were not translated: this model does not translate %s→%s reliably%s", failed,
+                    given, args.source, args.target,
+                    "" if args.chat else " (a chat model translates better with --chat)")
 
 
 def cmd_serve(args: argparse.Namespace) -> None:

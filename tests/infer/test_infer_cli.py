@@ -57,6 +57,23 @@ def test_translate_one_line_out_per_line_in(tiny_dir, capsys, monkeypatch, tmp_p
     assert code == 0 and len(out.splitlines()) == 1
 
 
+def test_translate_warns_when_nothing_is_translated(tiny_dir, capsys, monkeypatch):
+    """A model that cannot translate must say so, not print blank lines silently."""
+    line = "The bread is warm."
+    monkeypatch.setattr("sys.stdin", io.StringIO(line + "\n"))
+    code, out, _ = run(capsys, "translate", str(tiny_dir), "--from", "en", "--to", "fr", "--max-tokens", "4", "-q")
+    greedy = out.strip()
+    assert code == 0 and greedy
+    # stopping at the greedy text itself leaves an empty translation, deterministically
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{line}\n\n{line}\n"))
+    code, out, err = run(capsys, "translate", str(tiny_dir), "--from", "en", "--to", "fr", "--max-tokens", "4",
+                         "--stop", greedy, "-q")
+    assert code == 0 and out == "\n\n\n"
+    err = " ".join(err.split())
+    assert "line 1: no translation (empty output)" in err and "line 3: no translation (empty output)" in err
+    assert "line 2:" not in err and "2 of 2 lines were not translated" in err
+
+
 def test_few_shot_prompt_layout():
     from fournil.infer.translate import few_shot_prompt
 
