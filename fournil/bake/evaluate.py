@@ -83,7 +83,8 @@ def benchmark_tasks(recipe, model_dir: Path, out: Path) -> dict[str, dict]:
 
     e = recipe.eval
     data = Path(e.data)
-    if not data.is_dir():
+    fixtures = not data.is_dir()
+    if fixtures:
         data = out.parent / "data"
         if not data.is_dir():
             tmp = out.parent / ".tmp-data"
@@ -93,8 +94,9 @@ def benchmark_tasks(recipe, model_dir: Path, out: Path) -> dict[str, dict]:
             tmp.rename(data)
     rows = run(model_dir, resolve_tasks(e.tasks), data, out, num_fewshot=e.num_fewshot, limit=e.limit, seed=e.seed,
                batch_size=e.batch_size, batch_tokens=e.batch_tokens, max_gen_tokens=e.max_gen_tokens, chat=e.chat)
-    return {row["task"]: {"language": row["language"], "n": row["n"], **{k: v for k, v in row["metrics"].items()
-                                                                       if isinstance(v, int | float)}}
+    return {row["task"]: {"language": row["language"], "n": row["n"],
+                          "fixture": fixtures and not row["task"].startswith("translation"),
+                          **{k: v for k, v in row["metrics"].items() if isinstance(v, int | float)}}
             for row in rows}
 
 

@@ -110,7 +110,6 @@ def _eval(recipe, out: Path) -> None:
 
 
 def _export(recipe, out: Path) -> None:
-    from fournil.bake.report import write_report
     from fournil.infer.gguf_io import export_gguf
 
     model = out / "model"
@@ -120,7 +119,6 @@ def _export(recipe, out: Path) -> None:
     shutil.rmtree(model, ignore_errors=True)
     tmp.rename(model)
     export_gguf(model, out / "model-q8_0.gguf", qtype="q8_0")
-    write_report(recipe, out)
 
 
 PIPELINE = [
@@ -155,7 +153,7 @@ def bake(recipe, out: str | Path, force: str | None = None, only: str | None = N
     if force is not None:
         for name in STEPS[STEPS.index(force):]:
             (markers / f"{name}.json").unlink(missing_ok=True)
-    outcome, upstream, started = {}, "", time.perf_counter()
+    outcome, upstream, started, ran = {}, "", time.perf_counter(), {}
     for i, step in enumerate(PIPELINE, 1):
         inputs = artifacts.sha256_json({"reads": _plain(step.reads(recipe), to_dict), "upstream": upstream,
                                         "recipe_name": recipe.name})
@@ -166,7 +164,8 @@ def bake(recipe, out: str | Path, force: str | None = None, only: str | None = N
             outcome[step.name] = "skipped"
         else:
             marker_path.unlink(missing_ok=True)
-            log.info("[%d/%d] %s …", i, len(PIPELINE), step.name)
+            log.info("[%d/%d] %s …  %s", i, len(PIPELINE), step.name,
+                     _eta(time.perf_counter() - started, ran, [s.name for s in PIPELINE[i - 1:]]))
             t0 = time.perf_counter()
             step.run(recipe, out)
             seconds = time.perf_counter() - t0
@@ -174,12 +173,43 @@ def bake(recipe, out: str | Path, force: str | None = None, only: str | None = N
             marker = {"inputs": inputs, "outputs": fingerprint(target), "seconds": round(seconds, 1)}
             artifacts.write_json(marker_path, marker)
             log.info("[%d/%d] %s done in %.0f s", i, len(PIPELINE), step.name, seconds)
-            outcome[step.name] = "ran"
+            outcome[step.name], ran[step.name] = "ran", seconds
         upstream = artifacts.sha256_json([upstream, marker["outputs"]])
         if only == step.name:
             break
-    log.info("bake finished in %.0f s: %s", time.perf_counter() - started, out)
+    if (markers / f"{STEPS[-1]}.json").is_file():
+        from fournil.bake.report import write_report
+
+        report = write_report(recipe, out)
+        log.info("bake finished in %.0f s: %s", time.perf_counter() - started, out)
+        log.info(NEXT.format(out=out, report=report))
+    else:
+        log.info("bake stopped after %s in %.0f s: %s", only, time.perf_counter() - started, out)
     return outcome
+
+
+# A step's usual share of a bake's time (the demo recipe on a 2-core CPU), for the estimate of the time left.
+SHARE = {"corpus": 0.045, "tokenizer": 0.01, "shards": 0.005, "pretrain": 0.8, "sft": 0.1, "eval": 0.035,
+         "export": 0.005}
+
+
+def _eta(elapsed: float, ran: dict[str, float], remaining: list[str]) -> str:
+    """'elapsed 3:05, about 7 min left': the steps run so far, scaled by their usual share, predict the rest."""
+    text = f"elapsed {int(elapsed) // 60}:{int(elapsed) % 60:02d}"
+    done_share = sum(SHARE[name] for name in ran)
+    if done_share < 0.01:  # too little run yet to scale from
+        return text
+    left = sum(ran.values()) / done_share * sum(SHARE[name] for name in remaining)
+    return text + (f", about {left / 60:.0f} min left" if left >= 90 else f", about {left:.0f} s left")
+
+
+NEXT = """next, try what the bake made:
+  fournil chat {out}/model                                 talk to it (French or English)
+  fournil generate {out}/model "La boulangerie"            continue a text
+  echo "The bread is warm." | fournil translate {out}/model --from en --to fr --chat
+  fournil serve {out}/model                                OpenAI-compatible API and a web chat page
+  llama-cli -m {out}/model-q8_0.gguf -p "Bonjour"          the same model in llama.cpp
+  report: {report}"""
 
 
 def _plain(value: Any, to_dict) -> Any:

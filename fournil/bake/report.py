@@ -21,14 +21,18 @@ def _image(out: Path, path: Path, alt: str) -> str:
 
 def write_report(recipe, out: Path) -> Path:
     from fournil.corpus.report import write_report as corpus_report
-    from fournil.train.plot import plot_run, read_metrics
+    from fournil.train.plot import plot_run
 
     lines = [f"# Bake report: {recipe.name}", "",
              f"{recipe.description}  ", f"fournil {fournil.__version__}, "
              f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}", ""]
-    steps = {p.stem: _json(p) for p in sorted((out / ".bake").glob("*.json"))}
+    from fournil.bake.pipeline import MARKERS, STEPS
+
+    seconds = {name: (_json(out / MARKERS / f"{name}.json") or {}).get("seconds") for name in STEPS}
     lines += ["| step | seconds |", "|---|---|"]
-    lines += [f"| {name} | {marker.get('seconds', '–')} |" for name, marker in steps.items()] + [""]
+    lines += [f"| {name} | {'–' if s is None else s} |" for name, s in seconds.items()]
+    lines += [f"| **total** | **{sum(s for s in seconds.values() if s is not None):.1f}** |", ""]
+    lines += _abilities(out)
 
     lines += ["## 1. Corpus", ""]
     if (out / "corpus").is_dir():
@@ -58,7 +62,7 @@ def write_report(recipe, out: Path) -> Path:
 
     for title, run in (("## 3. Pretraining", out / "pretrain"), ("## 4. Supervised fine-tuning", out / "sft")):
         lines += [title, ""]
-        records = read_metrics(run) if (run / "metrics.jsonl").is_file() else []
+        records = _metrics(run)
         steps_logged = [r for r in records if "loss" in r]
         if steps_logged:
             plot_run(run)
@@ -95,9 +99,17 @@ def write_report(recipe, out: Path) -> Path:
                   f"{100 * preference['en_prefers_en_prompt']:.0f} % |", ""]
     if bpb or (preference and preference.get("pairs")):
         lines.append(_image(out, _plot_languages(bpb, preference, out / "eval" / "languages.png"), "languages"))
-    for task, scores in sorted(results.get("tasks", {}).items()):
-        lines.append(f"- {task}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                               for k, v in scores.items()))
+    tasks = results.get("tasks", {})
+    for fixture, title in ((False, "Scores on held-out data:"),
+                           (True, "Fixture smoke checks: a handful of questions shipped with fournil to show the "
+                                  "evaluation runs end to end; n is far too small for these to be benchmark "
+                                  "results:")):
+        rows = {task: scores for task, scores in sorted(tasks.items()) if bool(scores.get("fixture")) == fixture}
+        if rows:
+            lines += [title, ""]
+            lines += [f"- {task} (n = {scores.get('n', '?')}): " + ", ".join(
+                f"{k} {v:.3f}" for k, v in scores.items() if isinstance(v, float)) for task, scores in rows.items()]
+            lines.append("")
     if (out / "eval" / "tasks" / artifacts.MANIFEST).is_file():
         from fournil.eval.report import write_report as eval_report
 
@@ -114,6 +126,43 @@ def write_report(recipe, out: Path) -> Path:
     report = out / "REPORT.md"
     artifacts.write_text(report, "\n".join(lines))
     return report
+
+
+def _abilities(out: Path) -> list[str]:
+    """What the baked model can and cannot do, in plain words, from the numbers the bake measured."""
+    results = _json(out / "eval" / "results.json") or {}
+    can, cannot = [], []
+    preference = results.get("language_preference") or {}
+    if preference.get("pairs"):
+        fr, en = preference["fr_prefers_fr_prompt"], preference["en_prefers_en_prompt"]
+        sentence = (f"French text after a French prompt and English after an English one ({100 * fr:.0f} % and "
+                    f"{100 * en:.0f} % of {preference['pairs']} held-out pairs)")
+        (can if min(fr, en) >= 0.95 else cannot).append(("continue " if min(fr, en) >= 0.95 else
+                                                         "reliably continue ") + sentence)
+    tasks = results.get("tasks", {})
+    for name, label in (("translation_en_fr", "English → French"), ("translation_fr_en", "French → English")):
+        if name in tasks and "bleu" in tasks[name]:
+            bleu = tasks[name]["bleu"]
+            (can if bleu >= 10 else cannot).append(f"translate {label} (BLEU {bleu:.1f} on {tasks[name]['n']} "
+                                                   "held-out pairs; 10 is the bar for a usable gist)")
+    if any(scores.get("fixture") for scores in tasks.values()):
+        cannot.append("be ranked on FrenchBench: its task rows are fixture smoke checks, not benchmark results")
+    trained = [r for r in _metrics(out / "pretrain") if "tokens" in r]
+    if trained:
+        cannot.append(f"answer questions or follow instructions reliably: it saw {trained[-1]['tokens']:,} "
+                      "pretraining tokens, a tiny fraction of what a useful assistant needs")
+    lines = []
+    if can or cannot:
+        lines += ["**What this model can do:** " + ("; ".join(can) if can else "nothing measured passed its bar") + ".",
+                  "", "**What it cannot do:** " + ("; ".join(cannot) if cannot else "nothing measured failed") + ".",
+                  ""]
+    return lines
+
+
+def _metrics(run: Path) -> list[dict]:
+    from fournil.train.plot import read_metrics
+
+    return read_metrics(run) if (run / "metrics.jsonl").is_file() else []
 
 
 def _plot_languages(bpb: dict, preference: dict | None, path: Path) -> Path:

@@ -100,6 +100,11 @@ def test_the_report_has_every_section(baked):
                     "6. Export"):
         assert heading in report
     assert "Language preference" in report and "model-q8_0.gguf" in report
+    table = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")]
+    steps = ["corpus", "tokenizer", "shards", "pretrain", "sft", "eval", "export"]
+    assert table[:8] == ["step", *steps] and table[8] == "**total**"  # pipeline order, export timed, a total
+    assert "**What this model can do:**" in report and "**What it cannot do:**" in report
+    assert "Fixture smoke checks" in report and "(n = " in report
     for png in ("pretrain/plots/loss.png", "sft/plots/loss.png", "tokenizer/fertility.png", "eval/languages.png",
                 "eval/report.png"):
         assert (out / png).is_file() and png in report
