@@ -279,6 +279,7 @@ def _histogram(sizes: list[int]) -> list[int]:
 def finalise(config: CorpusConfig, out: Path) -> dict:
     """Exact dedup, write docs/<category>.jsonl.gz sorted by id, and gather every count the datasheet needs."""
     from fournil.corpus.filters import eval_ngrams
+    from fournil.corpus.readers import REPAIRED
 
     docs = sorted(iter_jsonl(sorted((out / "work" / "dedup").glob("*.jsonl"))), key=lambda d: d["id"])
     seen: set[bytes] = set()
@@ -304,7 +305,8 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
     sources: dict[str, dict] = {}
     for name, source in sorted(config.sources.items()):
         sources[name] = {"category": source.category, "licence": source.licence, "documents": 0, "bytes": 0,
-                         "input_documents": 0, "input_bytes": 0, "rejects": {}, "lengths": []}
+                         "input_documents": 0, "input_bytes": 0, "rejects": {}, "input_errors": 0, "repaired": 0,
+                         "lengths": []}
     confusion: dict[str, Counter] = defaultdict(Counter)
     for category, items in kept.items():
         for doc in items:
@@ -320,7 +322,12 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
         for doc in iter_jsonl(sorted(step_dir.glob("*.jsonl.gz"))):
             _count_reject(doc, STEP_REASONS.get(step_dir.name, step_dir.name), sources, confusion)
     errors = read_input_errors(out / "work" / "errors")
-    for s in sources.values():
+    for err in errors:  # every record read: an input document, an input error or held out (a repaired one: a document)
+        if err.get("source") in sources:
+            sources[err["source"]]["repaired" if err["kind"] in REPAIRED else "input_errors"] += 1
+    held_out = _step_stats(out, "held_out:")  # `"split": "test"` records: read, neither documents nor errors
+    for name, s in sources.items():
+        s["held_out"] = held_out.get(f"held_out:{name}", 0)
         s["length_histogram"] = _histogram(s.pop("lengths"))
     sizes = {name: s["bytes"] for name, s in sources.items()}
     plan = plan_mix(sizes, {n: s["category"] for n, s in sources.items()},
@@ -338,6 +345,7 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
             "documents": sum(s["documents"] for s in members), "bytes": sum(s["bytes"] for s in members),
             "input_documents": sum(s["input_documents"] for s in members),
             "input_bytes": sum(s["input_bytes"] for s in members), "rejects": dict(rejects),
+            "input_errors": sum(s["input_errors"] for s in members),
             "share": plan["categories"].get(category, {}).get("share", 0.0),
             "target": plan["categories"].get(category, {}).get("target", 0.0),
             "length_histogram": [sum(col) for col in zip(*(s["length_histogram"] for s in members), strict=True)],

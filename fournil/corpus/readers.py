@@ -10,15 +10,17 @@ one training document per pair, its direction (EN→FR or FR→EN) drawn per pai
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
+import os
 import re
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
@@ -42,33 +44,89 @@ class InputError:
     file: str
     line: int
     detail: str
+    source: str = ""
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}: {self.kind}: {self.detail}"
+
+
+# Kinds whose record is repaired and kept: reported and counted, but no record is lost to them.
+REPAIRED = frozenset({"nul_bytes"})
+_KINDS = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device",
+          stat.S_IFBLK: "a block device", stat.S_IFDIR: "a folder"}
 
 
 class ErrorBudgetExceeded(FournilError):
     """More bad records than `--max-errors` allows."""
 
 
-def source_files(source: SourceConfig) -> list[Path]:
-    """The files of a source in a stable order (for `pairs`: the `.en` side of each pair)."""
+class Listed(NamedTuple):
+    """One entry of a source's listing."""
+
+    path: Path
+    rel: str  # the path below the source's root, as walked: the file part of document ids (unique in a source)
+    problem: tuple[str, str] | None = None  # (kind, detail) when the walk listed it without entering it
+
+
+def source_files(source: SourceConfig) -> list[Listed]:
+    """The entries of a source in a stable order (for `pairs`: the `.en` side of each pair).
+
+    Folders are walked following links to files and folders; a file or folder reached twice through links is
+    listed once; a link back to a folder that contains it is listed with its problem instead of followed. Every
+    entry that is not a folder is listed, whatever it is (FIFO, device, dangling link): `read_file` reports it.
+    Names starting with a dot are skipped.
+    """
     path = Path(source.path).expanduser()
     if source.format == "hf":  # one dataset, read by one task (datasets does its own sharding on the Hub side)
-        return [path]
+        return [Listed(path, path.name)]
     if source.format == "pairs":
-        stems = [path] if Path(f"{path}.en").is_file() else sorted(p.with_suffix("") for p in path.rglob("*.en"))
-        return [Path(f"{s}.en") for s in stems]
-    if path.is_file():
-        return [path]
+        if os.path.lexists(f"{path}.en") and not path.is_dir():
+            return [Listed(Path(f"{path}.en"), f"{path.name}.en")]
+        return _walk([path], path, lambda name: name.endswith(".en"))
     if path.is_dir():
-        return sorted(p for p in path.rglob("*") if _listed(p) and not p.name.startswith("."))
-    return sorted(p for p in path.parent.glob(path.name) if _listed(p))
+        return _walk([path], path)
+    if os.path.lexists(path):
+        return [Listed(path, path.name)]
+    return _walk(sorted(path.parent.glob(path.name)), path.parent)
 
 
-def _listed(path: Path) -> bool:
-    """Regular files, and symlinks that lead nowhere (dangling, loops): those are reported, never skipped silently."""
-    return path.is_file() or (path.is_symlink() and not path.exists())
+def _walk(starts: list[Path], root: Path, wanted=lambda name: True) -> list[Listed]:
+    out: list[Listed] = []
+    entered: set[tuple[int, int]] = set()  # folders already walked, by (device, inode)
+    files: set[tuple[int, int]] = set()
+
+    def visit(path: Path, rel: str, active: frozenset) -> None:
+        try:
+            st = path.stat()
+        except OSError:  # a dangling link or a link loop: listed, `read_file` reports it
+            if wanted(path.name):
+                out.append(Listed(path, rel))
+            return
+        key = (st.st_dev, st.st_ino)
+        if not stat.S_ISDIR(st.st_mode):
+            if wanted(path.name) and key not in files:
+                files.add(key)
+                out.append(Listed(path, rel))
+            return
+        if key in active:
+            out.append(Listed(path, rel, ("symlink_loop", f"a link to {os.path.realpath(path)}, a folder that "
+                                                          "contains it; not followed")))
+            return
+        if key in entered:  # reached before through another link: its files are listed once, under that path
+            return
+        entered.add(key)
+        try:
+            names = sorted(os.listdir(path))
+        except OSError as exc:
+            out.append(Listed(path, rel, ("unreadable_folder", f"{type(exc).__name__}: {exc.strerror or exc}")))
+            return
+        for name in names:
+            if not name.startswith("."):
+                visit(path / name, f"{rel}/{name}" if rel else name, active | {key})
+
+    for start in starts:
+        visit(start, "" if start == root else start.relative_to(root).as_posix(), frozenset())
+    return out
 
 
 def file_format(path: Path, source: SourceConfig) -> str:
@@ -82,10 +140,8 @@ def file_format(path: Path, source: SourceConfig) -> str:
 
 
 def _open_binary(path: Path) -> io.BufferedIOBase:
-    if path.name.endswith(".gz"):
-        return gzip.open(path, "rb")
-    if path.name.endswith(".zst"):
-        return io.BufferedReader(_ZstdFile(path))
+    if path.name.endswith((".gz", ".zst")):
+        return io.BufferedReader(_Decompressed(path, "zstd" if path.name.endswith(".zst") else "gzip"))
     return open(path, "rb")
 
 
@@ -93,50 +149,92 @@ class CorruptInput(Exception):
     """A compressed stream that is not what its suffix says, or ends before its end-of-stream marker."""
 
 
-class _ZstdFile(io.RawIOBase):
-    """A zstd file, frame after frame; unlike zstandard's stream_reader, a truncated last frame is an error."""
+class _Decompressed(io.RawIOBase):
+    """A gzip or zstd file as one stream, member after member (frame after frame).
 
-    def __init__(self, path: Path):
-        import zstandard
+    Everything decoded before a fault (a cut, foreign bytes) is returned first; the fault is raised by the read
+    after it. Unlike zstandard's stream_reader, a cut last frame is an error; unlike the gzip module, the text
+    decoded by the call that meets the fault is not lost with it.
+    """
 
+    CHUNK = 1 << 16
+
+    def __init__(self, path: Path, codec: str):
         self._raw = open(path, "rb")  # noqa: SIM115 (closed by close())
-        self._context, self._error = zstandard.ZstdDecompressor(), zstandard.ZstdError
-        self._frame, self._pending, self._buffer = self._context.decompressobj(), False, b""
+        self._codec = codec
+        if codec == "zstd":
+            import zstandard
+
+            self._zstd, self._error = zstandard.ZstdDecompressor(), zstandard.ZstdError
+        else:
+            self._error = zlib.error
+        self._decoder = None  # the member being decoded; None between members
+        self._start = self._pos = 0  # raw offsets: where that member starts, the next byte to decode
+        self._buffer, self._fault = b"", None
 
     def readable(self) -> bool:
         return True
 
+    def _new_decoder(self):
+        return self._zstd.decompressobj() if self._codec == "zstd" else zlib.decompressobj(wbits=31)
+
     def readinto(self, target) -> int:
         while not self._buffer:
-            chunk = self._raw.read(1 << 16)
+            if self._fault:
+                raise self._fault
+            chunk = self._raw.read(self.CHUNK)
             if not chunk:
-                if self._pending:
-                    raise CorruptInput("the zstd stream ends in the middle of a frame (truncated file)")
+                if self._decoder is not None:
+                    unit = "frame" if self._codec == "zstd" else "member"
+                    raise CorruptInput(f"the {self._codec} stream ends in the middle of a {unit} (truncated file)")
                 return 0
             self._buffer = self._feed(chunk)
         n = min(len(target), len(self._buffer))
         target[:n], self._buffer = self._buffer[:n], self._buffer[n:]
         return n
 
-    def _feed(self, chunk: bytes) -> bytes:
+    def _feed(self, data: bytes, step: int = 0) -> bytes:
+        """Decode `data` (at raw offset self._pos), `step` bytes per call when non-zero; stop at a fault."""
         out = []
-        try:
-            while chunk:
-                if self._frame.eof:  # concatenated frames are one stream
-                    self._frame = self._context.decompressobj()
-                out.append(self._frame.decompress(chunk))
-                self._pending = not self._frame.eof
-                chunk = self._frame.unused_data if self._frame.eof else b""
-        except self._error as exc:
-            raise CorruptInput(f"not a valid zstd stream: {exc}") from exc
+        while data:
+            if self._decoder is None:
+                if self._codec == "gzip":  # gzip allows zero padding between members
+                    kept = data.lstrip(b"\0")
+                    self._pos, data = self._pos + len(data) - len(kept), kept
+                    if not data:
+                        break
+                self._decoder, self._start = self._new_decoder(), self._pos
+            piece = data[:step] if step else data
+            try:
+                out.append(self._decoder.decompress(piece))
+            except self._error as exc:
+                if step:
+                    self._fault = CorruptInput(f"not a valid {self._codec} stream: {exc}")
+                    break
+                return b"".join(out) + self._replay(data)
+            used = len(piece) - len(self._decoder.unused_data) if self._decoder.eof else len(piece)
+            self._pos, data = self._pos + used, data[used:]
+            if self._decoder.eof:
+                self._decoder = None
         return b"".join(out)
+
+    def _replay(self, data: bytes) -> bytes:
+        """A decoder raises without returning what it decoded in that call: bring a new one to the start of
+        `data` (decoding this member again up to there), then feed `data` a byte at a time up to the fault."""
+        here = self._raw.tell()
+        self._raw.seek(self._start)
+        self._decoder = self._new_decoder()
+        left = self._pos - self._start
+        while left > 0:
+            block = self._raw.read(min(left, self.CHUNK))
+            self._decoder.decompress(block)  # decoded before, already returned
+            left -= len(block)
+        self._raw.seek(here)
+        return self._feed(data, step=1)
 
     def close(self) -> None:
         self._raw.close()
         super().close()
-
-
-_TRUNCATED = (EOFError, gzip.BadGzipFile, zlib.error, CorruptInput)
 
 
 def pair_direction(seed: int, en: str, fr: str) -> bool:
@@ -160,8 +258,11 @@ class SourceReader(PipelineStep):
     def __init__(self, sources: dict[str, SourceConfig], errors_dir: str, seed: int = 0, max_errors: int = 100):
         super().__init__()
         self.sources, self.errors_dir, self.seed, self.max_errors = sources, errors_dir, seed, max_errors
-        self.files = [(name, str(path)) for name, source in sorted(sources.items()) for path in source_files(source)]
+        listings = {name: source_files(source) for name, source in sorted(sources.items())}
+        self.files = [(name, str(entry.path)) for name, listing in listings.items() for entry in listing]
+        self._listed = {name: {str(entry.path): entry for entry in listing} for name, listing in listings.items()}
         self._errors: list[InputError] = []
+        self._source = ""
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
@@ -180,23 +281,32 @@ class SourceReader(PipelineStep):
                     f.write(json.dumps(err.__dict__, ensure_ascii=False) + "\n")
 
     def error(self, kind: str, file: Path, line: int, detail: str) -> None:
-        self._errors.append(InputError(kind, str(file), line, detail))
+        self._errors.append(InputError(kind, str(file), line, detail, self._source))
         self.stat_update(f"input_error_{kind}")
         if 0 <= self.max_errors < len(self._errors):
             raise ErrorBudgetExceeded(f"more than {self.max_errors} bad input records (last: {self._errors[-1]})")
 
     def read_file(self, name: str, path: Path) -> Iterator[Document]:
-        source = self.sources[name]
+        source, self._source = self.sources[name], name
+        entry = self._listed.get(name, {}).get(str(path)) or Listed(path, path.name)
+        if entry.problem:
+            self.error(entry.problem[0], path, 0, entry.problem[1])
+            return
         fmt = file_format(path, source)
         meta = {"source": name, "category": source.category}
-        try:
-            empty = fmt != "hf" and path.stat().st_size == 0
-        except OSError as exc:  # a dangling symlink or a symlink loop
-            self.error("unreadable_file", path, 0, f"{type(exc).__name__}: {exc.strerror or exc}")
-            return
-        if empty:
-            self.error("empty_file", path, 0, "the file is empty")
-            return
+        if fmt != "hf":
+            try:
+                mode, size = (st := path.stat()).st_mode, st.st_size
+            except OSError as exc:  # a dangling symlink or a symlink loop
+                self.error("unreadable_file", path, 0, f"{type(exc).__name__}: {exc.strerror or exc}")
+                return
+            if not stat.S_ISREG(mode):  # never opened: a FIFO would block the task, a device never ends
+                self.error("special_file", path, 0, f"{_KINDS.get(stat.S_IFMT(mode), 'special file')}, not a "
+                           "regular file; not read")
+                return
+            if size == 0:
+                self.error("empty_file", path, 0, "the file is empty")
+                return
         reader = {"jsonl": self._jsonl, "parquet": self._parquet, "text": self._text, "pairs": self._pairs,
                   "tsv": self._tsv, "po": self._po, "hf": self._hf}.get(fmt)
         if reader is None:
@@ -208,7 +318,7 @@ class SourceReader(PipelineStep):
                 self.error("invalid_unicode", path, line, "lone UTF-16 surrogate in the text; record skipped")
                 continue
             n += 1
-            yield Document(text=text, id=f"{name}/{path.name}:{line}", metadata=dict(meta))
+            yield Document(text=text, id=f"{name}/{entry.rel}:{line}", metadata=dict(meta))
         if n == 0 and len(self._errors) == errors_before:  # an already reported error explains the emptiness
             self.error("no_documents", path, 0, "no usable record in the file")
 
@@ -233,7 +343,7 @@ class SourceReader(PipelineStep):
                         yield number, raw.decode("utf-8")
                     except UnicodeDecodeError as exc:
                         self.error("invalid_utf8", path, number, f"byte {exc.start}: {exc.reason}; record skipped")
-        except _TRUNCATED as exc:
+        except CorruptInput as exc:
             self.error("truncated_file", path, number + 1, f"{type(exc).__name__}: {exc}; read up to here")
         except OSError as exc:  # permissions, a symlink loop, a directory where a file was expected
             self.error("unreadable_file", path, number + 1, f"{type(exc).__name__}: {exc.strerror or exc}")
@@ -256,7 +366,7 @@ class SourceReader(PipelineStep):
             self.error("malformed_json", path, number, f"expected an object, got {type(record).__name__}")
             return None
         if record.get("split") == "test":  # held-out evaluation pairs (the sample's): never train on them
-            self.stat_update("held_out_test")
+            self.stat_update(f"held_out:{self._source}")
             return None
         if source.category == "parallel":
             en, fr = record.get("en"), record.get("fr")
@@ -303,8 +413,9 @@ class SourceReader(PipelineStep):
         splits = loaded.items() if hasattr(loaded, "items") else [("train", loaded)]
         number = 0
         for split, rows in splits:
-            if split == "test":
-                self.stat_update("held_out_test")
+            if split == "test":  # counted when its size is known (on disk; a streamed split would be read for it)
+                if hasattr(rows, "__len__"):
+                    self.stat_update(f"held_out:{self._source}", value=len(rows))
                 continue
             for record in rows:
                 number += 1
@@ -324,7 +435,7 @@ class SourceReader(PipelineStep):
     def _pairs(self, path: Path, source: SourceConfig) -> Iterator[tuple[int, str]]:
         fr_path = path.with_suffix(".fr")
         if not fr_path.is_file():
-            self.error("missing_pair", path, 0, f"no {fr_path.name} beside it")
+            self.error("missing_pair", path, 0, f"no regular file {fr_path.name} beside it")
             return
         en_lines, fr_lines = dict(self._lines(path)), dict(self._lines(fr_path))
         if len(en_lines) != len(fr_lines):

@@ -61,13 +61,14 @@ def _markdown(stats: dict, mixed: dict[str, int] | None) -> str:
     out = ["# Datasheet", "",
            "Produced by `fournil corpus run`; counts after cleaning, filtering and deduplication.", "",
            "## Categories", "",
-           "| category | documents | MB | tokens | tokens (mixed) | share | target | input docs | rejected |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| category | documents | MB | tokens | tokens (mixed) | share | target | input docs | rejected | "
+           "input errors |",
+           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, c in stats["categories"].items():
         rejected = sum(c["rejects"].values())
         out.append(f"| {name} | {c['documents']:,} | {_mb(c['bytes'])} | {_count(by_category, name)} | "
                    f"{_count(mixed, name)} | {c['share']:.1%} | {c['target']:.1%} | {c['input_documents']:,} | "
-                   f"{rejected:,} |")
+                   f"{rejected:,} | {_count(c, 'input_errors') if 'input_errors' in c else '—'} |")
     out.append("")
     if counted:
         out.append(f"tokens: docs/ counted with `{counted['tokenizer']}` (tokenizer.json sha256 "
@@ -81,19 +82,23 @@ def _markdown(stats: dict, mixed: dict[str, int] | None) -> str:
         out.append("— : tokens (before mixing) need `--tokenizer DIR`, an exact count of docs/.")
     elif mixed is None:
         out.append("— : mixed tokens need `--shards DIR`.")
-    out += ["", "## Sources", "", "| source | category | licence | documents | MB | tokens | upsampling | rejects |",
-            "|---|---|---|---:|---:|---:|---:|---|"]
+    out += ["", "## Sources", "", "| source | category | licence | documents | MB | tokens | upsampling | rejects | "
+            "input errors |", "|---|---|---|---:|---:|---:|---:|---|---:|"]
     for name, s in stats["sources"].items():
         rejects = ", ".join(f"{k} {v}" for k, v in sorted(s["rejects"].items(), key=lambda kv: -kv[1])) or "—"
         out.append(f"| {name} | {s['category']} | {s['licence']} | {s['documents']:,} | {_mb(s['bytes'])} | "
-                   f"{_count(by_source, name)} | ×{s['factor']:.2f} | {rejects} |")
+                   f"{_count(by_source, name)} | ×{s['factor']:.2f} | {rejects} | "
+                   f"{_count(s, 'input_errors') if 'input_errors' in s else '—'} |")
     out += ["", "## Language identification (category → detected)", ""]
     langs = sorted({lang for row in stats["language_confusion"].values() for lang in row})
     out += ["| category | " + " | ".join(langs) + " |", "|---|" + "---:|" * len(langs)]
     for category, row in stats["language_confusion"].items():
         out.append(f"| {category} | " + " | ".join(f"{row.get(lang, 0):,}" for lang in langs) + " |")
     errors = stats["input_errors"]
-    out += ["", "## Input errors", "", f"{errors['total']} bad records: "
+    out += ["", "## Input errors", "", "Every record read is kept, rejected with a reason, held out (`\"split\": "
+            "\"test\"`) or an input error with its file and line; a file that cannot be read, or the cut tail of a "
+            "stream, is one input error. Records repaired (NUL bytes removed) are kept, and listed here too.", "",
+            f"{errors['total']} bad records: "
             + (", ".join(f"{k} {v}" for k, v in errors["by_kind"].items()) or "none") + "."]
     out += [f"- `{e['file']}:{e['line']}` {e['kind']}: {e['detail']}" for e in errors["first"][:5]]
     if stats["decontamination"]:

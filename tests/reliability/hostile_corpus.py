@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 GOOD_FR = ("La boulangerie du village ouvre ses portes à six heures du matin, et le boulanger prépare la pâte "
@@ -105,3 +106,114 @@ def build_pairs(root: Path) -> dict[str, set[str]]:
     (root / "good.en").write_text(f"{GOOD_EN}\n", encoding="utf-8")
     (root / "good.fr").write_text(f"{GOOD_FR}\n", encoding="utf-8")
     return {"lonely.en": {"missing_pair"}, "short.en": {"misaligned_pairs"}, "good.en": set()}
+
+
+# --- Independent oracles for "no data lost": what a source holds, worked out without fournil's reader. ---
+
+def compress(parts: list[bytes], codec: str, flushes: int = 0, checksum: bool = True) -> bytes:
+    """Each part as its own gzip member / zstd frame (concatenated: one stream), each split into `flushes` + 1
+    blocks, so that a cut loses only the tail and not the whole part."""
+    import zlib
+
+    import zstandard
+
+    out = []
+    for part in parts:
+        cuts = [len(part) * (i + 1) // (flushes + 1) for i in range(flushes + 1)]
+        if codec == "gzip":
+            c = zlib.compressobj(wbits=31)
+            pieces = [c.compress(part[a:b]) + c.flush(zlib.Z_FULL_FLUSH) for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+            out += [*pieces, c.flush()]
+        else:
+            z = zstandard.ZstdCompressor(write_checksum=checksum).compressobj()
+            pieces = [z.compress(part[a:b]) + z.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+                      for a, b in zip([0, *cuts[:-1]], cuts, strict=True)]
+            out += [*pieces, z.flush()]
+    return b"".join(out)
+
+
+def reference_decode(blob: bytes, codec: str) -> tuple[bytes, bool]:
+    """The longest output any decoder can give for `blob`: fed one byte at a time, a fresh decompressor per
+    member or frame (gzip's zero padding between members skipped). Returns (output, whether a fault ends it)."""
+    import zlib
+
+    import zstandard
+
+    error = zlib.error if codec == "gzip" else zstandard.ZstdError
+    out, decoder, i = [], None, 0
+    while i < len(blob):
+        if decoder is None:
+            if codec == "gzip" and blob[i] == 0:
+                i += 1
+                continue
+            decoder = zlib.decompressobj(wbits=31) if codec == "gzip" else zstandard.ZstdDecompressor().decompressobj()
+        try:
+            out.append(decoder.decompress(blob[i:i + 1]))
+        except error:
+            return b"".join(out), True
+        i += 1
+        if decoder.eof:
+            decoder = None
+    return b"".join(out), decoder is not None
+
+
+def jsonl_units(data: bytes, fault: bool = False) -> int:
+    """How many outcomes (a document, or an input error) a jsonl file decoding to `data` must give: one per
+    non-blank line (the partial last line too, unless a fault ends the stream there), one for the fault, and one
+    `no_documents` for a file with neither records nor any error (an empty file: `empty_file`)."""
+    *complete, tail = data.split(b"\n")
+    lines = complete + ([tail] if tail and not fault else [])
+    units, noted = 0, fault
+    for i, raw in enumerate(lines):
+        if i == 0 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if b"\0" in raw:  # NUL bytes are repaired and reported; the line is still one record (or blank)
+            noted, raw = True, raw.replace(b"\0", b"")
+        try:
+            units += bool(raw.decode("utf-8").strip())
+        except UnicodeDecodeError:
+            units += 1
+    return units + fault + (units == 0 and not noted)
+
+
+@dataclass
+class Walked:
+    """A source as `os.walk` sees it, with this test's own rules (links followed, each folder and file once by
+    real path, a link to a folder on the current path not followed, names starting with a dot skipped)."""
+
+    files: dict[str, list[str]] = field(default_factory=dict)  # real path of a regular file → rel paths to it
+    special: dict[str, list[str]] = field(default_factory=dict)  # FIFO, socket, device → rel paths to it
+    broken: list[str] = field(default_factory=list)  # dangling links and link loops
+    loops: list[str] = field(default_factory=list)  # links to a folder on the current path
+
+
+def walk_source(root: Path) -> Walked:
+    import stat
+
+    found = Walked()
+    chain = {str(root): frozenset({os.path.realpath(root)})}
+    seen = set(chain[str(root)])
+    for top, dirs, files in os.walk(root, followlinks=True):
+        prefix = "" if top == str(root) else os.path.relpath(top, root) + "/"
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(top, name))
+            if name.startswith(".") or real in seen:
+                if real in chain[top] and not name.startswith("."):
+                    found.loops.append(prefix + name)
+                dirs.remove(name)
+                continue
+            seen.add(real)
+            chain[os.path.join(top, name)] = chain[top] | {real}
+        dirs.sort()  # fournil walks names in order: the same folder is then reached by the same path first
+        for name in files:
+            if name.startswith("."):
+                continue
+            path = os.path.join(top, name)
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                found.broken.append(prefix + name)
+                continue
+            kind = found.files if stat.S_ISREG(mode) else found.special
+            kind.setdefault(os.path.realpath(path), []).append(prefix + name)
+    return found
