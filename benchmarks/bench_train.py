@@ -21,7 +21,8 @@ from fournil.model.hf import to_hf_config
 from fournil.model.info import flops_per_token
 from fournil.model.llama import Llama
 from fournil.recipe import load_recipe
-from fournil.train.loop import accumulate_gradients, clip_and_step, make_optimizer, measure_peak_flops
+from fournil.train.flops import measure_peak_flops
+from fournil.train.loop import accumulate_gradients, clip_and_step, make_optimizer
 from fournil.train.parallel import World, parallelize
 
 PRESET, BATCH, SEQ_LEN, ROUNDS = "croissant-40m", 8, 256, 5

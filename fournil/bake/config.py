@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Dense bf16 tensor-core peaks from the vendors' datasheets (FLOP/s per GPU).
-GPU_PEAK_FLOPS = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "L40S": 362e12, "V100": 125e12, "MI300X": 1307e12}
+from fournil.train.flops import GPUS
+
+# Dense half-precision tensor-core peaks per GPU (bf16; float16 where there is no bf16), the table training's MFU uses.
+GPU_PEAK_FLOPS = {gpu.key: gpu.bf16 or gpu.fp16 for gpu in GPUS}
 
 
 @dataclass(kw_only=True)

@@ -15,6 +15,12 @@ def _json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
+def _mfu(record: dict) -> str:
+    """MFU with where its denominator came from (datasheet table, train.peak_flops, measured CPU), or why none."""
+    source = f" (peak: {record['peak_source']})" if record.get("peak_source") else ""
+    return "MFU not reported" + source if record.get("mfu") is None else f"MFU {100 * record['mfu']:.1f} %{source}"
+
+
 def _image(out: Path, path: Path, alt: str) -> str:
     return f"![{alt}]({path.relative_to(out).as_posix()})\n" if path.is_file() else ""
 
@@ -68,7 +74,7 @@ def write_report(recipe, out: Path) -> Path:
             plot_run(run)
             last = steps_logged[-1]
             lines += [f"{last['step']} steps, final training loss {last['loss']:.3f} nats/token, "
-                      f"{last['tokens_per_s']:,.0f} tokens/s, MFU {100 * last['mfu']:.1f} %.", ""]
+                      f"{last['tokens_per_s']:,.0f} tokens/s, " + _mfu(last) + ".", ""]
             for record in [r for r in records if "val_bpb" in r or "val_loss" in r][-1:]:
                 values = record.get("val_bpb") or record.get("val_loss")
                 unit = "bits/byte" if "val_bpb" in record else "nats/token (answers)"

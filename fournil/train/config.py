@@ -35,7 +35,7 @@ class TrainConfig:
     checkpoint_interval: int = 500  # steps between checkpoints; 0 = only at the end
     keep_checkpoints: int = 2  # keep the newest N complete checkpoints
     loggers: tuple[str, ...] = ()  # extra metric sinks besides metrics.jsonl: "tensorboard", "wandb" (if installed)
-    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = measure this machine's matmul peak
+    peak_flops: float = 0.0  # per-device peak FLOP/s for MFU; 0 = the GPU's datasheet peak or the CPU's measured one
     replay: float = 0.0  # fine-tuning only: share of examples that are pretraining text (loss on every token)
 
     @property

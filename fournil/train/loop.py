@@ -26,7 +26,7 @@ from fournil.corpus.shards import Shards
 from fournil.model.info import flops_per_token
 from fournil.model.llama import Llama
 from fournil.recipe import Recipe, to_dict
-from fournil.train import checkpoint, parallel
+from fournil.train import checkpoint, device, parallel
 from fournil.train.config import TrainConfig
 from fournil.train.data import Loader, ShardSamples
 from fournil.train.schedule import lr_at
@@ -48,13 +48,13 @@ class Summary:
         return self.validation.get("val_bpb", {})
 
 
-def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices (projections, embeddings) only; norms' gains are not decayed."""
+def make_optimizer(model: torch.nn.Module, t: TrainConfig, fused: bool = True) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (projections, embeddings) only; norms' gains are not decayed.
+    `fused`: one kernel per parameter group instead of a dozen elementwise passes; False: the foreach kernels."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": t.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # fused: one kernel per parameter group instead of a dozen elementwise passes (CUDA and CPU alike)
-    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=True)
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, eps=1e-8, fused=fused)
 
 
 def accumulate_gradients(model: torch.nn.Module, micro_batches: list, accumulation: int, autocast,
@@ -149,18 +149,6 @@ def validation_bpb(model: torch.nn.Module, shards: Shards, max_tokens: int, seq_
     return results
 
 
-def measure_peak_flops(seconds: float = 1.0) -> float:
-    """This device's float32 matmul throughput (FLOP/s), the denominator of MFU on a CPU."""
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * n**3 * count / (time.perf_counter() - start)
-
-
 def train(
     recipe: Recipe,
     shards_dir: str | Path,
@@ -232,7 +220,8 @@ def run(
         model = Llama(recipe.model)
     config = model.config
     model = parallel.parallelize(model.to(world.device), world, t.parallel, t.activation_checkpointing, t.compile)
-    optimizer = make_optimizer(model, t)
+    setup = device.choose(world.device.type, t.precision, device.device_name(world.device), t.peak_flops)
+    optimizer = make_optimizer(model, t, fused=setup.fused_adamw)
     loader = Loader(dataset, global_batch, t.seed, world.rank, world.size)
     start_step = 0
     if resume and last is None:
@@ -249,12 +238,17 @@ def run(
     metrics = _Metrics(run_dir / METRICS, keep_through_step=start_step, enabled=world.is_main,
                        loggers=t.loggers, recipe=recipe)
 
-    bf16 = t.precision == "bfloat16" or (t.precision == "auto" and world.device.type == "cuda")
-    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    if world.device.type == "cuda":
+    autocast = (torch.autocast(world.device.type, dtype=setup.autocast) if setup.autocast is not None
+                else contextlib.nullcontext())
+    if setup.tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
     flops = flops_per_token(recipe.model, t.seq_len)["training"]
-    peak = (t.peak_flops or measure_peak_flops()) * world.size
+    peak = setup.peak.flops * world.size if setup.peak.flops else None  # None: MFU not reported
+    if world.is_main and peak:
+        log.info("MFU denominator: %s, %.3g FLOP/s per device × %d (matmuls in %s)", setup.peak.source,
+                 setup.peak.flops, world.size, setup.matmul_dtype)
+    elif world.is_main:
+        log.warning("MFU denominator: %s", setup.peak.source)
     end_step = min(t.steps, max_steps) if max_steps is not None else t.steps
     loss_value, tps, val = float("nan"), 0.0, {}
 
@@ -284,12 +278,14 @@ def run(
                 elapsed = time.perf_counter() - window_start
                 tps = window_tokens / elapsed
                 record = {"step": done, "loss": loss_value, "lr": lr, "grad_norm": grad_norm,
-                          "tokens": done * t.batch_tokens, "tokens_per_s": tps, "mfu": tps * flops / peak,
+                          "tokens": done * t.batch_tokens, "tokens_per_s": tps,
+                          "mfu": tps * flops / peak if peak else None, "peak_flops": peak,
+                          "peak_source": setup.peak.source,
                           "eta_s": (t.steps - done) * t.batch_tokens / tps, "epoch": loader.epoch}
                 metrics.write(record)
                 if world.is_main:
-                    log.info("step %d  loss %.4f  lr %.2e  grad %.2f  %.0f tok/s  MFU %.1f%%", done, loss_value, lr,
-                             grad_norm, tps, 100 * record["mfu"])
+                    log.info("step %d  loss %.4f  lr %.2e  grad %.2f  %.0f tok/s  MFU %s", done, loss_value, lr,
+                             grad_norm, tps, f"{100 * record['mfu']:.1f}%" if peak else "n/a")
                 window_start, window_tokens = time.perf_counter(), 0
             pause = time.perf_counter()
             if (t.eval_interval and done % t.eval_interval == 0) or done == end_step:
@@ -347,7 +343,8 @@ class _Metrics:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         flat = {f"val_bpb/{k}": v for k, v in record.get("val_bpb", {}).items()}
-        flat.update({f"train/{k}": v for k, v in record.items() if k not in ("step", "val_bpb")})
+        flat.update({f"train/{k}": v for k, v in record.items()
+                     if k not in ("step", "val_bpb") and isinstance(v, int | float)})  # scalars only (no source text)
         for sink in self._sinks:
             sink(flat, record["step"])
 

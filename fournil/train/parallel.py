@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from fournil.model.llama import Llama
+from fournil.train.device import choose
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ def setup() -> World:
     if size == 1:
         return World(device=torch.device("cuda" if cuda else "cpu"))
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group(choose("cuda" if cuda else "cpu").backend)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if cuda:
         torch.cuda.set_device(local_rank)

@@ -48,8 +48,10 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     fig, (ax_tps, ax_mfu) = plt.subplots(1, 2, figsize=(10, 4))
     ax_tps.plot(steps, [r["tokens_per_s"] for r in train])
     ax_tps.set(title="throughput (tokens/s)", xlabel="step")
-    ax_mfu.plot(steps, [100 * r["mfu"] for r in train])
-    ax_mfu.set(title="MFU (%)", xlabel="step")
+    mfu = [(r["step"], 100 * r["mfu"]) for r in train if r.get("mfu") is not None]  # None: no known peak
+    if mfu:
+        ax_mfu.plot(*zip(*mfu, strict=True))
+    ax_mfu.set(title="MFU (%)" if mfu else "MFU (not reported: no known peak for this device)", xlabel="step")
     fig.tight_layout()
     paths.append(_save(fig, out / "throughput.png"))
     plt.close("all")

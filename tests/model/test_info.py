@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
 
 from fournil.model.config import ModelConfig
 from fournil.model.info import (
@@ -56,6 +58,28 @@ def test_flops_follow_6n_plus_attention():
     assert flops["training"] == 3 * flops["forward"]
     # CroissantLLM: ≈ 8.9 GFLOPs per training token → 3T tokens ≈ 2.7e22 FLOPs
     assert 8.5e9 < flops["training"] < 9.3e9
+
+
+def test_training_flops_per_token_by_hand_and_by_pytorchs_counter():
+    """MFU's numerator: 6N + 12·L·T·d (PaLM appendix B, nanoGPT's estimate_mfu), N the matmul parameters.
+
+    By hand for croissant-1m (d 128, 4 layers, ffn 384, vocabulary 2048, untied, no GQA) at T = 128, then against
+    PyTorch's FLOP counter over a real forward and backward (math attention, so QKᵀ and AV are counted as bmm)."""
+    config = load_recipe("croissant-1m").model
+    d, L, f, V, T = 128, 4, 384, 2048, 128
+    n = L * (4 * d * d) + L * (3 * d * f) + V * d  # q k v o, gate up down, lm_head
+    assert n == 1_114_112
+    assert flops_per_token(config, T)["training"] == 6 * n + 12 * L * T * d == 7_471_104
+
+    model = Llama(config)
+    assert sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear)) == n
+    tokens = torch.randint(0, V, (2, T + 1))
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        logits = model(tokens[:, :-1])
+        forward = counter.get_total_flops()
+        torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
+    assert forward == 2 * T * flops_per_token(config, T)["forward"]
+    assert counter.get_total_flops() == 2 * T * flops_per_token(config, T)["training"]
 
 
 def test_memory_of_croissant_in_bf16():
