@@ -16,12 +16,12 @@ import re
 import shutil
 import socket
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import fournil
-from fournil.console import FournilError
+from fournil.console import FournilError, UsageError
 
 MANIFEST = "fournil.json"
 NO_SPACE = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}  # disk full, file-size limit (RLIMIT_FSIZE), quota
@@ -132,6 +132,82 @@ def write_manifest(directory: str | Path, producer: str, **fields: Any) -> dict[
     }
     write_json(Path(directory) / MANIFEST, manifest)
     return manifest
+
+
+def mark_incomplete(directory: str | Path, producer: str) -> None:
+    """Say that `producer` is writing `directory` and has not finished: a kill from here on leaves a directory
+    that its verb recognises as its own (and `complete: false` keeps every reader away from it)."""
+    write_json(Path(directory) / MANIFEST, {"producer": producer, "fournil_version": fournil.__version__,
+                                            "complete": False})
+
+
+def claim_output(out: str | Path, producer: str, *, inputs: Iterable[str | Path | None] = (), force: bool = False,
+                 resume: bool | None = None, option: str = "--out", signature: tuple[str, ...] = (),
+                 magic: bytes | None = None) -> Path:
+    """Check, before any work, that a verb may write its output at `out`; nothing is written. Every verb that
+    writes an artifact calls this first; its writer then marks the directory (`mark_incomplete`) before its first
+    file, so a killed run leaves an output the verb recognises as its own.
+
+    Refused with a UsageError naming the rule and the paths (symlinks and `..` resolved first):
+    - `out` is one of `inputs`, lies inside one, or contains one: the verb would overwrite or read its own output;
+    - `out` holds another producer's artifact (its fournil.json says so), or is a non-empty directory without a
+      manifest: files the verb did not write are never overwritten nor deleted, `force` or not;
+    - `out` holds this producer's output and the verb was not told what to do with it: `resume=None` (a verb that
+      cannot continue) replaces only an unfinished one, a finished one needs `force`; `resume=False` (a verb that
+      can continue, not asked to) keeps it unless `force`; `resume=True` continues it.
+    `signature`: paths whose presence marks this producer's output in a directory written without a manifest (by
+    an older fournil, or by the library below the CLI). `magic`: the output is one file, whose leading bytes say it
+    is of this kind (a GGUF file starts with b"GGUF").
+    """
+    given = Path(out)
+    target = given.expanduser().resolve()
+    shown = f"{option} {given}" + (f" (= {target})" if str(target) != str(given) else "")
+    for source in inputs:
+        if source is None or not (Path(source).exists() or Path(source).is_symlink()):
+            continue  # a hub id, or an input the verb itself will report missing
+        resolved = Path(source).expanduser().resolve()
+        rule = ("is the input" if target == resolved else "lies inside the input" if resolved in target.parents
+                else "contains the input" if target in resolved.parents else None)
+        if rule:
+            where = f" (= {resolved})" if str(resolved) != str(source) else ""
+            raise UsageError(f"{shown}: {rule} {source}{where}; writing there would overwrite or reread what the "
+                             "verb reads: choose an output outside its inputs")
+    if magic is not None:
+        if target.is_dir():
+            raise UsageError(f"{shown}: is a directory; give the path of the {producer} file to write")
+        if target.exists():
+            with open(target, "rb") as f:
+                if f.read(len(magic)) != magic:
+                    raise UsageError(f"{shown}: exists and is not a {producer} file; it is never overwritten: "
+                                     "choose a new path")
+            if not force:
+                raise UsageError(f"{shown}: a {producer} file already exists there; --force replaces it")
+        return target
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"{shown}: is a file, not a directory; it is never overwritten: choose a new path")
+    entries = sorted(e for e in os.listdir(target) if not _TEMP.match(e)) if target.is_dir() else []
+    manifest = None
+    if MANIFEST in entries:
+        try:
+            manifest = json.loads((target / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            manifest = {}
+        owner = manifest.get("producer") if isinstance(manifest, dict) else None
+        if owner != producer:
+            what = f"a {owner} artifact" if isinstance(owner, str) else f"an unreadable {MANIFEST}"
+            raise UsageError(f"{shown}: holds {what}, not a {producer} output; it is never overwritten nor "
+                             "deleted (--force included): choose another path")
+    elif entries and not any((target / mark).exists() for mark in signature):
+        raise UsageError(f"{shown}: is not empty and has no {MANIFEST}, so it is not a {producer} output; files "
+                         f"the verb did not write are never overwritten nor deleted: choose a new or empty directory")
+    finished = bool(manifest and manifest.get("complete"))
+    if (entries and entries != [MANIFEST]) or finished:  # our own output, more than an unused claim
+        if resume is False and not force:
+            raise UsageError(f"{shown}: already holds a {producer} output; --resume continues it, a new path "
+                             "starts over")
+        if resume is None and finished and not force:
+            raise UsageError(f"{shown}: already holds a finished {producer} output; --force replaces it")
+    return target
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

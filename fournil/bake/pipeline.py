@@ -220,6 +220,13 @@ def _plain(value: Any, to_dict) -> Any:
     return value
 
 
+def recipe_inputs(spec: str, recipe) -> list[Path | None]:
+    """What a bake reads from outside its output: the recipe file and the corpus's sources and eval sets."""
+    from fournil.corpus.pipeline import input_paths
+
+    return [Path(spec) if Path(spec).is_file() else None, *input_paths(recipe.corpus)]
+
+
 EPILOG = """\
 examples:
   fournil bake                               the demo: recipes/demo.yaml into out/demo (≈ 10 min on 2 CPU cores)
@@ -260,6 +267,8 @@ def cmd_bake(args: argparse.Namespace) -> None:
             print_plan(result)
         return
     out = args.out or Path("out") / recipe.name
+    artifacts.claim_output(out, "fournil.bake", inputs=recipe_inputs(args.recipe, recipe), resume=True,
+                           signature=(MARKERS,))
     outcome = bake(recipe, out, force=args.force, only=args.only)
     if args.json:
         print_json({"out": str(out), "steps": outcome})

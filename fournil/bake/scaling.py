@@ -249,10 +249,14 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from fournil.bake.pipeline import MARKERS, recipe_inputs
     from fournil.recipe import load_recipe
 
     recipe = load_recipe(args.recipe)
-    _print(run_ladder(recipe, args.out or Path("out") / recipe.name), args.json)
+    out = args.out or Path("out") / recipe.name
+    artifacts.claim_output(out, "fournil.scaling", inputs=recipe_inputs(args.recipe, recipe), resume=True,
+                           signature=(MARKERS, "rungs"))
+    _print(run_ladder(recipe, out), args.json)
 
 
 def cmd_fit(args: argparse.Namespace) -> None:

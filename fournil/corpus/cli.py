@@ -70,6 +70,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pack.add_argument("--seed", type=int, help="shuffle and validation seed (default: the corpus recipe's)")
     pack.add_argument("--val-docs", type=int, help="held-out documents per language (default: the recipe's)")
     pack.add_argument("--tokens-per-shard", type=int, default=1 << 24, help="tokens per shard file")
+    pack.add_argument("--force", action="store_true",
+                      help="replace a finished output of this verb there (nothing else is ever deleted)")
     pack.set_defaults(handler=cmd_pack)
 
     report = actions.add_parser(
@@ -103,9 +105,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import print_json
     from fournil.corpus.pack import pack
 
+    claim_output(args.out, "fournil.corpus.shards", inputs=[args.corpus, args.tokenizer], force=args.force)
     index = pack(args.corpus, args.tokenizer, args.out, seq_len=args.seq_len, seed=args.seed,
                  val_docs=args.val_docs, tokens_per_shard=args.tokens_per_shard)
     if args.json:

@@ -92,6 +92,18 @@ def config_hash(config: CorpusConfig) -> str:
     return artifacts.sha256_json(asdict(config))
 
 
+def input_paths(config: CorpusConfig) -> list[Path]:
+    """What a corpus run reads: each source's folder or file (a glob's or a pair's files), and the eval sets."""
+    from fournil.corpus.readers import source_files
+
+    paths = [Path(p) for p in config.eval_sets.values()]
+    for source in config.sources.values():
+        path = Path(source.path).expanduser()
+        files = [path] if path.exists() else source_files(source)
+        paths += files + [f.with_suffix(".fr") for f in files if source.format == "pairs" and f.suffix == ".en"]
+    return paths
+
+
 def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: int | None = None,
         max_errors: int = 100, force: bool = False) -> dict:
     """Run every stage into `out`; returns the stats written to stats.json."""
@@ -121,10 +133,13 @@ def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: i
             raise UsageError(f"eval_sets.{name}: {path} does not exist")
     digest = config_hash(config)
     marker = out / "work" / "config.sha256"
-    if force and out.exists():
+    # before --force deletes anything: `out` must be a corpus directory (or new), and outside every source
+    artifacts.claim_output(out, "fournil.corpus", inputs=input_paths(config), force=force, resume=True,
+                           signature=("work/config.sha256",))
+    if force:
         for sub in ("work", "logs", "rejects", DOCS):
             shutil.rmtree(out / sub, ignore_errors=True)
-        (out / artifacts.MANIFEST).unlink(missing_ok=True)
+        artifacts.mark_incomplete(out, "fournil.corpus")
     if marker.is_file() and marker.read_text().strip() != digest:
         raise UsageError(f"{out} holds a run of a different corpus recipe; use --force to start over, or a new --out")
     manifest = artifacts.read_manifest(out)

@@ -51,7 +51,7 @@ class ShardWriter:
     def __post_init__(self) -> None:
         self.directory = Path(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
-        (self.directory / artifacts.MANIFEST).unlink(missing_ok=True)
+        artifacts.mark_incomplete(self.directory, "fournil.corpus.shards")
         self.dtype = token_dtype(self.vocab_size)
 
     def add(self, ids: Iterable[int] | np.ndarray, category: str, n_bytes: int = 0) -> None:

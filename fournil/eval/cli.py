@@ -80,6 +80,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import UsageError, print_json
     from fournil.eval.runner import run
     from fournil.eval.tasks import resolve_tasks
@@ -91,6 +92,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.num_fewshot is not None and args.num_fewshot < 0:
         raise UsageError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     tasks = resolve_tasks(args.tasks)
+    claim_output(args.out, "fournil.eval", inputs=[args.model, args.data], resume=True, signature=("samples",))
     results = run(args.model, tasks, args.data, args.out, num_fewshot=args.num_fewshot, limit=args.limit,
                   seed=args.seed, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
                   max_gen_tokens=args.max_gen_tokens, device=args.device, dtype=args.dtype, chat=args.chat)

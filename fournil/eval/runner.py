@@ -278,7 +278,7 @@ def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, out: str
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / artifacts.MANIFEST).unlink(missing_ok=True)
+    artifacts.mark_incomplete(out, "fournil.eval")
     with status(f"loading {model_dir}"):
         engine = Engine(model_dir, device=device, dtype=dtype, batch_tokens=batch_tokens)
     results = [evaluate(engine, t, data_dir, out, num_fewshot=num_fewshot, limit=limit, seed=seed,

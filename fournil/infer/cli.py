@@ -113,6 +113,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     quant.add_argument("--group-size", type=int, default=32, help="inputs per 4-bit group")
     quant.add_argument("--report", action="store_true", help="perplexity of both models and the change")
     quant.add_argument("--text", type=Path, help="text file for --report")
+    quant.add_argument("--force", action="store_true",
+                       help="replace a finished output of this verb there (nothing else is ever deleted)")
     quant.set_defaults(handler=cmd_quantize)
 
     for verb, helptext in (("export", "write a model as another format (gguf)"),
@@ -128,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             exp.add_argument("out", type=Path, help="output .gguf file")
             exp.add_argument("--type", dest="qtype", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),
                              help="tensor type of the matrices (norms stay f32)")
+            exp.add_argument("--force", action="store_true", help="replace an existing GGUF file at OUT")
             exp.set_defaults(handler=cmd_export_gguf)
         else:
             imp = leaf(formats, "gguf", "a GGUF Llama → a model directory transformers and fournil load",
@@ -137,6 +140,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
             imp.add_argument("out", type=Path, help="output model directory")
             imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                              help="dtype of the saved weights")
+            imp.add_argument("--force", action="store_true",
+                             help="replace a finished output of this verb there (nothing else is ever deleted)")
             imp.set_defaults(handler=cmd_import_gguf)
 
 
@@ -249,9 +254,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import UsageError, print_json, print_table, status
     from fournil.infer.quantize import quantize, report, sample_text
 
+    claim_output(args.out, "fournil.infer.quantize", inputs=[args.model, args.text], force=args.force, option="OUT")
     with status(f"quantising {args.model} to {args.bits} bits"):
         quantize(args.model, args.out, args.bits, args.group_size)
     log.info("wrote %s", args.out)
@@ -275,18 +282,22 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import status
     from fournil.infer.gguf_io import export_gguf
 
+    claim_output(args.out, "GGUF", inputs=[args.model], force=args.force, option="OUT", magic=b"GGUF")
     with status(f"writing {args.out}"):
         export_gguf(args.model, args.out, args.qtype)
     log.info("wrote %s", args.out)
 
 
 def cmd_import_gguf(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import status
     from fournil.infer.gguf_io import import_gguf
 
+    claim_output(args.out, "fournil.model", inputs=[args.file], force=args.force, option="OUT")
     with status(f"importing {args.file}"):
         import_gguf(args.file, args.out, args.dtype)
     log.info("wrote %s", args.out)

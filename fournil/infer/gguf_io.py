@@ -206,7 +206,7 @@ def import_gguf(file: str | Path, out: str | Path, dtype: str = "float32") -> Pa
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     out.mkdir(parents=True, exist_ok=True)
-    (out / artifacts.MANIFEST).unlink(missing_ok=True)
+    artifacts.mark_incomplete(out, "fournil.model")
     artifacts.write_text(out / "tokenizer.json", tok.to_str())
     artifacts.write_json(out / "tokenizer_config.json", tok_config)
     if "chat_template" in tok_config:

@@ -216,7 +216,7 @@ def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 3
         state["lm_head.weight"] = head
     state = {k: v.contiguous() for k, v in state.items()}
     out.mkdir(parents=True, exist_ok=True)
-    (out / artifacts.MANIFEST).unlink(missing_ok=True)
+    artifacts.mark_incomplete(out, "fournil.infer.quantize")
     for extra in source.iterdir():
         if extra.is_file() and (extra.name.startswith(("tokenizer", "special_tokens")) or
                                 extra.name in ("chat_template.jinja", "generation_config.json")):

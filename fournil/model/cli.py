@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     init.add_argument("out", type=Path, help="output model directory")
     init.add_argument("--seed", type=int, default=0, help="torch seed for the initial weights")
     init.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="dtype to save in")
+    init.add_argument("--force", action="store_true",
+                      help="replace a finished output of this verb there (nothing else is ever deleted)")
     init.set_defaults(handler=cmd_init)
 
     convert = actions.add_parser(
@@ -64,6 +66,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     convert.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
     convert.add_argument("--max-shard-size", default="2GB", help="shard above this size (e.g. 500MB, 2GB, 1GiB)")
     convert.add_argument("--plain", action="store_true", help="plain transformers layout: no fournil.json")
+    convert.add_argument("--force", action="store_true",
+                         help="replace a finished output of this verb there (nothing else is ever deleted)")
     convert.set_defaults(handler=cmd_convert)
 
     verify = actions.add_parser(
@@ -126,13 +130,15 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_init(args: argparse.Namespace) -> None:
     import torch
 
-    from fournil.artifacts import sha256_json
+    from fournil.artifacts import claim_output, sha256_json
     from fournil.console import status
     from fournil.model.hf import save_model
     from fournil.model.llama import Llama
     from fournil.recipe import load_recipe, to_dict
 
     recipe = load_recipe(args.recipe)
+    claim_output(args.out, "fournil.model", force=args.force, option="OUT",
+                 inputs=[Path(args.recipe) if Path(args.recipe).is_file() else None])
     torch.manual_seed(args.seed)
     with status(f"initialising {recipe.name}"):
         model = Llama(recipe.model)
@@ -142,9 +148,11 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import status
     from fournil.model.hf import convert, parse_size
 
+    claim_output(args.destination, "fournil.model", inputs=[args.source], force=args.force, option="DESTINATION")
     with status(f"converting {args.source} → {args.destination}"):
         convert(args.source, args.destination, args.dtype, parse_size(args.max_shard_size), args.plain)
     log.info("wrote %s", args.destination)

@@ -323,7 +323,7 @@ def save_state_dict(
     for old in directory.iterdir():  # a re-save must not leave stale shards that an index could pick up
         if WEIGHT_FILE.match(old.name):
             old.unlink()
-    (directory / artifacts.MANIFEST).unlink(missing_ok=True)
+    artifacts.mark_incomplete(directory, "fournil.model")
     shards = _split(state, max_shard_bytes)
     if len(shards) == 1:
         with artifacts.atomic_path(directory / SINGLE_FILE) as tmp:

@@ -63,6 +63,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument("--min-frequency", type=int, help="never merge a pair seen fewer times (default 2)")
     train.add_argument("--seed", type=int, help="document sampling seed (default 0)")
     train.add_argument("--no-sentencepiece", action="store_true", help="do not write tokenizer.model")
+    train.add_argument("--force", action="store_true",
+                       help="replace a finished output of this verb there (nothing else is ever deleted)")
     train.set_defaults(handler=cmd_train)
 
     report = actions.add_parser(
@@ -130,7 +132,7 @@ def _pairs(specs: list[str] | None, flag: str) -> dict[str, float]:
 def cmd_train(args: argparse.Namespace) -> None:
     import dataclasses
 
-    from fournil.artifacts import sha256_file
+    from fournil.artifacts import claim_output, sha256_file
     from fournil.console import UsageError, print_json
     from fournil.tokenizer.config import TokenizerConfig
     from fournil.tokenizer.export import save
@@ -157,6 +159,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if not specs:
         raise UsageError("no training text: give --text CATEGORY=PATH … or --sample-corpus")
     inputs = parse_inputs(specs)
+    given = [spec.partition("=")[2] for spec in [*specs, *args.eval]]  # folders as given, and their files
+    claim_output(args.out, "fournil.tokenizer", force=args.force, option="OUT",
+                 inputs=[*given, *(p for files in inputs.values() for p in files)])
     tok, stats = train(config, inputs)
     fertility = None
     if args.eval:
@@ -177,9 +182,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    from fournil.artifacts import claim_output
     from fournil.console import print_json
     from fournil.tokenizer.report import plot, read_texts, report, table_rows
 
+    if args.png:  # a chart replaces a chart, never another file
+        claim_output(args.png, "PNG", force=True, option="--png", magic=b"\x89PNG\r\n\x1a\n")
     texts = read_texts(args.text)
     results = report([args.tokenizer, *args.compare], texts)
     if args.png:

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from fournil.artifacts import atomic_path, write_json, write_manifest, write_text
+from fournil.artifacts import atomic_path, mark_incomplete, write_json, write_manifest, write_text
 from fournil.tokenizer.bpe import BYTE_PIECES, Tokenizer
 from fournil.tokenizer.config import CHATML, SPECIALS
 
@@ -117,6 +117,7 @@ def save(tok: Tokenizer, out: str | Path, manifest: dict[str, Any] | None = None
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    mark_incomplete(out, "fournil.tokenizer")
     write_text(out / "tokenizer.json", tok.to_json())
     write_json(out / "tokenizer_config.json", tokenizer_config(tok))
     write_json(out / "special_tokens_map.json", special_tokens_map())

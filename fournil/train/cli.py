@@ -89,6 +89,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     export.add_argument("out", type=Path, help="output model directory")
     export.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
     export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
+    export.add_argument("--force", action="store_true",
+                        help="replace a finished output of this verb there (nothing else is ever deleted)")
     export.set_defaults(handler=cmd_export)
 
 
@@ -97,6 +99,19 @@ def normalize_argv(argv: list[str]) -> list[str]:
     if argv[:1] == ["train"] and len(argv) > 1 and argv[1] not in (*ACTIONS, "-h", "--help"):
         return ["train", "pretrain", *argv[1:]]
     return argv
+
+
+def claim_run(args: argparse.Namespace, *inputs) -> None:
+    """The run directory must be new, empty or a run of this verb (`--resume`); under torchrun only rank 0 looks,
+    since the others would see the files rank 0 has started to write."""
+    import os
+
+    from fournil.artifacts import claim_output
+
+    if os.environ.get("RANK", "0") == "0":
+        claim_output(args.out, f"fournil.train.{args.action}", resume=args.resume,
+                     inputs=[*inputs, Path(args.recipe) if Path(args.recipe).is_file() else None],
+                     signature=("recipe.json", "metrics.jsonl", "checkpoints"))
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -119,6 +134,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     from fournil.train.loop import train
 
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
+    claim_run(args, args.shards, args.init_from)
     summary = train(recipe, args.shards, args.out, resume=args.resume, init_from=args.init_from,
                     max_steps=args.max_steps)
     result = {"run": str(summary.run_dir), "steps": summary.steps, "loss": summary.final_loss,
@@ -135,6 +151,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     from fournil.train.sft import finetune
 
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
+    claim_run(args, args.tokenizer, args.init_from, *args.chat, *args.pairs, args.replay_from)
     summary = finetune(recipe, args.tokenizer, args.init_from, args.out, chat=args.chat, pairs=args.pairs,
                        resume=args.resume, max_steps=args.max_steps, replay_from=args.replay_from)
     result = {"run": str(summary.run_dir), "steps": summary.steps, "loss": summary.final_loss,
@@ -153,10 +170,12 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    from fournil.artifacts import claim_output
     from fournil.console import UsageError
     from fournil.model.hf import convert
     from fournil.train import checkpoint
 
+    claim_output(args.out, "fournil.model", inputs=[args.run], force=args.force, option="OUT")
     found = checkpoint.checkpoint_dirs(args.run)
     if args.step is not None:
         found = [p for p in found if p.name == f"step-{args.step:06d}"]

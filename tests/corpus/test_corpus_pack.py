@@ -48,7 +48,9 @@ def test_temporary_files_are_removed_on_error(golden_corpus, tmp_path, monkeypat
     with pytest.raises(OSError, match="simulated"):
         pack_module.pack(golden_corpus, pack_golden.TOKENIZER, tmp_path / "shards", **pack_golden.PACK_ARGS)
     assert seen, "the token file was not where it should be"
-    assert not list((tmp_path / "shards").iterdir())
+    # nothing left but the manifest saying the shards are unfinished (what lets a rerun take the directory over)
+    assert [p.name for p in (tmp_path / "shards").iterdir()] == ["fournil.json"]
+    assert not json.loads((tmp_path / "shards" / "fournil.json").read_text())["complete"]
 
 
 def test_batches_do_not_change_the_output(golden_corpus, tmp_path, monkeypatch):

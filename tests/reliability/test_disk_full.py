@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fournil import artifacts
 from fournil.train import checkpoint
 from tests.reliability.conftest import CHILD_ENV, TMPFS, assert_clean_failure, fsize_limited, small_tmpfs
 from tests.train.conftest import TINY, write_shards
@@ -53,7 +54,8 @@ def write_shards_child(out: Path, documents: int, limit: int | None = None) -> s
 def assert_shards_failed_cleanly(result: subprocess.CompletedProcess, out: Path, reason: str) -> None:
     assert_clean_failure(result, "cannot write", reason, code=1)
     assert not leftovers(out), leftovers(out)
-    assert not (out / "fournil.json").exists()  # never published: readers refuse the directory
+    # never published: the manifest, if any, says the writer has not finished, and readers refuse the directory
+    assert not (artifacts.read_manifest(out) or {}).get("complete")
     from fournil.console import UsageError
     from fournil.corpus.shards import Shards
 
