@@ -1,6 +1,9 @@
 """Test-wide settings: offline hub, deterministic torch, 2 threads (the CI machine has 2 cores)."""
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -24,3 +27,18 @@ except ImportError:  # hypothesis is a dev extra
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+SLURM_LOCAL = Path(__file__).parents[1] / "scripts" / "cluster" / "slurm-local"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node Slurm cluster, started by scripts/cluster/slurm-local (idempotent). As root (CI) it
+    must come up or the test fails; without root a developer gets a skip saying how to start one."""
+    if os.geteuid() == 0:
+        result = subprocess.run([str(SLURM_LOCAL), "up"], capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            pytest.fail(f"{SLURM_LOCAL} up failed (exit {result.returncode}): {result.stderr[-3000:]}")
+    elif not shutil.which("sbatch") or subprocess.run([str(SLURM_LOCAL), "status"], capture_output=True).returncode:
+        pytest.skip(f"no Slurm cluster answers here and starting one needs root: sudo {SLURM_LOCAL} up")

@@ -11,6 +11,9 @@
 A checkpoint is assembled in a hidden temporary directory and renamed into place in one atomic step; older
 checkpoints are deleted only after the new one is complete, so a SIGKILL at any moment leaves the previous
 checkpoint intact.
+
+SIGTERM and SIGUSR1 (Slurm's scancel, preemption, and the `--signal` warning before a time limit) do not kill a
+run: it finishes the current step, writes a checkpoint and stops with `Stopped`; `--resume` continues from it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import json
 import os
 import re
 import shutil
+import signal
+import threading
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +121,42 @@ def load(checkpoint: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optimizer"])
     torch.set_rng_state(torch.load(checkpoint / "rng.pt", weights_only=True)["torch"])
     return json.loads((checkpoint / "state.json").read_text(encoding="utf-8"))
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class Stopped(FournilError):
+    """A stop signal ended the run early, after a complete checkpoint; the exit code is 128 + the signal, as if
+    the signal had killed the process, so nothing downstream mistakes the run for a finished one."""
+
+    def __init__(self, signum: int, step: int, path: Path):
+        self.signum, self.step, self.path = signum, step, path
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}: checkpoint {path} is "
+                         f"complete; rerun with --resume to continue from it")
+
+
+class StopOnSignal:
+    """While active, SIGTERM and SIGUSR1 only record their number in `signum` (the first one wins), so the loop
+    stops at a step boundary with a checkpoint instead of dying mid-step. Handlers are restored on exit; outside
+    the main thread Python cannot install handlers and signals keep their usual effect."""
+
+    def __enter__(self) -> StopOnSignal:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._record)
+        return self
+
+    def _record(self, signum: int, frame: Any) -> None:
+        self.signum = self.signum or signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _reason(exc: BaseException) -> str:

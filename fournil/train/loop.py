@@ -251,8 +251,9 @@ def run(
         log.warning("MFU denominator: %s", setup.peak.source)
     end_step = min(t.steps, max_steps) if max_steps is not None else t.steps
     loss_value, tps, val = float("nan"), 0.0, {}
+    stopped_by, saved = 0, None
 
-    with progress_bar(transient=False) as bar:
+    with progress_bar(transient=False) as bar, checkpoint.StopOnSignal() as stop:
         task = bar.add_task("train", total=t.steps, completed=start_step, visible=world.is_main)
         window_start, window_tokens = time.perf_counter(), 0
         for step in range(start_step, end_step):
@@ -271,6 +272,8 @@ def run(
                                    f"{good or 'none'}. Lower train.lr or check the data, then --resume.")
             grad_norm = clip_and_step(model, optimizer, t.grad_clip)
             done = step + 1
+            # one rank's signal stops every rank after this same step, so the checkpoint below is consistent
+            stopped_by = parallel.all_max(stop.signum, world) if done < end_step else 0
             window_tokens += step_tokens
             bar.update(task, completed=done, description=f"train loss {loss_value:.3f}")
 
@@ -296,10 +299,17 @@ def run(
                         if world.is_main:
                             log.info("step %d  %s: %s", done, metric,
                                      "  ".join(f"{k} {v:.3f}" for k, v in sorted(values.items())))
-            if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == end_step:
-                checkpoint.save(run_dir, done, model, config, optimizer,
-                                {"loader": loader.state_dict(), "recipe": to_dict(recipe)}, t.keep_checkpoints, world)
+            if (t.checkpoint_interval and done % t.checkpoint_interval == 0) or done == end_step or stopped_by:
+                saved = checkpoint.save(run_dir, done, model, config, optimizer,
+                                        {"loader": loader.state_dict(), "recipe": to_dict(recipe)},
+                                        t.keep_checkpoints, world)
             window_start += time.perf_counter() - pause  # throughput counts training time only
+            if stopped_by:
+                break
+
+    if stopped_by:
+        parallel.teardown(world)
+        raise checkpoint.Stopped(stopped_by, done, saved)
 
     if end_step == t.steps and world.is_main:
         final = checkpoint.latest(run_dir)

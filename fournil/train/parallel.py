@@ -81,6 +81,15 @@ def all_mean(value: float, world: World) -> float:
     return tensor.item() / world.size
 
 
+def all_max(value: int, world: World) -> int:
+    """The largest of an integer over ranks: one rank's stop request becomes every rank's, at the same step."""
+    if world.size == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=world.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         dist.barrier()

@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -86,6 +87,53 @@ def test_sigkill_then_resume_is_bitwise_identical(shards_dir, tmp_path):
     b = load_file(interrupted / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"kills at {kills}"
     assert losses(interrupted) == losses(reference)  # the log was rewound to the checkpoint, then re-grown
+
+
+def cli_child(shards: Path, run_dir: Path) -> subprocess.Popen:
+    """`fournil train … --resume` in a child process with one thread (as RUNNER), stderr in RUN.err."""
+    sets = [f"--set={k}={v}" for k, v in TINY.items()]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[2]), "OMP_NUM_THREADS": "1", "COLUMNS": "500"}
+    stderr = open(run_dir.parent / f"{run_dir.name}.err", "w")  # noqa: SIM115 (the child holds it)
+    return subprocess.Popen([sys.executable, "-m", "fournil", "train", "croissant-1m", "--shards", str(shards),
+                             "--out", str(run_dir), "--resume", *sets], env=env, stdout=subprocess.DEVNULL,
+                            stderr=stderr)
+
+
+def stop_with(sig: signal.Signals, shards: Path, run_dir: Path, after_step: int) -> int:
+    """Run until RUN/metrics.jsonl shows `after_step`, send `sig`; the step the run stopped after."""
+    child = cli_child(shards, run_dir)
+    deadline = time.time() + 300
+    while child.poll() is None and time.time() < deadline:
+        metrics = run_dir / "metrics.jsonl"
+        if metrics.exists() and f'"step": {after_step},' in metrics.read_text():
+            break
+        time.sleep(0.01)
+    child.send_signal(sig)
+    assert child.wait(timeout=300) == 128 + sig
+    message = (run_dir.parent / f"{run_dir.name}.err").read_text()
+    found = re.search(rf"stopped by {sig.name} after step (\d+): checkpoint (\S+) is complete; rerun with --resume",
+                      message)
+    assert found, message[-3000:]
+    step = int(found.group(1))
+    assert after_step <= step < 12 and found.group(2) == str(checkpoint.latest(run_dir))
+    assert checkpoint.latest(run_dir).name == f"step-{step:06d}" and not (run_dir / "model").exists()
+    return step
+
+
+@pytest.mark.slow
+def test_stop_signals_checkpoint_then_resume_is_bitwise_identical(shards_dir, tmp_path):
+    """SIGUSR1 (a scheduler's time-limit warning), then SIGTERM (scancel, preemption) mid-run: the step finishes,
+    a checkpoint is written, the CLI exits 128 + signal saying how to go on; --resume ends bit for bit where an
+    uninterrupted run ends."""
+    reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
+    assert cli_child(shards_dir, reference).wait(timeout=300) == 0
+    first = stop_with(signal.SIGUSR1, shards_dir, interrupted, after_step=2)
+    second = stop_with(signal.SIGTERM, shards_dir, interrupted, after_step=first + 2)
+    assert cli_child(shards_dir, interrupted).wait(timeout=300) == 0
+    a = load_file(reference / "model" / "model.safetensors")
+    b = load_file(interrupted / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"stopped after {first}, {second}"
+    assert losses(interrupted) == losses(reference)
 
 
 @pytest.mark.slow
