@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import math
 import sys
 
 from rich.text import Text
@@ -42,13 +43,95 @@ exit codes: 0 ok, 1 runtime failure, 2 bad usage or input.
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keep the examples' layout, show defaults."""
+    """Keep the examples' layout, show defaults and the range of numeric options."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
+        if isinstance(action.type, Number | Keyed):
+            text += f" [{action.type.describe()}]"
         if action.default not in (None, False, argparse.SUPPRESS) and "%(default)" not in text:
             text += " (default: %(default)s)"
         return text
+
+
+class Number:
+    """The `type=` of every numeric option: parse, then refuse NaN, ±inf and anything outside [low, high] (open
+    ends with low_open/high_open). argparse turns the refusal into `error: argument --NAME: …` and exit 2 before
+    the verb starts, so a bad value never reaches a loop (`--tokens-per-shard 0`) or a model (`--temperature nan`).
+    Tests enumerate the parsers' Number options and draw values at and beyond these bounds."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False):
+        self.kind, self.low, self.high, self.low_open, self.high_open = kind, low, high, low_open, high_open
+
+    def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):  # NaN would pass every comparison below
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a finite number"
+        if self.low is not None and self.high is not None:
+            return (f"{what} in {'(' if self.low_open else '['}{_show(self.low)}, {_show(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '≥'} {_show(self.low)}"
+        if self.high is not None:
+            return f"{what} {'<' if self.high_open else '≤'} {_show(self.high)}"
+        return what
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = self.kind(text)
+        except (ValueError, OverflowError):  # int() also refuses strings of more than 4300 digits
+            raise argparse.ArgumentTypeError(f"expected {self.describe()}, got {text[:40]!r}") from None
+        if not self.contains(value):
+            raise argparse.ArgumentTypeError(f"must be {self.describe()}, got {text[:40]}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"Number({self.describe()})"
+
+
+def _show(bound: float) -> str:
+    if isinstance(bound, int) and bound >= 2**20 and not (bound + 1) & bound:  # 2^64-1, not 20 digits
+        return f"2^{bound.bit_length()}-1"
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def integer(low: int | None = None, high: int | None = None) -> Number:
+    return Number(int, low, high)
+
+
+def real(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+         high_open: bool = False) -> Number:
+    return Number(float, low, high, low_open=low_open, high_open=high_open)
+
+
+class Keyed:
+    """The `type=` of NAME=NUMBER options (`--weight fr=1`): the number is checked as `number` checks it."""
+
+    def __init__(self, number: Number):
+        self.number = number
+
+    def describe(self) -> str:
+        return self.number.describe()
+
+    def __call__(self, text: str) -> tuple[str, int | float]:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected NAME=NUMBER, e.g. fr=1, got {text[:40]!r}")
+        try:
+            return key, self.number(value)
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{key}: {exc}") from None
+
+
+POSITIVE = integer(1)
+NON_NEGATIVE = integer(0)
+SEED = integer(0, 2**64 - 1)  # what torch's manual_seed and numpy's default_rng both accept
 
 
 def common_options() -> argparse.ArgumentParser:

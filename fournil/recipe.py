@@ -189,7 +189,8 @@ def _convert(hint: Any, value: Any, key: str, lines: dict[str, int], problems: l
     line = lines.get(key)
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):
-        return build(hint, value, key + ".", lines, problems)
+        built = build(hint, value, key + ".", lines, problems)
+        return _INVALID if built is None else built  # so a list or mapping of them never holds a None
     if origin is Literal:
         allowed = typing.get_args(hint)
         if value not in allowed:

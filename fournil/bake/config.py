@@ -26,7 +26,9 @@ class PlanConfig:
             problems.append(("gpu", f"{self.gpu!r} is not known; choose one of: {', '.join(GPU_PEAK_FLOPS)}"))
         if not 0 < self.mfu <= 1:
             problems.append(("mfu", f"must be in (0, 1], got {self.mfu}"))
-        if self.gpus < 1 or self.gpus_per_node < 1 or self.gpus % self.gpus_per_node:
+        if self.gpus_per_node < 1:
+            problems.append(("gpus_per_node", f"must be >= 1, got {self.gpus_per_node}"))
+        elif self.gpus < 1 or self.gpus % self.gpus_per_node:
             problems.append(("gpus", f"{self.gpus} GPUs must fill whole nodes of {self.gpus_per_node}"))
         for name, value in self.available_tokens.items():
             if value < 0:
@@ -50,6 +52,8 @@ class Rung:
                     if getattr(self, k) <= 0]
         if not problems and self.dim % self.n_heads:
             problems.append(("n_heads", f"{self.n_heads} does not divide dim={self.dim}"))
+        if self.lr is not None and self.lr <= 0:
+            problems.append(("lr", f"must be > 0 or null, got {self.lr}"))
         return problems
 
 
@@ -74,4 +78,7 @@ class LadderConfig:
             problems.append(("tokens_per_param", f"must be > 0, got {self.tokens_per_param}"))
         if self.max_steps < 0 or self.evals < 1:
             problems.append(("max_steps" if self.max_steps < 0 else "evals", "must be >= 0 (max_steps) / >= 1 (evals)"))
+        for name, flops in self.extrapolate.items():
+            if flops <= 0:
+                problems.append((f"extrapolate.{name}", f"training FLOPs must be > 0, got {flops}"))
         return problems

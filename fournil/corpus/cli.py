@@ -30,7 +30,7 @@ rerunning after a kill resumes from datatrove's completion markers; the output i
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, HelpFormatter, integer
 
     stage = subparsers.add_parser(
         "corpus", help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
@@ -50,9 +50,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("config", nargs="?", help="corpus recipe YAML (or a recipe with a `corpus:` section)")
     run.add_argument("--out", type=Path, required=True, help="corpus directory to write")
     run.add_argument("--sample", action="store_true", help="use the embedded sample corpus as the sources")
-    run.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
-    run.add_argument("--tasks", type=int, help="datatrove tasks per stage (default: files, at most 4 per worker)")
-    run.add_argument("--max-errors", type=int, default=100,
+    run.add_argument("--workers", type=integer(1, 1024), help="parallel processes (default: all cores)")
+    run.add_argument("--tasks", type=integer(1, 100_000),
+                     help="datatrove tasks per stage (default: files, at most 4 per worker)")
+    run.add_argument("--max-errors", type=integer(-1), default=100,
                      help="bad input records tolerated before the run stops (-1: no limit)")
     run.add_argument("--force", action="store_true", help="discard a previous run in --out and start over")
     run.set_defaults(handler=cmd_run)
@@ -66,10 +67,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pack.add_argument("corpus", type=Path, help="corpus directory written by `fournil corpus run`")
     pack.add_argument("tokenizer", type=Path, help="tokenizer directory (or its tokenizer.json)")
     pack.add_argument("--out", type=Path, required=True, help="shards directory to write")
-    pack.add_argument("--seq-len", type=int, default=2048, help="tokens per training sample")
-    pack.add_argument("--seed", type=int, help="shuffle and validation seed (default: the corpus recipe's)")
-    pack.add_argument("--val-docs", type=int, help="held-out documents per language (default: the recipe's)")
-    pack.add_argument("--tokens-per-shard", type=int, default=1 << 24, help="tokens per shard file")
+    pack.add_argument("--seq-len", type=POSITIVE, default=2048, help="tokens per training sample")
+    pack.add_argument("--seed", type=SEED, help="shuffle and validation seed (default: the corpus recipe's)")
+    pack.add_argument("--val-docs", type=NON_NEGATIVE, help="held-out documents per language (default: the recipe's)")
+    pack.add_argument("--tokens-per-shard", type=POSITIVE, default=1 << 24,
+                      help="tokens per shard file (more than --seq-len)")
     pack.add_argument("--force", action="store_true",
                       help="replace a finished output of this verb there (nothing else is ever deleted)")
     pack.set_defaults(handler=cmd_pack)

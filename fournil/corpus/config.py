@@ -100,13 +100,26 @@ class CorpusConfig:
             problems.append(("mix", "the shares sum to 0"))
         if self.max_epochs < 1:
             problems.append(("max_epochs", f"must be >= 1, got {self.max_epochs}"))
+        if not 0 <= self.seed < 2**64:
+            problems.append(("seed", f"must be in [0, 2^64), got {self.seed}"))
         for name in ("min_lang_score", "min_code_score", "min_alpha_words_ratio", "max_bullet_lines_ratio",
                      "max_ellipsis_lines_ratio", "max_dup_line_ratio", "max_dup_line_char_ratio",
-                     "min_line_punct_ratio", "max_short_line_ratio"):
+                     "max_top_2gram_ratio", "max_top_3gram_ratio", "max_top_4gram_ratio", "max_dup_5gram_ratio",
+                     "max_dup_10gram_ratio", "min_line_punct_ratio", "max_short_line_ratio"):
             if not 0 <= getattr(self, name) <= 1:
                 problems.append((name, f"must be in [0, 1], got {getattr(self, name)}"))
+        for name in ("min_words", "min_avg_word_length", "max_symbol_word_ratio", "min_stop_words",
+                     "max_newline_word_ratio"):
+            if getattr(self, name) < 0:
+                problems.append((name, f"must be >= 0, got {getattr(self, name)}"))
+        for name in ("max_words", "max_avg_word_length"):
+            if getattr(self, name) <= 0:
+                problems.append((name, f"must be > 0, got {getattr(self, name)}"))
         if self.min_words > self.max_words:
             problems.append(("min_words", f"{self.min_words} exceeds max_words={self.max_words}"))
+        if self.min_avg_word_length > self.max_avg_word_length:
+            problems.append(("min_avg_word_length", f"{self.min_avg_word_length} exceeds "
+                                                    f"max_avg_word_length={self.max_avg_word_length}"))
         for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "decontam_ngrams"):
             if getattr(self, name) <= 0:
                 problems.append((name, f"must be > 0, got {getattr(self, name)}"))

@@ -202,6 +202,8 @@ def pack(corpus: Path, tokenizer: Path, out: Path, *, seq_len: int = 2048, seed:
     val_docs = config.get("val_docs", 200) if val_docs is None else val_docs
     if seq_len <= 0 or val_docs < 0:
         raise UsageError("--seq-len must be > 0 and --val-docs >= 0")
+    if tokens_per_shard <= seq_len:  # a shard must hold a whole sample (seq_len + 1 tokens), or it trains on nothing
+        raise UsageError(f"--tokens-per-shard {tokens_per_shard} must exceed --seq-len {seq_len}")
     tok, eos_id, tok_sha = load_tokenizer(tokenizer)
     vocab_size = tok.get_vocab_size()
     dtype = token_dtype(vocab_size)

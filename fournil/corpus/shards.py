@@ -49,6 +49,8 @@ class ShardWriter:
     _val: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not 0 < self.seq_len < self.tokens_per_shard:  # 0 tokens per shard would roll over forever
+            raise ValueError(f"need 0 < seq_len < tokens_per_shard, got {self.seq_len} and {self.tokens_per_shard}")
         self.directory = Path(self.directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         artifacts.mark_incomplete(self.directory, "fournil.corpus.shards")

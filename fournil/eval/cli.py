@@ -20,7 +20,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, HelpFormatter
 
     stage = subparsers.add_parser(
         "eval", help="FrenchBench, English sanity tasks and translation; side-by-side reports",
@@ -39,12 +39,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--tasks", required=True, help="comma-separated task or group names (see `fournil eval list`)")
     run.add_argument("--data", type=Path, default=Path("data/eval"), help="local data directory")
     run.add_argument("--out", type=Path, required=True, help="results directory")
-    run.add_argument("--limit", type=int, help="first N documents of each task")
-    run.add_argument("--num-fewshot", type=int, help="few-shot examples (default: each task's, 0; translation 5)")
-    run.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval's default)")
-    run.add_argument("--batch-tokens", type=int, default=4096, help="tokens per log-likelihood forward pass")
-    run.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
-    run.add_argument("--max-gen-tokens", type=int, help="generation cap per prompt (default: 256, as lm-eval)")
+    run.add_argument("--limit", type=POSITIVE, help="first N documents of each task")
+    run.add_argument("--num-fewshot", type=NON_NEGATIVE, help="few-shot examples (default: each task's, 0; translation 5)")
+    run.add_argument("--seed", type=SEED, default=1234, help="few-shot sampling seed (lm-eval's default)")
+    run.add_argument("--batch-tokens", type=POSITIVE, default=4096, help="tokens per log-likelihood forward pass")
+    run.add_argument("--batch-size", type=POSITIVE, default=16, help="prompts per generation batch")
+    run.add_argument("--max-gen-tokens", type=POSITIVE, help="generation cap per prompt (default: 256, as lm-eval)")
     run.add_argument("--chat", action="store_true",
                      help="translation: ask through the model's chat template (a fine-tuned model) instead of shots")
     run.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
@@ -81,16 +81,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def cmd_run(args: argparse.Namespace) -> None:
     from fournil.artifacts import claim_output
-    from fournil.console import UsageError, print_json
+    from fournil.console import print_json
     from fournil.eval.runner import run
     from fournil.eval.tasks import resolve_tasks
 
-    for flag in ("limit", "batch_tokens", "batch_size", "max_gen_tokens"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise UsageError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
-    if args.num_fewshot is not None and args.num_fewshot < 0:
-        raise UsageError(f"--num-fewshot must be >= 0, got {args.num_fewshot}")
     tasks = resolve_tasks(args.tasks)
     claim_output(args.out, "fournil.eval", inputs=[args.model, args.data], resume=True, signature=("samples",))
     results = run(args.model, tasks, args.data, args.out, num_fewshot=args.num_fewshot, limit=args.limit,

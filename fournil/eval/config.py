@@ -36,4 +36,6 @@ class EvalConfig:
         for name in ("batch_tokens", "batch_size"):
             if getattr(self, name) < 1:
                 problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        if not 0 <= self.seed < 2**64:
+            problems.append(("seed", f"must be in [0, 2^64), got {self.seed}"))
         return problems

@@ -21,7 +21,9 @@ into `loop.call_soon_threadsafe`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import queue
 import secrets
 import threading
@@ -29,10 +31,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from fournil.console import UsageError
 from fournil.infer import kernels
 from fournil.infer.config import SamplingConfig
 from fournil.infer.fused import fused_decoder
@@ -46,6 +50,37 @@ log = logging.getLogger(__name__)
 Event = tuple[Any, ...]  # ("delta", text) | ("done", finish_reason, prompt_tokens, completion_tokens) | ("error", msg)
 
 
+def available_memory(device=None) -> int:
+    """Bytes a new allocation may take: free memory of a CUDA device, else the host's MemAvailable (what the
+    kernel can hand out without swapping), within a cgroup v2 memory limit when there is one."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    free = None
+    with contextlib.suppress(OSError, ValueError, StopIteration), open("/proc/meminfo", encoding="ascii") as f:
+        free = 1024 * int(next(line for line in f if line.startswith("MemAvailable:")).split()[1])
+    if free is None:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        root = Path("/sys/fs/cgroup")
+        limit = (root / "memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int((root / "memory.current").read_text()))
+    return free
+
+
+def check_cache(config: ModelConfig, slots: int, max_len: int, itemsize: int, device=None) -> None:
+    """Refuse a slot cache larger than the memory free for it, saying how many slots would fit."""
+    from fournil.model.info import human
+
+    per_slot = 2 * config.n_layers * config.kv_heads * max_len * config.head_dim * itemsize  # keys + values
+    free = available_memory(device)
+    if slots * per_slot > free:
+        raise UsageError(f"--slots {slots} × --context {max_len} needs a KV cache of {human(slots * per_slot, 'B')}, "
+                         f"more than the {human(free, 'B')} of memory available; at most {free // per_slot} slots "
+                         "fit at this context")
+
+
 class SlotCache:
     """Keys/values for `slots` independent rows; the caller plans each forward (prefill or decode) before it runs.
 
@@ -55,6 +90,7 @@ class SlotCache:
 
     def __init__(self, config: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None):
         shape = (config.n_layers, slots, config.kv_heads, max_len, config.head_dim)
+        check_cache(config, slots, max_len, dtype.itemsize, device)  # before torch.zeros takes (or promises) it
         self.keys = torch.zeros(shape, dtype=dtype, device=device)  # as KVCache: all layers, k[layer] a view
         self.values = torch.zeros(shape, dtype=dtype, device=device)
         self.k, self.v = list(self.keys.unbind(0)), list(self.values.unbind(0))

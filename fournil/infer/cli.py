@@ -26,15 +26,19 @@ examples:
 
 
 def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, real
+
     group = parser.add_argument_group("decoding")
-    group.add_argument("--max-tokens", type=int, default=max_tokens, help="new tokens per prompt")
-    group.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; higher = more random")
-    group.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = off)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1 = off)")
-    group.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p × the top probability")
-    group.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL penalty on seen tokens (1 = off)")
+    group.add_argument("--max-tokens", type=POSITIVE, default=max_tokens, help="new tokens per prompt")
+    group.add_argument("--temperature", type=real(0), default=0.0, help="0 = greedy; higher = more random")
+    group.add_argument("--top-k", type=NON_NEGATIVE, default=0, help="sample among the k most likely tokens (0 = off)")
+    group.add_argument("--top-p", type=real(0, 1, low_open=True), default=1.0, help="nucleus sampling mass (1 = off)")
+    group.add_argument("--min-p", type=real(0, 1, high_open=True), default=0.0,
+                       help="drop tokens below min-p × the top probability")
+    group.add_argument("--repetition-penalty", type=real(0, low_open=True), default=1.0,
+                       help="CTRL penalty on seen tokens (1 = off)")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
-    group.add_argument("--seed", type=int, default=None, help="sampling seed for reproducible output")
+    group.add_argument("--seed", type=SEED, default=None, help="sampling seed for reproducible output")
     group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
     group.add_argument("--compile", action="store_true",
                        help="fast decoding of a float model, about 3x faster per token on SmolLM2: float32 through "
@@ -44,7 +48,7 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import POSITIVE, HelpFormatter, integer, real
 
     def leaf(parent, name: str, help: str, description: str) -> argparse.ArgumentParser:
         return parent.add_parser(name, parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
@@ -77,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     tr.add_argument("--from", dest="source", required=True, choices=("en", "fr"), help="source language")
     tr.add_argument("--to", dest="target", required=True, choices=("en", "fr"), help="target language")
     tr.add_argument("--chat", action="store_true", help="use the chat template (chat models)")
-    tr.add_argument("--batch-size", type=int, default=8, help="lines per batch")
+    tr.add_argument("--batch-size", type=POSITIVE, default=8, help="lines per batch")
     _sampling_flags(tr, 128)
     tr.set_defaults(handler=cmd_translate)
 
@@ -87,20 +91,20 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
     srv.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
-    srv.add_argument("--port", type=int, default=8000, help="TCP port")
+    srv.add_argument("--port", type=integer(0, 65535), default=8000, help="TCP port")
     srv.add_argument("--api-key", default=os.environ.get("FOURNIL_API_KEY"),
                      help="require 'Authorization: Bearer KEY' on /v1/* (default: $FOURNIL_API_KEY; none = open)")
     srv.add_argument("--model-name", help="model id clients send (default: the directory name)")
-    srv.add_argument("--slots", type=int, default=16, help="requests decoded together at most (others queue)")
-    srv.add_argument("--context", type=int, default=1024,
+    srv.add_argument("--slots", type=POSITIVE, default=16, help="requests decoded together at most (others queue)")
+    srv.add_argument("--context", type=POSITIVE, default=1024,
                      help="tokens per slot, prompt + reply (capped by the model's context length)")
-    srv.add_argument("--max-tokens-limit", type=int, default=1024,
+    srv.add_argument("--max-tokens-limit", type=POSITIVE, default=1024,
                      help="largest max_tokens a request may ask (and the default when it asks nothing)")
-    srv.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get 413")
-    srv.add_argument("--temperature", type=float, default=1.0, help="default temperature (OpenAI's is 1)")
-    srv.add_argument("--shutdown-timeout", type=float, default=None,
+    srv.add_argument("--max-body-bytes", type=POSITIVE, default=1 << 20, help="larger request bodies get 413")
+    srv.add_argument("--temperature", type=real(0, 2), default=1.0, help="default temperature (OpenAI's is 1)")
+    srv.add_argument("--shutdown-timeout", type=real(0), default=None,
                      help="seconds to wait for running requests on SIGTERM (default: until they finish)")
-    srv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    srv.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's choice)")
     srv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
     srv.set_defaults(handler=cmd_serve)
 
@@ -110,7 +114,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     quant.add_argument("model", type=Path, help="floating-point model directory")
     quant.add_argument("out", type=Path, help="output directory")
     quant.add_argument("--bits", type=int, choices=(8, 4), default=8, help="8: int8 per channel; 4: 4-bit groups")
-    quant.add_argument("--group-size", type=int, default=32, help="inputs per 4-bit group")
+    quant.add_argument("--group-size", type=POSITIVE, default=32, help="inputs per 4-bit group")
     quant.add_argument("--report", action="store_true", help="perplexity of both models and the change")
     quant.add_argument("--text", type=Path, help="text file for --report")
     quant.add_argument("--force", action="store_true",
@@ -234,15 +238,6 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
-    from fournil.console import UsageError
-
-    for name in ("slots", "context", "max_tokens_limit", "max_body_bytes", "threads"):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-    if not 0 <= args.port < 65536:
-        raise UsageError(f"--port must be in 0..65535, got {args.port}")
-    if args.temperature < 0:
-        raise UsageError(f"--temperature must be ≥ 0, got {args.temperature}")
     _huge_pages()
     from fournil.infer.server import serve
 

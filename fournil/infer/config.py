@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -27,20 +28,20 @@ class SamplingConfig:
         return self.temperature == 0.0
 
     def check(self) -> list[tuple[str, str]]:
-        """Every bad field, named."""
+        """Every bad field, named; each test is written so that NaN fails it (NaN < 0 is False as well)."""
         problems = []
         if self.max_tokens < 0:
             problems.append(("max_tokens", f"must be ≥ 0, got {self.max_tokens}"))
-        if self.temperature < 0:
-            problems.append(("temperature", f"must be ≥ 0 (0 = greedy), got {self.temperature}"))
+        if not 0 <= self.temperature < math.inf:
+            problems.append(("temperature", f"must be finite and ≥ 0 (0 = greedy), got {self.temperature}"))
         if self.top_k < 0:
             problems.append(("top_k", f"must be ≥ 0 (0 = off), got {self.top_k}"))
         if not 0 < self.top_p <= 1:
             problems.append(("top_p", f"must be in (0, 1], got {self.top_p}"))
         if not 0 <= self.min_p < 1:
             problems.append(("min_p", f"must be in [0, 1), got {self.min_p}"))
-        if self.repetition_penalty <= 0:
-            problems.append(("repetition_penalty", f"must be > 0 (1 = off), got {self.repetition_penalty}"))
+        if not 0 < self.repetition_penalty < math.inf:
+            problems.append(("repetition_penalty", f"must be finite and > 0 (1 = off), got {self.repetition_penalty}"))
         if any(not s for s in self.stop):
             problems.append(("stop", "stop strings must not be empty"))
         return problems

@@ -19,7 +19,7 @@ import torch
 from fournil import artifacts
 from fournil.console import UsageError
 from fournil.model.config import ModelConfig
-from fournil.model.hf import DTYPES, save_state_dict
+from fournil.model.hf import DTYPES, check_weights, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +203,7 @@ def import_gguf(file: str | Path, out: str | Path, dtype: str = "float32") -> Pa
     config.dtype = dtype
     tok, tok_config = gguf_tokenizer(reader, str(file))
     state = read_gguf_state(reader, config, str(file), DTYPES[dtype])
+    check_weights(config, state, str(file))  # the header's shape against its tensors, before anything is written
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     out.mkdir(parents=True, exist_ok=True)
@@ -294,6 +295,7 @@ def export_gguf(directory: str | Path, out: str | Path, qtype: str = "f16") -> P
     tok_config_file = directory / "tokenizer_config.json"
     tok_config = json.loads(tok_config_file.read_text(encoding="utf-8")) if tok_config_file.is_file() else {}
     state = read_state_dict(directory, torch.float32)
+    check_weights(config, state, str(directory))
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     kind = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,

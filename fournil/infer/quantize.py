@@ -24,7 +24,16 @@ from torch import nn
 from fournil import artifacts
 from fournil.console import UsageError
 from fournil.infer import kernels
-from fournil.model.hf import read_config, read_state_dict, to_hf_config, weight_files
+from fournil.model.hf import (
+    check_finite,
+    check_size,
+    check_state_dict,
+    check_weights,
+    read_config,
+    read_state_dict,
+    to_hf_config,
+    weight_files,
+)
 from fournil.model.llama import Llama
 
 log = logging.getLogger(__name__)
@@ -117,6 +126,43 @@ def is_quantized(directory: str | Path) -> bool:
     return (hf.get("quantization_config") or {}).get("quant_method") == METHOD
 
 
+def _float_view(state: dict[str, torch.Tensor], bits: int, group_size: int | None, int8_head: bool,
+               source: str) -> dict[str, torch.Tensor]:
+    """The floating-point tensors a quantised state stands for, as meta tensors of their float shape (scales
+    checked and left out), so that `hf.check_size` and `hf.check_state_dict` judge a quantised directory's
+    config.json exactly as they judge a float one."""
+    view, problems = {}, []
+    stored = torch.int8 if bits == 8 else torch.uint8
+    for name, tensor in state.items():
+        if name.endswith((".weight_scale", ".weight_min")):
+            continue
+        if not (_quantizable(name) or (int8_head and name == "lm_head.weight")):
+            view[name] = tensor
+            continue
+        if tensor.dtype != stored or tensor.dim() != 2:
+            problems.append(f"{name}: expected a 2-d {stored} matrix, got {tensor.dtype} {list(tensor.shape)}")
+            continue
+        rows, cols = tensor.shape[0], tensor.shape[1] * (1 if bits == 8 else 2)  # 4 bits: two inputs per byte
+        view[name] = torch.empty(rows, cols, device="meta")
+        if bits == 4 and cols % group_size:
+            problems.append(f"{name}: {cols} inputs are not a multiple of group_size {group_size}")
+            continue
+        base = name.removesuffix(".weight")
+        extras = ({"weight_scale": (rows,)} if bits == 8 else
+                  dict.fromkeys(("weight_scale", "weight_min"), (rows, cols // group_size)))
+        for suffix, shape in extras.items():
+            extra = state.get(f"{base}.{suffix}")
+            if extra is None:
+                problems.append(f"{base}.{suffix}: missing")
+            elif tuple(extra.shape) != shape or not extra.is_floating_point():
+                problems.append(f"{base}.{suffix}: expected a float {list(shape)}, got {extra.dtype} "
+                                f"{list(extra.shape)}")
+    if problems:
+        shown = problems[:20] + ([f"… and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise UsageError(f"{source}: quantised tensors do not match ({len(problems)}):\n    " + "\n    ".join(shown))
+    return view
+
+
 def load_quantized(directory: str | Path, device: str | torch.device = "cpu") -> Llama:
     """Build the Llama with quantised linears in place of nn.Linear and load the stored tensors as they are."""
     directory = Path(directory)
@@ -124,14 +170,21 @@ def load_quantized(directory: str | Path, device: str | torch.device = "cpu") ->
     hf = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     q = hf["quantization_config"]
     bits, group_size = q.get("bits"), q.get("group_size")
-    if bits not in (4, 8) or (bits == 4 and not isinstance(group_size, int)):
-        raise UsageError(f"{directory / 'config.json'}: quantization_config needs bits 4 or 8 (and group_size for 4)")
+    if bits not in (4, 8) or (bits == 4 and (type(group_size) is not int or group_size < 1)):
+        raise UsageError(f"{directory / 'config.json'}: quantization_config needs bits 4 or 8 (and a positive "
+                         "group_size for 4)")
     state = read_state_dict(directory)
     int8_head = bits == 8 and q.get("lm_head") is True
-    if bits == 8:
-        kernels.available()  # build the int8 kernel now (once per machine), not in the middle of a traced step
+    # config.json against the tensors before anything is built, as load_model does: a config claiming a million
+    # layers would otherwise build a million modules
+    view = _float_view(state, bits, group_size, int8_head, str(directory))
+    check_size(config, view, str(directory))
     with torch.device("meta"):
         model = Llama(config)
+    check_state_dict(model, view, str(directory))
+    check_finite(state, str(directory))
+    if bits == 8:
+        kernels.available()  # build the int8 kernel now (once per machine), not in the middle of a traced step
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or not (_quantizable(f"{name}.weight") or
                                                      (int8_head and name == "lm_head")):
@@ -206,6 +259,7 @@ def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 3
     config = read_config(source)
     weight_files(source)  # refuse pickles / missing weights before anything is written
     state = read_state_dict(source, torch.float32)
+    check_weights(config, state, str(source))  # what loading it would refuse, refused before anything is written
     head = state.pop("lm_head.weight", None)
     if head is None:  # tied (and stored once)
         head = state["model.embed_tokens.weight"]

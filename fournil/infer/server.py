@@ -63,7 +63,7 @@ class ServerSettings:
 # --- request bodies (strict types: "5" is not an int; unknown fields are ignored, as OpenAI clients send some) ---
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, allow_inf_nan=False)  # NaN: "not finite", not "≤ 2"
 
 
 class TextPart(_Body):
@@ -502,9 +502,14 @@ def serve(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000, m
     import torch
 
     from fournil.infer.generate import Engine
+    from fournil.model.hf import DTYPES, read_config
 
     if threads:
         torch.set_num_threads(threads)
+    # before loading anything, in the dtype the weights will have; the cache checks again once they are loaded
+    config = read_config(directory)
+    batching.check_cache(config, slots, min(context or config.max_seq_len, config.max_seq_len),
+                         DTYPES[dtype or config.dtype].itemsize)
     engine = Engine.load(directory, dtype=dtype)
     scheduler = batching.Scheduler(engine.model, engine.tokenizer, slots=slots, context=context)
     settings = ServerSettings(model_name=model_name or Path(directory).name, api_key=api_key,

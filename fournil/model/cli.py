@@ -20,7 +20,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import POSITIVE, SEED, HelpFormatter, real
 
     model = subparsers.add_parser(
         "model", help="model sizes, random init, conversion, transformers parity",
@@ -36,8 +36,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "AdamW state, activations) at a given batch. Nothing is allocated: it is arithmetic on the config.",
     )
     info.add_argument("source", help="recipe file, preset name (e.g. croissant-1.3b) or model directory")
-    info.add_argument("--batch-size", type=int, default=1, help="sequences per device for the memory estimate")
-    info.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the context length)")
+    info.add_argument("--batch-size", type=POSITIVE, default=1, help="sequences per device for the memory estimate")
+    info.add_argument("--seq-len", type=POSITIVE, default=None, help="tokens per sequence (default: the context length)")
     info.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights/activations dtype")
     info.add_argument("--checkpointing", action="store_true", help="estimate with activation checkpointing")
     info.set_defaults(handler=cmd_info)
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     init.add_argument("recipe", help="recipe file or preset name")
     init.add_argument("out", type=Path, help="output model directory")
-    init.add_argument("--seed", type=int, default=0, help="torch seed for the initial weights")
+    init.add_argument("--seed", type=SEED, default=0, help="torch seed for the initial weights")
     init.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="dtype to save in")
     init.add_argument("--force", action="store_true",
                       help="replace a finished output of this verb there (nothing else is ever deleted)")
@@ -77,8 +77,8 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported.",
     )
     verify.add_argument("source", help="model directory")
-    verify.add_argument("--seq-len", type=int, default=32, help="tokens per test sequence")
-    verify.add_argument("--tolerance", type=float, default=1e-4, help="max |Δlogit| allowed (float32)")
+    verify.add_argument("--seq-len", type=POSITIVE, default=32, help="tokens per test sequence")
+    verify.add_argument("--tolerance", type=real(0), default=1e-4, help="max |Δlogit| allowed (float32)")
     verify.set_defaults(handler=cmd_verify)
 
 
@@ -97,11 +97,9 @@ def _load_config(source: str):
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from fournil.console import UsageError, print_json, print_table
+    from fournil.console import print_json, print_table
     from fournil.model.info import describe, human
 
-    if args.batch_size <= 0 or (args.seq_len is not None and args.seq_len <= 0):
-        raise UsageError("--batch-size and --seq-len must be positive")
     config = _load_config(args.source)
     report = describe(config, args.batch_size, args.seq_len, args.dtype, args.checkpointing)
     if args.json:

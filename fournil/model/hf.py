@@ -254,6 +254,17 @@ def check_state_dict(model: Llama, state: dict[str, torch.Tensor], source: str) 
         raise UsageError(f"{source}: weights do not match config.json:\n  " + "\n  ".join(parts))
 
 
+def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
+    """What `load_model` checks before it loads, for code that reads a directory's tensors without building the
+    model (convert, quantize, GGUF export and import): size first, so nothing huge is built, then names and
+    shapes against a model on the meta device, then finite values."""
+    check_size(config, state, source)
+    with torch.device("meta"):
+        skeleton = Llama(config)
+    check_state_dict(skeleton, state, source)
+    check_finite(state, source)
+
+
 def load_model(
     source: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
 ) -> Llama:
@@ -366,11 +377,7 @@ def convert(
     if dtype is not None:
         config = _with_dtype(config, dtype)
     state = read_state_dict(src, DTYPES[config.dtype])
-    check_size(config, state, str(src))
-    with torch.device("meta"):
-        skeleton = Llama(config)
-    check_state_dict(skeleton, state, str(src))
-    check_finite(state, str(src))  # a NaN copied into a new directory would only surface at inference
+    check_weights(config, state, str(src))  # a NaN copied into a new directory would only surface at inference
     state = {k: v.contiguous() for k, v in state.items() if not IGNORED_KEYS.search(k)}
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)

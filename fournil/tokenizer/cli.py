@@ -27,7 +27,7 @@ field (or "fr" and "en" fields for parallel pairs), or a folder of those.
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, HelpFormatter, Keyed, real
 
     stage = subparsers.add_parser(
         "tokenizer", help="train, measure and use a bilingual FR/EN tokenizer",
@@ -50,18 +50,18 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument("--sample-corpus", action="store_true",
                        help="also train on the embedded sample corpus: its fr, en, code, parallel files, for each "
                        "category that has a weight > 0 (test-split rows are left out)")
-    train.add_argument("--weight", nargs="+", action="extend", metavar="CATEGORY=W",
+    train.add_argument("--weight", nargs="+", action="extend", metavar="CATEGORY=W", type=Keyed(real(0)),
                        help="sampling weight per category (default: fr=1 en=1)")
     train.add_argument("--eval", nargs="+", action="extend", default=[], metavar="LANG=PATH",
                        help="held-out text: write fertility.json and fertility.png into the directory")
     train.add_argument("--compare", nargs="+", action="extend", default=[], metavar="OTHER",
                        help="with --eval: tokenizers to put beside ours (as in `report`)")
     train.add_argument("--recipe", help="recipe file or preset whose `tokenizer:` section gives the defaults")
-    train.add_argument("--vocab-size", type=int, help="total ids, specials and bytes included (default 32000)")
-    train.add_argument("--n-reserved", type=int, help="reserved special ids after the ChatML tokens (default 10)")
-    train.add_argument("--max-chars", type=int, help="cap on the characters sampled across categories")
-    train.add_argument("--min-frequency", type=int, help="never merge a pair seen fewer times (default 2)")
-    train.add_argument("--seed", type=int, help="document sampling seed (default 0)")
+    train.add_argument("--vocab-size", type=POSITIVE, help="total ids, specials and bytes included (default 32000)")
+    train.add_argument("--n-reserved", type=NON_NEGATIVE, help="reserved special ids after the ChatML tokens (default 10)")
+    train.add_argument("--max-chars", type=POSITIVE, help="cap on the characters sampled across categories")
+    train.add_argument("--min-frequency", type=POSITIVE, help="never merge a pair seen fewer times (default 2)")
+    train.add_argument("--seed", type=SEED, help="document sampling seed (default 0)")
     train.add_argument("--no-sentencepiece", action="store_true", help="do not write tokenizer.model")
     train.add_argument("--force", action="store_true",
                        help="replace a finished output of this verb there (nothing else is ever deleted)")
@@ -99,7 +99,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         help="print the text of some ids", description="Decode ids back to text.",
     )
     decode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
-    decode.add_argument("ids", nargs="+", type=int, metavar="ID")
+    decode.add_argument("ids", nargs="+", type=NON_NEGATIVE, metavar="ID", help="token ids")
     decode.add_argument("--skip-special", action="store_true", help="drop special tokens")
     decode.set_defaults(handler=cmd_decode)
 
@@ -112,21 +112,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     verify.add_argument("tokenizer", type=Path, help="tokenizer directory")
     verify.add_argument("--text", nargs="+", action="extend", required=True, metavar="LANG=PATH")
     verify.set_defaults(handler=cmd_verify)
-
-
-def _pairs(specs: list[str] | None, flag: str) -> dict[str, float]:
-    from fournil.console import UsageError
-
-    out = {}
-    for spec in specs or []:
-        key, sep, value = spec.partition("=")
-        try:
-            out[key] = float(value)
-        except ValueError:
-            raise UsageError(f"{flag} {spec!r}: expected CATEGORY=NUMBER, e.g. fr=1") from None
-        if not sep or not key:
-            raise UsageError(f"{flag} {spec!r}: expected CATEGORY=NUMBER, e.g. fr=1")
-    return out
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -149,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     overrides = {name: getattr(args, name) for name in ("vocab_size", "n_reserved", "max_chars", "min_frequency", "seed")
                  if getattr(args, name) is not None}
     if args.weight:
-        overrides["weights"] = _pairs(args.weight, "--weight")
+        overrides["weights"] = dict(args.weight)
     config = dataclasses.replace(config, **overrides)
     specs = list(args.text)
     if args.sample_corpus:

@@ -57,4 +57,6 @@ class TokenizerConfig:
                 problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
         if self.max_chars is not None and self.max_chars < 1:
             problems.append(("max_chars", f"must be >= 1 or null, got {self.max_chars}"))
+        if not 0 <= self.seed < 2**64:
+            problems.append(("seed", f"must be in [0, 2^64), got {self.seed}"))
         return problems

@@ -25,7 +25,7 @@ ACTIONS = ("pretrain", "sft", "plot", "export")
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import NON_NEGATIVE, POSITIVE, HelpFormatter
 
     train = subparsers.add_parser(
         "train", help="pretraining with exact resume; plots of a run",
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pretrain.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, metrics, model")
     pretrain.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     pretrain.add_argument("--init-from", help="start from this HF Llama directory (continued pretraining)")
-    pretrain.add_argument("--max-steps", type=int, help="stop after this step (the schedule keeps its length)")
+    pretrain.add_argument("--max-steps", type=POSITIVE, help="stop after this step (the schedule keeps its length)")
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe value, e.g. train.lr=1e-3 (repeatable; YAML syntax for values)")
     pretrain.set_defaults(handler=cmd_pretrain)
@@ -67,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sft.add_argument("--pairs", type=Path, nargs="*", default=[], help="jsonl(.gz) files of {en, fr} pairs")
     sft.add_argument("--replay-from", type=Path, help="pretraining shards mixed in at the recipe's sft.replay share")
     sft.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
-    sft.add_argument("--max-steps", type=int, help="stop after this step (the schedule keeps its length)")
+    sft.add_argument("--max-steps", type=POSITIVE, help="stop after this step (the schedule keeps its length)")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
     sft.set_defaults(handler=cmd_sft)
 
@@ -87,7 +87,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     )
     export.add_argument("run", type=Path, help="run directory")
     export.add_argument("out", type=Path, help="output model directory")
-    export.add_argument("--step", type=int, help="checkpoint step (default: the newest complete one)")
+    export.add_argument("--step", type=NON_NEGATIVE, help="checkpoint step (default: the newest complete one)")
     export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
     export.add_argument("--force", action="store_true",
                         help="replace a finished output of this verb there (nothing else is ever deleted)")

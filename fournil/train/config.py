@@ -60,6 +60,8 @@ class TrainConfig:
         unknown = sorted(set(self.loggers) - {"tensorboard", "wandb"})
         if unknown:
             problems.append(("loggers", f"unknown logger(s) {unknown}; choose from: tensorboard, wandb"))
+        if not 0 <= self.seed < 2**64:
+            problems.append(("seed", f"must be in [0, 2^64), got {self.seed}"))
         if not 0 <= self.replay < 1:
             problems.append(("replay", f"must be in [0, 1), got {self.replay}"))
         if not 0 < self.decay_fraction <= 1:

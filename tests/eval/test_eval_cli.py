@@ -90,5 +90,7 @@ def test_list_and_bad_flags(capsys):
     assert main(["eval", "list", "--json", "--data", str(DATA)]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert all(all(t["splits"].values()) for t in listing["tasks"] if t["kind"] != "translation")
-    assert main(["eval", "run", "x", "--tasks", "french_bench_mc", "--out", "y", "--limit", "0"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "run", "x", "--tasks", "french_bench_mc", "--out", "y", "--limit", "0"])
+    assert exit_.value.code == 2 and "argument --limit" in capsys.readouterr().err
     assert main(["eval", "run", "x", "--tasks", "nope", "--out", "y"]) == 2

@@ -99,7 +99,7 @@ def test_export_then_import_gguf_cli(tiny_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["generate", "{tiny}", "x", "--top-p", "2"], "top_p"),
+    (["generate", "{tiny}", "x", "--top-p", "2"], "argument --top-p: must be a finite number in (0, 1]"),
     (["generate", "{tmp}/nope", "x"], "nope"),
     (["import", "gguf", "{tmp}/bad.gguf", "{tmp}/out"], "bad.gguf"),
     (["export", "gguf", "{tiny}", "{tmp}/x.gguf", "--type", "q2_k"], "invalid choice"),
@@ -111,7 +111,7 @@ def test_bad_input_exits_2_naming_the_culprit(tiny_dir, tmp_path, capsys, monkey
     argv = [a.format(tiny=tiny_dir, tmp=tmp_path) for a in argv]
     try:
         code, _, err = run(capsys, *argv)
-    except SystemExit as exc:  # argparse rejects choices itself
+    except SystemExit as exc:  # argparse rejects choices and out-of-range numbers itself
         code, err = exc.code, capsys.readouterr().err
     assert code == 2 and message in err.replace("\n", " ")
     assert not (tmp_path / "out" / "fournil.json").exists() and not (tmp_path / "x.gguf").exists()

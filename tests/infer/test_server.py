@@ -14,9 +14,12 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import get_args
 
 import httpx
 import pytest
+
+from fournil.infer.server import ChatRequest
 
 KEY = "sesame"
 MAX_TOKENS_LIMIT = 250
@@ -246,6 +249,16 @@ def test_malformed_completion_requests_are_400(client, body):
     r = client.post("/v1/completions", json=body)
     assert r.status_code == 400, r.text
     assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("field", [name for name, f in ChatRequest.model_fields.items() if float in get_args(f.annotation)])
+def test_non_finite_knobs_are_400(client, field, value):
+    """Python's JSON reader takes NaN and Infinity; every float knob refuses them, naming itself."""
+    body = json.dumps(chat_body("hi"))[:-1] + f', "{field}": {value}}}'
+    r = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field and "finite" in r.json()["error"]["message"]
 
 
 def test_bad_json_and_oversized_bodies(server, client):
