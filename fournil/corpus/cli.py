@@ -12,6 +12,9 @@ EPILOG = """\
 examples:
   fournil corpus run corpus.yaml --out out/corpus                 the whole chain, all cores, resumable
   fournil corpus run --sample --out out/sample-corpus --workers 2  the embedded sample corpus
+  fournil corpus run corpus.yaml --out /shared/corpus --executor slurm          one array job per stage, returns
+  fournil corpus run corpus.yaml --out /shared/corpus --executor slurm --wait   …and follows them to the end
+  RAY_ADDRESS=auto fournil corpus run corpus.yaml --out out/corpus --executor ray
   fournil corpus pack out/corpus out/tok --out out/shards --seq-len 2048
   fournil corpus report out/corpus --shards out/shards            DATASHEET.md, datasheet.json, datasheet.png
   fournil corpus report out/corpus --tokenizer out/tok            the same, tokens counted before packing
@@ -25,7 +28,9 @@ a corpus recipe (YAML; or a recipe with a `corpus:` section):
     po:      {path: locales/, category: parallel, format: po}
   mix: {fr: 0.44, en: 0.44, code: 0.095, parallel: 0.024}
   eval_sets: {flores: eval/flores.jsonl}
-rerunning after a kill resumes from datatrove's completion markers; the output is the same as one clean run.
+  executor: {kind: slurm, partition: cpu, time: "04:00:00", mem_per_cpu_gb: 2, sbatch_args: {account: abc}}
+rerunning after a kill (or scancel) resumes from datatrove's completion markers; the output is the same as one
+clean run, on any executor. docs/cluster.md walks through Slurm and Ray.
 """
 
 
@@ -50,9 +55,15 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("config", nargs="?", help="corpus recipe YAML (or a recipe with a `corpus:` section)")
     run.add_argument("--out", type=Path, required=True, help="corpus directory to write")
     run.add_argument("--sample", action="store_true", help="use the embedded sample corpus as the sources")
-    run.add_argument("--workers", type=integer(1, 1024), help="parallel processes (default: all cores)")
+    run.add_argument("--executor", choices=["local", "slurm", "ray"],
+                     help="where the stages run (default: the recipe's corpus.executor.kind, else local)")
+    run.add_argument("--partition", help="slurm partition (default: the recipe's, else the cluster's default)")
+    run.add_argument("--wait", action="store_true",
+                     help="slurm: follow the jobs to the end with a progress bar (default: return once submitted)")
+    run.add_argument("--workers", type=integer(1, 1024),
+                     help="tasks running at once (default: local, all cores; slurm and ray, no limit)")
     run.add_argument("--tasks", type=integer(1, 100_000),
-                     help="datatrove tasks per stage (default: files, at most 4 per worker)")
+                     help="datatrove tasks per stage (default: one per file; local: at most 4 per worker)")
     run.add_argument("--max-errors", type=integer(-1), default=100,
                      help="bad input records tolerated before the run stops (-1: no limit)")
     run.add_argument("--force", action="store_true", help="discard a previous run in --out and start over")
@@ -90,16 +101,30 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from fournil.console import UsageError, print_json
-    from fournil.corpus.pipeline import load_config, run, sample_config
-    from fournil.corpus.report import write_report
+    import dataclasses
+
+    from fournil.console import UsageError, print_json, print_table
+    from fournil.corpus.pipeline import load_config, run, sample_config, submit
 
     if bool(args.config) == bool(args.sample):
         raise UsageError("give a corpus recipe or --sample (one of them)")
     config = sample_config() if args.sample else load_config(args.config)
+    overrides = {k: v for k, v in (("kind", args.executor), ("partition", args.partition)) if v is not None}
+    config = dataclasses.replace(config, executor=dataclasses.replace(config.executor, **overrides))
+    if config.executor.kind == "slurm" and not args.wait:
+        from fournil.corpus.executors import describe_submission
+
+        jobs = submit(config, args.out, workers=args.workers, tasks=args.tasks, max_errors=args.max_errors,
+                      force=args.force)
+        if args.json:
+            print_json({"out": str(args.out), "jobs": jobs})
+        elif jobs:
+            print_table("Slurm jobs", [(k, str(v)) for k, v in jobs.items()])
+        for line in describe_submission(args.out.resolve(), jobs) if jobs else []:
+            log.info("%s", line)
+        return
     stats = run(config, args.out, workers=args.workers, tasks=args.tasks, max_errors=args.max_errors,
                 force=args.force)
-    write_report(args.out)
     log.info("wrote %s (%s documents kept)", args.out,
              f"{sum(c['documents'] for c in stats['categories'].values()):,}")
     if args.json:

@@ -8,11 +8,19 @@ English, i.e. FR:EN 1:1 — fr 655.64 B, en 655.64 B, code 141.43 B, parallel 35
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
 CATEGORIES = ("fr", "en", "code", "parallel")
 FORMATS = ("auto", "jsonl", "parquet", "text", "pairs", "tsv", "po", "hf")
+EXECUTORS = ("local", "slurm", "ray")
+# Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
+_SLURM_TIME = re.compile(r"(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)")
+# sbatch options fournil sets itself: the completion tracking and `--wait` rely on them
+_OWN_SBATCH = {"array": "tasks/workers", "job-name": "job_name", "output": None, "error": None, "dependency": None,
+               "partition": "partition", "time": "time", "cpus-per-task": "cpus_per_task",
+               "mem-per-cpu": "mem_per_cpu_gb", "qos": "qos"}
 
 
 def croissant_mix() -> dict[str, float]:
@@ -39,6 +47,62 @@ class SourceConfig:
             problems.append(("weight", f"must be > 0, got {self.weight}"))
         if self.format in ("pairs", "tsv", "po") and self.category != "parallel":
             problems.append(("format", f"{self.format} is a parallel format; set category: parallel"))
+        return problems
+
+
+def slurm_seconds(time: str) -> int:
+    """A Slurm --time value in seconds ("1-12" is a day and 12 hours, "90" is 90 minutes)."""
+    match = _SLURM_TIME.fullmatch(time.strip())
+    if not match:
+        raise ValueError(f"{time!r} is not a Slurm time (M, M:S, H:M:S, D-H, D-H:M or D-H:M:S)")
+    d, dh, dm, ds, a, b, c = (int(g) if g else None for g in match.groups())
+    if d is not None:
+        return ((d * 24 + dh) * 60 + (dm or 0)) * 60 + (ds or 0)
+    if c is not None:
+        return (a * 60 + b) * 60 + c  # H:M:S
+    return a * 60 + (b or 0)  # M or M:S
+
+
+@dataclass(kw_only=True)
+class ExecutorConfig:
+    """Where the stages run: datatrove's local, Slurm or Ray executor, with the same stages and outputs."""
+
+    kind: Literal["local", "slurm", "ray"] = "local"
+    tasks: int | None = None  # tasks per stage (default: one per input file; local: at most 4 per worker)
+    workers: int | None = None  # tasks running at once (default: local, every core; slurm and ray, no limit)
+    cpus_per_task: int = 1  # slurm, ray: CPUs reserved for each task
+    mem_per_cpu_gb: float = 2.0  # slurm, ray: memory reserved per CPU
+    time: str = "24:00:00"  # slurm, ray: time limit of one task (Slurm's --time; `D-HH:MM:SS` works)
+    env: dict[str, str] = field(default_factory=dict)  # slurm, ray: variables set in every task
+    partition: str | None = None  # slurm: default is the cluster's default partition (`sinfo`, marked `*`)
+    qos: str | None = None  # slurm: --qos, when the cluster wants one
+    job_name: str = "fournil-corpus"  # slurm: each stage's job is named <job_name>-<stage>
+    sbatch_args: dict[str, str] = field(default_factory=dict)  # slurm: more #SBATCH options ({account: abc})
+    address: str | None = None  # ray: the cluster to join (default: $RAY_ADDRESS, else `auto`, one on this host)
+
+    def check(self) -> list[tuple[str, str]]:
+        problems = []
+        for name in ("tasks", "workers", "cpus_per_task"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                problems.append((name, f"must be >= 1, got {getattr(self, name)}"))
+        if self.mem_per_cpu_gb <= 0:
+            problems.append(("mem_per_cpu_gb", f"must be > 0, got {self.mem_per_cpu_gb}"))
+        try:
+            if slurm_seconds(self.time) <= 0:
+                problems.append(("time", f"must be more than 0, got {self.time!r}"))
+        except ValueError as exc:
+            problems.append(("time", str(exc)))
+        for key in self.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                problems.append((f"env.{key}", "not a valid environment variable name"))
+        if not re.fullmatch(r"[\w.-]+", self.job_name):
+            problems.append(("job_name", f"{self.job_name!r}: use letters, digits, '.', '-', '_'"))
+        for key in self.sbatch_args:
+            option = key.lstrip("-")
+            if option in _OWN_SBATCH:
+                field_name = _OWN_SBATCH[option]
+                hint = f"set executor.{field_name} instead" if field_name else "fournil sets it (completion tracking)"
+                problems.append((f"sbatch_args.{key}", f"--{option} is not allowed here: {hint}"))
         return problems
 
 
@@ -88,6 +152,8 @@ class CorpusConfig:
     decontam_ngrams: int = 13  # word n-grams shared with an eval text make a document contaminated
     # validation split of the packed shards
     val_docs: int = 200  # held-out documents per language (fr, en)
+    # where the stages run (how, not what: it leaves the output and the recipe hash unchanged)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def check(self) -> list[tuple[str, str]]:
         problems = []

@@ -8,16 +8,18 @@ Layout of a corpus directory:
     work/, logs/                          intermediate files and datatrove logs, stats and completion markers
     fournil.json                          manifest, written last
 
-Stages (each a datatrove executor; a rerun skips every task that has its completion marker):
+Stages (built once by `build_stages`, run by datatrove's local, Slurm or Ray executor, see executors.py; a rerun
+skips every task that has its completion marker):
     1 filter   read sources → clean → language routing → quality → decontaminate → work/filtered
     2-4        MinHash signatures, buckets, clusters (datatrove's 4-stage near-dup dedup)
     5 dedup    drop the near-duplicates → work/dedup
-    6 finalise (this process) exact dedup on normalised text, docs/, stats.json, manifest
+    6 finalise (one task) exact dedup on normalised text, docs/, stats.json, the datasheet, manifest
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -25,16 +27,15 @@ import logging
 import os
 import re
 import shutil
-import sys
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from fournil import artifacts
-from fournil.console import FournilError, UsageError, is_quiet
-from fournil.corpus.config import CATEGORIES, CorpusConfig
+from fournil.console import FournilError, UsageError
+from fournil.corpus.config import CATEGORIES, CorpusConfig, ExecutorConfig
 from fournil.corpus.mix import format_plan, plan_mix
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,10 @@ def sample_config(**overrides) -> CorpusConfig:
 
 
 def config_hash(config: CorpusConfig) -> str:
+    """What the corpus is made of; `executor` (where it runs) is left out, so a run can move between executors."""
     from dataclasses import asdict
 
-    return artifacts.sha256_json(asdict(config))
+    return artifacts.sha256_json({k: v for k, v in asdict(config).items() if k != "executor"})
 
 
 def input_paths(config: CorpusConfig) -> list[Path]:
@@ -99,38 +101,99 @@ def input_paths(config: CorpusConfig) -> list[Path]:
     paths = [Path(p) for p in config.eval_sets.values()]
     for source in config.sources.values():
         path = Path(source.path).expanduser()
-        files = [path] if path.exists() else source_files(source)
+        files = [path] if path.exists() else [entry.path for entry in source_files(source)]
         paths += files + [f.with_suffix(".fr") for f in files if source.format == "pairs" and f.suffix == ".en"]
     return paths
 
 
-def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: int | None = None,
-        max_errors: int = 100, force: bool = False) -> dict:
-    """Run every stage into `out`; returns the stats written to stats.json."""
-    from datatrove.executor import LocalPipelineExecutor
+@dataclass
+class Stage:
+    """One datatrove pipeline and its task count; its logs and completion markers live in logs/<name>/."""
+
+    name: str
+    tasks: int
+    pipeline: list
+
+
+def build_stages(config: CorpusConfig, out: Path, tasks: int, max_errors: int) -> list[Stage]:
+    """Every stage of `corpus run`, built once: the same objects go to the local, Slurm or Ray executor."""
     from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
         MinhashDedupBuckets,
         MinhashDedupCluster,
         MinhashDedupFilter,
     )
-    from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
     from fournil.corpus.dedup import FastWords, Signature
+    from fournil.corpus.executors import Finalise, StageReader
     from fournil.corpus.filters import CleanText, Decontaminate, LanguageRouter, QualityFilter
     from fournil.corpus.readers import SourceReader
 
-    out = Path(out)
+    work = out / "work"
+    reader = SourceReader(config.sources, str(work / "errors"), seed=config.seed, max_errors=max_errors)
+
+    def rejects(step: str):
+        return JsonlWriter(str(out / "rejects"), output_filename=f"{step}/${{rank}}.jsonl.gz")
+
+    minhash = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
+                            hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.seed + 1,
+                            hash_config=HashConfig(hash_fc="xxhash", precision=64))
+
+    def filtered_reader():
+        return StageReader(str(work / "filtered"), compression=None, glob_pattern="*.jsonl")
+
+    return [
+        Stage("filter", tasks, [
+            reader,
+            CleanText(config, exclusion_writer=rejects("clean")),
+            LanguageRouter(config, exclusion_writer=rejects("language")),
+            QualityFilter(config, exclusion_writer=rejects("quality")),
+            Decontaminate(config, exclusion_writer=rejects("decontaminate")),
+            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
+        ]),
+        Stage("minhash-signatures", tasks, [
+            filtered_reader(), Signature(str(work / "minhash" / "signatures"), config=minhash, language=FastWords())]),
+        Stage("minhash-buckets", config.minhash_buckets, [
+            MinhashDedupBuckets(str(work / "minhash" / "signatures"), str(work / "minhash" / "buckets"),
+                                config=minhash)]),
+        Stage("minhash-clusters", 1, [
+            MinhashDedupCluster(str(work / "minhash" / "buckets"), str(work / "minhash" / "clusters"),
+                                config=minhash)]),
+        Stage("dedup", tasks, [
+            filtered_reader(),
+            MinhashDedupFilter(str(work / "minhash" / "clusters"), exclusion_writer=rejects("minhash")),
+            JsonlWriter(str(work / "dedup"), output_filename="${rank}.jsonl", compression=None),
+        ]),
+        Stage("finalise", 1, [Finalise(config, str(out), max_errors)]),
+    ]
+
+
+def _prepare(config: CorpusConfig, out: Path, *, workers: int | None, tasks: int | None, max_errors: int,
+             force: bool) -> tuple[ExecutorConfig, list[Stage] | None]:
+    """Check everything (recipe, inputs, the cluster) before any work; the stages to run, or None when `out` is
+    already complete for this recipe."""
+    from fournil.corpus.executors import preflight
+    from fournil.corpus.readers import SourceReader
+
     if not config.sources:
         raise UsageError("the corpus recipe declares no sources")
+    files = 0
     for name, source in config.sources.items():
-        if not SourceReader({name: source}, "").files:
+        found = len(SourceReader({name: source}, "").files)
+        if not found:
             raise UsageError(f"source {name!r}: no files at {source.path}")
+        files += found
     for name, path in config.eval_sets.items():
         if not Path(path).exists():
             raise UsageError(f"eval_sets.{name}: {path} does not exist")
+    executor = dataclasses.replace(config.executor, **{k: v for k, v in (("workers", workers), ("tasks", tasks))
+                                                       if v is not None})
+    for name in ("workers", "tasks"):
+        if getattr(executor, name) is not None and getattr(executor, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(executor, name)}")
+    executor = preflight(executor)
     digest = config_hash(config)
     marker = out / "work" / "config.sha256"
     # before --force deletes anything: `out` must be a corpus directory (or new), and outside every source
@@ -145,107 +208,76 @@ def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: i
     manifest = artifacts.read_manifest(out)
     if manifest and manifest.get("complete") and manifest.get("config_sha256") == digest:
         log.info("%s is complete for this recipe; nothing to do", out)
-        return json.loads((out / STATS).read_text(encoding="utf-8"))
+        return executor, None
+    if executor.tasks is None:  # one task per file; locally at most 4 per worker (more only adds start-up time)
+        local = executor.workers or os.cpu_count() or 1
+        executor = dataclasses.replace(executor, tasks=max(1, min(files, 4 * local) if executor.kind == "local"
+                                                           else files))
+    stages = build_stages(config, out, executor.tasks, max_errors)
+    # a rerun must split the work as the first run did: task `rank`'s outputs are read back by rank
+    plan_path = out / "work" / "stages.json"
+    counts = {s.name: s.tasks for s in stages}
+    if plan_path.is_file() and (before := json.loads(plan_path.read_text())["tasks"]) != counts \
+            and any((out / "logs").glob("*/completions/*")):
+        raise UsageError(f"{out} was started with {before['filter']} tasks per stage, not {executor.tasks}: "
+                         f"rerun with --tasks {before['filter']} (or corpus.executor.tasks), or --force to start over")
     artifacts.write_text(marker, digest + "\n")
+    artifacts.write_json(plan_path, {"tasks": counts, "started": time.time(), "executor": executor.kind})
+    return executor, stages
 
-    workers = workers or os.cpu_count() or 1
-    reader = SourceReader(config.sources, str(out / "work" / "errors"), seed=config.seed, max_errors=max_errors)
-    tasks = tasks or max(1, min(len(reader.files), 4 * workers))
-    work, logs = out / "work", out / "logs"
 
-    def rejects(step: str):
-        return JsonlWriter(str(out / "rejects"), output_filename=f"{step}/${{rank}}.jsonl.gz")
+def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: int | None = None,
+        max_errors: int = 100, force: bool = False) -> dict:
+    """Run every stage into `out` on the recipe's executor and wait for the end; returns stats.json's content.
 
-    minhash = MinhashConfig(n_grams=config.minhash_ngrams, num_buckets=config.minhash_buckets,
-                            hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.seed + 1,
-                            hash_config=HashConfig(hash_fc="xxhash", precision=64))
+    `workers` and `tasks` override `config.executor`'s (the CLI's --workers, --tasks)."""
+    from fournil.corpus import executors
 
-    def filtered_reader():
-        return JsonlReader(str(work / "filtered"), compression=None, glob_pattern="*.jsonl")
-
-    stages = [
-        ("filter", tasks, lambda: [
-            reader,
-            CleanText(config, exclusion_writer=rejects("clean")),
-            LanguageRouter(config, exclusion_writer=rejects("language")),
-            QualityFilter(config, exclusion_writer=rejects("quality")),
-            Decontaminate(config, exclusion_writer=rejects("decontaminate")),
-            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
-        ]),
-        ("minhash-signatures", tasks, lambda: [
-            filtered_reader(), Signature(str(work / "minhash" / "signatures"), config=minhash, language=FastWords())]),
-        ("minhash-buckets", config.minhash_buckets, lambda: [
-            MinhashDedupBuckets(str(work / "minhash" / "signatures"), str(work / "minhash" / "buckets"),
-                                config=minhash)]),
-        ("minhash-clusters", 1, lambda: [
-            MinhashDedupCluster(str(work / "minhash" / "buckets"), str(work / "minhash" / "clusters"),
-                                config=minhash)]),
-        ("dedup", tasks, lambda: [
-            filtered_reader(),
-            MinhashDedupFilter(str(work / "minhash" / "clusters"), exclusion_writer=rejects("minhash")),
-            JsonlWriter(str(work / "dedup"), output_filename="${rank}.jsonl", compression=None),
-        ]),
-    ]
-    started = time.time()
-    for i, (name, n_tasks, build) in enumerate(stages, 1):
-        if name != "filter" and not any((work / "filtered").glob("*.jsonl")):
-            break  # nothing survived the filters: nothing to deduplicate
-        executor = LocalPipelineExecutor(build(), tasks=n_tasks, workers=min(workers, n_tasks),
-                                         logging_dir=str(logs / name), skip_completed=True)
-        try:
-            _run_stage(executor, f"{i}/{len(stages) + 1} {name}", logs / name, n_tasks, logs / "datatrove.log")
-        except Exception as exc:
-            _raise_input_errors(work / "errors", max_errors)
-            raise FournilError(f"stage {name} failed: {type(exc).__name__}: {exc} (see {logs / name}/logs)") from exc
-        if name == "filter":
-            _raise_input_errors(work / "errors", max_errors)
-    log.info("stage %d/%d finalise: exact dedup, %s/, %s", len(stages) + 1, len(stages) + 1, DOCS, STATS)
-    stats = finalise(config, out)
-    stats["seconds"] = round(time.time() - started, 1)
-    artifacts.write_json(out / STATS, stats)
-    for line in format_plan(stats["plan"]):
-        log.info("%s", line)
-    from dataclasses import asdict
-
-    artifacts.write_manifest(out, producer="fournil.corpus", config_sha256=digest, config=asdict(config),
-                             documents={c: v["documents"] for c, v in stats["categories"].items()})
+    out = Path(out).resolve()  # cluster tasks do not share our working directory
+    executor, stages = _prepare(config, out, workers=workers, tasks=tasks, max_errors=max_errors, force=force)
+    if stages is not None:
+        if executor.kind == "slurm":
+            jobs = executors.submit_slurm(out, stages, executor, follow=True)
+            executors.follow_slurm(out, stages, jobs, max_errors)
+        else:
+            executors.run_in_order(out, stages, executor, max_errors)
+    stats = json.loads((out / STATS).read_text(encoding="utf-8"))
+    if stages is not None:
+        for line in format_plan(stats["plan"]):
+            log.info("%s", line)
     return stats
 
 
-def _run_stage(executor, label: str, logging_dir: Path, n_tasks: int, logfile: Path) -> None:
-    """Run one executor with datatrove's own logging sent to a file and a task progress bar on our stderr."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+def submit(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: int | None = None,
+           max_errors: int = 100, force: bool = False) -> dict[str, int]:
+    """Slurm: submit every stage (chained with `depends=`) and return at once; {stage: job id} of what was
+    submitted (or is still queued from an earlier submission), {} when `out` is already complete."""
+    from fournil.corpus import executors
 
-    logfile.parent.mkdir(parents=True, exist_ok=True)
-    completions = logging_dir / "completions"
-    saved = os.dup(2)
-    console = Console(file=os.fdopen(os.dup(saved), "w"), stderr=True)
-    done = threading.Event()
+    out = Path(out).resolve()
+    executor, stages = _prepare(config, out, workers=workers, tasks=tasks, max_errors=max_errors, force=force)
+    if stages is None:
+        return {}
+    return executors.submit_slurm(out, stages, executor, follow=False)
 
-    def poll(bar: Progress, task) -> None:
-        while not done.wait(0.5):
-            bar.update(task, completed=len(list(completions.glob("*"))) if completions.is_dir() else 0)
 
-    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=False, disable=is_quiet())
-    with bar, open(logfile, "a") as sink:
-        task = bar.add_task(f"stage {label}", total=n_tasks)
-        poller = threading.Thread(target=poll, args=(bar, task), daemon=True)
-        poller.start()
-        sys.stderr.flush()
-        os.dup2(sink.fileno(), 2)
-        try:
-            executor.run()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            done.set()
-            poller.join()
-            bar.update(task, completed=len(list(completions.glob("*"))) if completions.is_dir() else 0)
-    if completions.is_dir() and len(list(completions.glob("*"))) < n_tasks:
-        raise FournilError(f"{n_tasks - len(list(completions.glob('*')))} task(s) did not complete")
+def complete(config: CorpusConfig, out: Path, max_errors: int) -> dict:
+    """The last stage (a pipeline step, so it runs where the others ran): the bad-input budget, exact dedup,
+    docs/, stats.json, the datasheet, and the manifest last."""
+    from dataclasses import asdict
+
+    from fournil.corpus.report import write_report
+
+    _raise_input_errors(out / "work" / "errors", max_errors)
+    digest = config_hash(config)
+    started = json.loads((out / "work" / "stages.json").read_text())["started"]
+    stats = finalise(config, out)
+    stats["seconds"] = round(time.time() - started, 1)
+    artifacts.write_json(out / STATS, stats)
+    write_report(out)
+    artifacts.write_manifest(out, producer="fournil.corpus", config_sha256=digest, config=asdict(config),
+                             documents={c: v["documents"] for c, v in stats["categories"].items()})
+    return stats
 
 
 def read_input_errors(errors_dir: Path) -> list[dict]:
@@ -349,7 +381,7 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
                     {n: config.sources[n].weight for n in sources}, config.mix, config.max_epochs)
     plan["unit"] = "bytes"
     for name, s in sources.items():
-        s["factor"] = plan["sources"][name]["factor"]
+        s["factor"] = plan["sources"].get(name, {}).get("factor", 0.0)
     categories = {}
     for category in sorted({s["category"] for s in sources.values()}):
         members = [s for s in sources.values() if s["category"] == category]
