@@ -252,9 +252,10 @@ examples:
   fournil bake                               the demo: recipes/demo.yaml into out/demo (≈ 10 min on 2 CPU cores)
   fournil bake recipes/demo.yaml --out out/demo --force pretrain     rerun from pretraining on
   fournil bake croissant-1.3b --plan         what the paper-scale bake would need, without running it
-  fournil bake demo --plan --set plan.gpus=0 --emit out/demo-slurm --out out/demo --partition debug
-                                             the bake as 7 Slurm jobs on CPU nodes; out/demo-slurm/submit.sh
-                                             submits them, each after the one before succeeds (docs/cluster.md)
+  fournil bake demo --plan --emit out/demo-slurm --out out/demo --set plan.gpus=0 --set plan.slurm.cpus_per_task=1
+                                             the bake as 7 Slurm jobs on CPU nodes, 1 CPU each;
+                                             out/demo-slurm/submit.sh submits them, each after the one before
+                                             has succeeded (docs/cluster.md: "The whole bake on Slurm")
 """
 
 
@@ -271,7 +272,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
     parser.add_argument("--force", choices=STEPS, help="rerun this step and every later one")
     parser.add_argument("--only", choices=STEPS, help="stop after this step")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a recipe value, e.g. plan.gpus=0 (repeatable; YAML syntax for values)")
     parser.add_argument("--plan", action="store_true",
                         help="print the resources the recipe needs (its `plan` section), run nothing")
@@ -282,7 +283,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     slurm.add_argument("--partition", help="Slurm partition of every job (default: plan.slurm.partition, else the "
                        "cluster's default)")
     slurm.add_argument("--account", help="Slurm account of every job (default: plan.slurm.account)")
-    slurm.add_argument("--sbatch-arg", action="append", default=[], metavar="OPTION",
+    slurm.add_argument("--sbatch-arg", action="append", metavar="OPTION",
                        help="one more sbatch option for every job, as one word: --sbatch-arg=--qos=normal "
                        "(repeatable; after plan.slurm.sbatch_args)")
     parser.set_defaults(handler=cmd_bake)
@@ -293,6 +294,8 @@ def cmd_bake(args: argparse.Namespace) -> None:
     from fournil.recipe import load_recipe
     from fournil.train.cli import parse_overrides
 
+    # repeatable options default to None, so that --help shows no "(default: [])"
+    args.set, args.sbatch_arg = args.set or [], args.sbatch_arg or []
     recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
     if args.emit is None and (args.partition or args.account or args.sbatch_arg):
         raise UsageError("--partition, --account and --sbatch-arg describe the jobs of --emit DIR: add it")

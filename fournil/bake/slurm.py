@@ -73,29 +73,35 @@ def resources(plan, step: str) -> list[str]:
 def jobs(recipe, spec: str, out: Path, directory: Path, overrides: list[str], cwd: Path) -> list[Job]:
     """The bake's jobs in order. `spec` is the recipe as given (a path is made absolute), `overrides` the
     `--set KEY=VALUE` pairs every job passes on."""
-    recipe_arg = str(Path(spec).resolve()) if Path(spec).is_file() else spec
-    sets = [arg for pair in overrides for arg in ("--set", pair)]
     result = []
     for n, step in enumerate(STEPS, 1):
         options = [f"--job-name=fournil-bake-{recipe.name}-{step}", *resources(recipe.plan, step),
                    f"--chdir={cwd}", f"--output={directory}/logs/{n}-{step}-%j.out"]
         if step in TRAINING:
-            command = [str(TRAIN_SBATCH), "--bake", recipe_arg, str(out), step, *sets]
+            command = [str(TRAIN_SBATCH), "--bake", _recipe_arg(spec), str(out), step, *_sets(overrides)]
         else:
             command = [str(directory / f"{n}-{step}.sbatch")]
         result.append(Job(step, options, command))
     return result
 
 
+def _recipe_arg(spec: str) -> str:
+    """The recipe as the jobs name it: a file by its absolute path, a preset by its name."""
+    return str(Path(spec).resolve()) if Path(spec).is_file() else spec
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return [arg for pair in overrides for arg in ("--set", pair)]
+
+
 def step_script(recipe, spec: str, out: Path, step: str, overrides: list[str]) -> str:
-    recipe_arg = str(Path(spec).resolve()) if Path(spec).is_file() else spec
     n = STEPS.index(step) + 1
-    command = shlex.join(["fournil", "bake", recipe_arg, "--out", str(out), "--only", step,
-                          *[arg for pair in overrides for arg in ("--set", pair)]])
+    command = shlex.join(["fournil", "bake", _recipe_arg(spec), "--out", str(out), "--only", step,
+                          *_sets(overrides)])
     return f"""#!/bin/bash
-# fournil bake {recipe.name}, step {n}/{len(STEPS)}: {step}. Written by `fournil bake --plan --emit`, submitted by
-# submit.sh beside it. It runs what `fournil bake` runs for this step: a done step ends at once, an interrupted
-# one resumes. PYTHON names the interpreter that has fournil (submit.sh sets it).
+# fournil bake {_comment(recipe.name)}, step {n}/{len(STEPS)}: {step}. Written by `fournil bake --plan --emit`,
+# submitted by submit.sh beside it. It runs what `fournil bake` runs for this step: a done step ends at once, an
+# interrupted one resumes. PYTHON names the interpreter that has fournil (submit.sh sets it).
 #SBATCH --requeue
 #SBATCH --open-mode=append
 set -euo pipefail
@@ -113,14 +119,16 @@ if command -v sinfo >/dev/null && ! sinfo -h -o %R | grep -qx {shlex.quote(parti
   fail "partition {partition} is not one of this cluster's ($(sinfo -h -o %R | tr '\\n' ' ')): emit again with --partition"
 fi"""
     return f"""#!/usr/bin/env bash
-# fournil bake {recipe.name} on Slurm: {len(jobs)} jobs, each starting once the one before it has succeeded (afterok)
-#   {' → '.join(STEPS)}   into {out}
-# Written by: {emitted_by}
+# fournil bake {_comment(recipe.name)} on Slurm: {len(jobs)} jobs, each starting once the one before it has
+# succeeded (afterok):  {' → '.join(STEPS)}  into {_comment(str(out))}
+# Written by: {_comment(emitted_by)}
 # Every job runs `fournil bake RECIPE --out OUT --only STEP` (pretraining and SFT on every rank under torchrun,
 # through scripts/slurm/train.sbatch), so finished steps end at once: run this script again to resume a bake that
 # failed or was cancelled.
 set -euo pipefail
 DIR={shlex.quote(str(directory))}
+OUT={shlex.quote(str(out))}
+NAME={shlex.quote(recipe.name)}
 export PYTHON=${{PYTHON:-{shlex.quote(sys.executable)}}}  # the interpreter the jobs run fournil with
 STEPS=({' '.join(STEPS)})
 
@@ -149,13 +157,18 @@ for step in "${{STEPS[@]}}"; do
   ids+=("${{id%%;*}}")
 done
 
-echo "fournil bake {recipe.name}: ${{#ids[@]}} jobs submitted, each starting once the one before it has succeeded"
+echo "fournil bake $NAME: ${{#ids[@]}} jobs submitted, each starting once the one before it has succeeded"
 for i in "${{!STEPS[@]}}"; do printf '  %-10s %s\\n' "${{STEPS[i]}}" "${{ids[i]}}"; done
 echo "follow:  squeue -j $(IFS=,; echo "${{ids[*]}}")    logs: $DIR/logs/<n>-<step>-<job id>.out"
 echo "cancel:  scancel ${{ids[*]}}    (a job that fails or is cancelled cancels the ones after it)"
 echo "resume:  $DIR/submit.sh again (finished steps end at once)"
-echo "result:  {out}/model, {out}/model-q8_0.gguf, {out}/REPORT.md"
+echo "result:  $OUT/model, $OUT/model-q8_0.gguf, $OUT/REPORT.md"
 """
+
+
+def _comment(text: str) -> str:
+    """Text for a line of a script's comment: a newline in a name or path would end the comment."""
+    return " ".join(text.splitlines())
 
 
 def check_partition(partition: str | None, option: str) -> None:

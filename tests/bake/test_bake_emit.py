@@ -264,15 +264,17 @@ def test_a_bake_training_step_on_two_ranks_records_its_marker_once(bakes, recipe
     torchrun. Rank 0 alone logs and writes the marker; later steps are left alone."""
     out = tmp_path / "out"
     shutil.copytree(bakes["slurm"], out)
+    shutil.rmtree(out / "sft")  # the bake as the SFT job finds it
+    for step in ("sft", "eval", "export"):
+        (out / ".bake" / f"{step}.json").unlink()
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=0", "-m", "fournil",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "fournil",
          "bake", str(recipe), "--out", str(out), "--only", "sft", "--set", "sft.micro_batch_size=4"],
         capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stderr.count("[5/7] sft done in") == 1 and result.stderr.count("[1/7] corpus: up to date") == 1
-    marker = json.loads((out / ".bake" / "sft.json").read_text())
-    before = json.loads((bakes["slurm"] / ".bake" / "sft.json").read_text())
-    assert marker["inputs"] != before["inputs"]  # the new micro-batch is part of the step's inputs
+    assert "bake stopped after sft" in result.stderr
+    assert json.loads((out / ".bake" / "sft.json").read_text())["inputs"] != json.loads(
+        (bakes["slurm"] / ".bake" / "sft.json").read_text())["inputs"]  # the micro-batch is one of its inputs
     assert (out / "sft" / "model" / "model.safetensors").is_file()
-    assert json.loads((out / ".bake" / "export.json").read_text()) == json.loads(
-        (bakes["slurm"] / ".bake" / "export.json").read_text())  # export untouched (it is stale now)
+    assert sorted(p.name for p in (out / ".bake").iterdir()) == sorted(f"{s}.json" for s in STEPS[:5])
