@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from fournil.console import UsageError
 log = logging.getLogger(__name__)
 
 STEPS = ("corpus", "tokenizer", "shards", "pretrain", "sft", "eval", "export")
+TRAINING = ("pretrain", "sft")  # the steps a bake may run on every rank of a torchrun (train.sbatch --bake)
 MARKERS = ".bake"
 CHAT_EXAMPLES = Path(__file__).parents[1] / "train" / "chat_examples.jsonl"
 
@@ -142,14 +144,24 @@ def fingerprint(directory: Path) -> str:
 
 
 def bake(recipe, out: str | Path, force: str | None = None, only: str | None = None) -> dict[str, str]:
-    """Run the pipeline into `out`; returns {step: "ran" | "skipped"}."""
+    """Run the pipeline into `out`; returns {step: "ran" | "skipped"}.
+
+    Under torchrun (WORLD_SIZE > 1) every rank runs one training step (`only` in TRAINING) whose earlier steps
+    are done; rank 0 alone writes the markers."""
     from fournil.recipe import to_dict
 
     out = Path(out)
     if force is not None and force not in STEPS:
         raise UsageError(f"--force {force!r}: not a step; choose one of: {', '.join(STEPS)}")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    main = int(os.environ.get("RANK", "0")) == 0
+    if world > 1 and (only not in TRAINING or force is not None):
+        raise UsageError(f"under torchrun (WORLD_SIZE={world}) a bake runs one training step on every rank: "
+                         f"--only {' or --only '.join(TRAINING)}, without --force")
+    info = log.info if main else lambda *args: None
     markers = out / MARKERS
-    markers.mkdir(parents=True, exist_ok=True)
+    if main:
+        markers.mkdir(parents=True, exist_ok=True)
     if force is not None:
         for name in STEPS[STEPS.index(force):]:
             (markers / f"{name}.json").unlink(missing_ok=True)
@@ -160,23 +172,31 @@ def bake(recipe, out: str | Path, force: str | None = None, only: str | None = N
         marker_path = markers / f"{step.name}.json"
         marker = json.loads(marker_path.read_text()) if marker_path.is_file() else {}
         if marker.get("inputs") == inputs:
-            log.info("[%d/%d] %s: up to date, skipped", i, len(PIPELINE), step.name)
+            info("[%d/%d] %s: up to date, skipped", i, len(PIPELINE), step.name)
             outcome[step.name] = "skipped"
         else:
-            marker_path.unlink(missing_ok=True)
-            log.info("[%d/%d] %s …  %s", i, len(PIPELINE), step.name,
-                     _eta(time.perf_counter() - started, ran, [s.name for s in PIPELINE[i - 1:]]))
+            if world > 1 and step.name != only:  # the ranks would all run it, each on its own
+                raise UsageError(f"{out}: step {step.name} is not done, and under torchrun only --only {only} "
+                                 f"runs; run `fournil bake … --only {step.name}` without torchrun first")
+            if main:
+                marker_path.unlink(missing_ok=True)
+            info("[%d/%d] %s …  %s", i, len(PIPELINE), step.name,
+                 _eta(time.perf_counter() - started, ran, [s.name for s in PIPELINE[i - 1:]]))
             t0 = time.perf_counter()
             step.run(recipe, out)
             seconds = time.perf_counter() - t0
+            outcome[step.name], ran[step.name] = "ran", seconds
+            if not main:  # rank 0 records the step; the other ranks' work ends with it
+                break
             target = out / step.name if (out / step.name).is_dir() else out / "model"
             marker = {"inputs": inputs, "outputs": fingerprint(target), "seconds": round(seconds, 1)}
             artifacts.write_json(marker_path, marker)
-            log.info("[%d/%d] %s done in %.0f s", i, len(PIPELINE), step.name, seconds)
-            outcome[step.name], ran[step.name] = "ran", seconds
+            info("[%d/%d] %s done in %.0f s", i, len(PIPELINE), step.name, seconds)
         upstream = artifacts.sha256_json([upstream, marker["outputs"]])
         if only == step.name:
             break
+    if not main:
+        return outcome
     if (markers / f"{STEPS[-1]}.json").is_file():
         from fournil.bake.report import write_report
 
@@ -232,6 +252,10 @@ examples:
   fournil bake                               the demo: recipes/demo.yaml into out/demo (≈ 10 min on 2 CPU cores)
   fournil bake recipes/demo.yaml --out out/demo --force pretrain     rerun from pretraining on
   fournil bake croissant-1.3b --plan         what the paper-scale bake would need, without running it
+  fournil bake demo --plan --emit out/demo-slurm --out out/demo --set plan.gpus=0 --set plan.slurm.cpus_per_task=1
+                                             the bake as 7 Slurm jobs on CPU nodes, 1 CPU each;
+                                             out/demo-slurm/submit.sh submits them, each after the one before
+                                             has succeeded (docs/cluster.md: "The whole bake on Slurm")
 """
 
 
@@ -248,27 +272,83 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     parser.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
     parser.add_argument("--force", choices=STEPS, help="rerun this step and every later one")
     parser.add_argument("--only", choices=STEPS, help="stop after this step")
-    parser.add_argument("--plan", action="store_true", help="print the resources the recipe needs, run nothing")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a recipe value, e.g. plan.gpus=0 (repeatable; YAML syntax for values)")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the resources the recipe needs (its `plan` section), run nothing")
+    slurm = parser.add_argument_group("Slurm (with --plan)")
+    slurm.add_argument("--emit", type=Path, metavar="DIR",
+                       help="write the bake as a chain of Slurm jobs into DIR (one per step, resources from the "
+                       "recipe's plan section) and DIR/submit.sh, which submits them; --out is the bake's output")
+    slurm.add_argument("--partition", help="Slurm partition of every job (default: plan.slurm.partition, else the "
+                       "cluster's default)")
+    slurm.add_argument("--account", help="Slurm account of every job (default: plan.slurm.account)")
+    slurm.add_argument("--sbatch-arg", action="append", metavar="OPTION",
+                       help="one more sbatch option for every job, as one word: --sbatch-arg=--qos=normal "
+                       "(repeatable; after plan.slurm.sbatch_args)")
     parser.set_defaults(handler=cmd_bake)
 
 
 def cmd_bake(args: argparse.Namespace) -> None:
     from fournil.console import print_json
     from fournil.recipe import load_recipe
+    from fournil.train.cli import parse_overrides
 
-    recipe = load_recipe(args.recipe)
+    # repeatable options default to None, so that --help shows no "(default: [])"
+    args.set, args.sbatch_arg = args.set or [], args.sbatch_arg or []
+    recipe = load_recipe(args.recipe, overrides=parse_overrides(args.set))
+    if args.emit is None and (args.partition or args.account or args.sbatch_arg):
+        raise UsageError("--partition, --account and --sbatch-arg describe the jobs of --emit DIR: add it")
+    if args.emit is not None and not args.plan:
+        raise UsageError("--emit DIR writes the plan as Slurm jobs: use it with --plan")
+    if args.plan and (args.force or args.only):
+        raise UsageError("--plan runs nothing: --force and --only are for a bake that runs")
+    out = args.out or Path("out") / recipe.name
     if args.plan:
         from fournil.bake.plan import plan, print_plan
 
         result = plan(recipe)
+        if args.emit is not None:
+            result["emitted"] = _emit(args, recipe, out)
         if args.json:
             print_json(result)
-        else:
-            print_plan(result)
+            return
+        print_plan(result)
+        if args.emit is not None:
+            log.info("wrote %d Slurm jobs into %s; submit them with %s (docs/cluster.md)",
+                     len(result["emitted"]["jobs"]), args.emit, result["emitted"]["submit"])
         return
-    out = args.out or Path("out") / recipe.name
-    artifacts.claim_output(out, "fournil.bake", inputs=recipe_inputs(args.recipe, recipe), resume=True,
-                           signature=(MARKERS,))
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, the other ranks would see rank 0's first files
+        artifacts.claim_output(out, "fournil.bake", inputs=recipe_inputs(args.recipe, recipe), resume=True,
+                               signature=(MARKERS,))
     outcome = bake(recipe, out, force=args.force, only=args.only)
     if args.json:
         print_json({"out": str(out), "steps": outcome})
+
+
+def _emit(args: argparse.Namespace, recipe, out: Path) -> dict:
+    """The command-line cluster options over the recipe's plan.slurm, checked, then the jobs written."""
+    import shlex
+
+    from fournil.bake.config import sbatch_option, slurm_name
+    from fournil.bake.slurm import emit
+
+    slurm = recipe.plan.slurm
+    for option, value in (("--partition", args.partition), ("--account", args.account)):
+        if value is not None and not slurm_name(value):
+            raise UsageError(f"{option} {value!r}: not a Slurm {option[2:]} name")
+    for arg in args.sbatch_arg:
+        if not sbatch_option(arg):
+            raise UsageError(f"--sbatch-arg {arg!r}: not an sbatch option written as one word, like "
+                             "--sbatch-arg=--qos=normal")
+    slurm.partition = args.partition or slurm.partition
+    slurm.account = args.account or slurm.account
+    slurm.sbatch_args = [*slurm.sbatch_args, *args.sbatch_arg]
+    command = ["fournil", "bake", args.recipe, "--plan", "--emit", str(args.emit), "--out", str(out),
+               *[arg for pair in args.set for arg in ("--set", pair)],
+               *[f"--partition={args.partition}"] * bool(args.partition),
+               *[f"--account={args.account}"] * bool(args.account), *[f"--sbatch-arg={a}" for a in args.sbatch_arg]]
+    jobs = emit(recipe, args.recipe, args.emit, out, overrides=args.set, emitted_by=shlex.join(command),
+                partition_option="--partition" if args.partition else "plan.slurm.partition")
+    return {"dir": str(args.emit), "submit": str(Path(args.emit) / "submit.sh"),
+            "jobs": [{"step": job.step, "sbatch": [*job.options, *job.command]} for job in jobs]}

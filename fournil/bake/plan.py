@@ -32,13 +32,13 @@ def plan(recipe) -> dict[str, Any]:
     n = param_counts(recipe.model).total
     flops = flops_per_token(recipe.model, t.seq_len)["training"] * tokens
     peak = GPU_PEAK_FLOPS[p.gpu]
-    gpu_hours = flops / (peak * p.mfu) / 3600
-    nodes = p.gpus // p.gpus_per_node
+    gpu_hours = flops / (peak * p.mfu) / 3600  # on CPU nodes (gpus: 0), what the same work costs on plan.gpu
+    nodes, ranks = p.nodes, p.nodes * p.ranks_per_node
     checkpoint_bytes = n * (4 + 8) + n * 4  # DCP (fp32 weights + AdamW moments) + HF float32 copy
     micro = t.micro_batch_size
     sequences = t.batch_tokens // t.seq_len
-    accumulation = sequences / (p.gpus * micro)
-    command = (f"sbatch --nodes={nodes} --gpus-per-node={p.gpus_per_node} scripts/slurm/train.sbatch "
+    accumulation = sequences / (ranks * micro)
+    command = (f"sbatch {' '.join(training_resources(p))} scripts/slurm/train.sbatch "
                f"{recipe.name} SHARDS_DIR RUN_DIR")
     return {
         "recipe": recipe.name,
@@ -50,17 +50,30 @@ def plan(recipe) -> dict[str, Any]:
                          "micro_batch_per_gpu": micro, "accumulation_steps": accumulation},
         "flops": flops,
         "gpu": {"type": p.gpu, "count": p.gpus, "nodes": nodes, "peak_flops": peak, "mfu": p.mfu},
+        "training_ranks": ranks,
         "gpu_hours": gpu_hours,
-        "wall_clock_days": gpu_hours / p.gpus / 24,
+        "wall_clock_days": gpu_hours / p.gpus / 24 if p.gpus else None,
         "disk_bytes": {"shards": tokens * token_dtype(recipe.model.vocab_size).itemsize,
                        "checkpoint": checkpoint_bytes, "checkpoints_kept": checkpoint_bytes * t.keep_checkpoints},
         "commands": {
             "slurm": command,
-            "torchrun_per_node": f"torchrun --nnodes={nodes} --nproc-per-node={p.gpus_per_node} "
+            "torchrun_per_node": f"torchrun --nnodes={nodes} --nproc-per-node={p.ranks_per_node} "
                                  f"--rdzv-backend=c10d --rdzv-endpoint=HEAD_NODE:29500 -m fournil train pretrain "
                                  f"{recipe.name} --shards SHARDS_DIR --out RUN_DIR --resume",
         },
     }
+
+
+def training_resources(p, nodes: int | None = None) -> list[str]:
+    """sbatch options of a training job of plan `p` on `nodes` nodes (default: the pretraining's), for
+    scripts/slurm/train.sbatch: one torchrun per node with every GPU of it, or slurm.cpu_tasks_per_node
+    processes per CPU node; each process gets slurm.cpus_per_task CPUs. No GPU is asked on CPU nodes, whose
+    clusters refuse a GPU request outright."""
+    nodes = p.nodes if nodes is None else nodes
+    cpus = p.slurm.cpus_per_task
+    if p.gpus:  # the job has one task per node: its CPUs are shared by that node's GPU processes
+        return [f"--nodes={nodes}", f"--gpus-per-node={p.gpus_per_node}", f"--cpus-per-task={cpus * p.gpus_per_node}"]
+    return [f"--nodes={nodes}", f"--ntasks-per-node={p.slurm.cpu_tasks_per_node}", f"--cpus-per-task={cpus}"]
 
 
 def print_plan(result: dict[str, Any]) -> None:
@@ -74,10 +87,14 @@ def print_plan(result: dict[str, Any]) -> None:
     g = result["gpu"]
     rows += [
         ("steps × global batch", f"{result['steps']:,} × {b['tokens']:,} tokens ({b['sequences']:,} × {b['seq_len']})"),
-        ("per GPU", f"micro-batch {b['micro_batch_per_gpu']}, {b['accumulation_steps']:.2f} accumulation steps"),
+        ("per GPU" if g["count"] else "per process",
+         f"micro-batch {b['micro_batch_per_gpu']}, {b['accumulation_steps']:.2f} accumulation steps"),
         ("compute", f"{result['flops']:.3e} FLOPs"),
         (f"{g['count']} × {g['type']} at {100 * g['mfu']:.0f} % MFU",
-         f"{result['gpu_hours']:,.0f} GPU-hours, {result['wall_clock_days']:.1f} days on {g['nodes']} nodes"),
+         f"{result['gpu_hours']:,.0f} GPU-hours, {result['wall_clock_days']:.1f} days on {g['nodes']} nodes")
+        if g["count"] else
+        ("training on CPU nodes", f"{g['nodes']} node(s), {result['training_ranks']} process(es); the same work: "
+                                  f"{result['gpu_hours']:,.1f} {g['type']}-hours at {100 * g['mfu']:.0f} % MFU"),
         ("disk: shards", human(result["disk_bytes"]["shards"], "B")),
         ("disk: one checkpoint / kept", f"{human(result['disk_bytes']['checkpoint'], 'B')} / "
                                         f"{human(result['disk_bytes']['checkpoints_kept'], 'B')}"),

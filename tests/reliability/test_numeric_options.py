@@ -175,7 +175,7 @@ ZERO_OK = {
     "tokenizer.weights.fr", "tokenizer.n_reserved", "tokenizer.seed",
     "model.bos_token_id", "model.eos_token_id", "model.pad_token_id",
     "eval.num_fewshot", "eval.seed",
-    "plan.available_tokens.fr", "ladder.max_steps",
+    "plan.available_tokens.fr", "plan.gpus", "ladder.max_steps",
     *(f"{s}.{k}" for s in ("train", "sft") for k in (
         "min_lr_ratio", "betas[0]", "betas[1]", "weight_decay", "grad_clip", "warmup_steps", "eval_interval",
         "checkpoint_interval", "peak_flops", "replay", "seed")),
