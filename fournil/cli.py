@@ -144,6 +144,67 @@ def common_options() -> argparse.ArgumentParser:
     return common
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+FORCE = "replace a finished output of this verb there (nothing else is ever deleted)"
+
+
+def verb(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str, handler, *, help: str,
+         description: str, epilog: str, dtype: str | None = None, force: bool | str = False) -> argparse.ArgumentParser:
+    """Declare one verb: the common output flags, the stage's examples as epilog, its handler. The verb's own
+    arguments go on the returned parser; `dtype=HELP` adds the shared --dtype, `force=True` (or HELP) --force."""
+    parser = subparsers.add_parser(name, parents=[common], formatter_class=HelpFormatter, epilog=epilog, help=help,
+                                   description=description)
+    parser.set_defaults(handler=handler)
+    if dtype:
+        parser.add_argument("--dtype", choices=DTYPES, help=dtype)
+    if force:
+        parser.add_argument("--force", action="store_true", help=FORCE if force is True else force)
+    return parser
+
+
+class Stage:
+    """`fournil <stage> <action>`: a stage's parser and its verbs (`stage.verb(...)`, as `verb` above). A stage may
+    name a default action (`fournil train RECIPE` is `fournil train pretrain RECIPE`), nest a group of verbs
+    (`fournil infer export gguf`) and lend verbs to the top level as aliases (`fournil generate`)."""
+
+    def __init__(self, subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str, *,
+                 help: str, description: str, epilog: str, default: str | None = None, dest: str = "action"):
+        self.common, self.name, self.epilog = common, name, epilog
+        self.parser = subparsers.add_parser(name, help=help, description=description, epilog=epilog,
+                                            formatter_class=HelpFormatter)
+        self.parser.default_action = default  # read by with_default_action
+        self.actions = self.parser.add_subparsers(dest=dest, metavar=f"<{dest}>", required=True)
+
+    def verb(self, name: str, handler, **kwargs) -> argparse.ArgumentParser:
+        return verb(self.actions, self.common, name, handler, epilog=self.epilog, **kwargs)
+
+    def group(self, name: str, *, help: str, dest: str) -> Stage:
+        return Stage(self.actions, self.common, name, help=help, description=help[0].upper() + help[1:] + ".",
+                     epilog=self.epilog, dest=dest)
+
+    def alias(self, subparsers: argparse._SubParsersAction, *names: str) -> None:
+        """`fournil NAME` is `fournil <stage> NAME`: the same parser object, so one definition, one handler."""
+        helps = {choice.dest: choice.help for choice in self.actions._choices_actions}
+        for name in names:
+            subparsers._name_parser_map[name] = self.actions.choices[name]
+            subparsers._choices_actions.append(
+                subparsers._ChoicesPseudoAction(name, (), f"{helps[name]} (= {self.name} {name})"))
+
+
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The stages of `fournil`, the actions of a stage; {} for a verb."""
+    return next((a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction)), {})
+
+
+def with_default_action(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`fournil train RECIPE …` → `fournil train pretrain RECIPE …` for a stage with a default action."""
+    stage = subcommands(parser).get(argv[0]) if argv else None
+    default = getattr(stage, "default_action", None)
+    if default and len(argv) > 1 and argv[1] not in (*subcommands(stage), "-h", "--help"):
+        return [argv[0], default, *argv[1:]]
+    return argv
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fournil",
@@ -161,10 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = list(sys.argv[1:] if argv is None else argv)
-    for module in STAGES:  # a stage may give its verb a default action (`fournil train RECIPE`)
-        normalize = getattr(importlib.import_module(module), "normalize_argv", None)
-        argv = normalize(argv) if normalize else argv
+    argv = with_default_action(parser, list(sys.argv[1:] if argv is None else argv))
     args = parser.parse_args(argv)
     setup(quiet=args.quiet, verbose=args.verbose)
     try:

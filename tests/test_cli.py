@@ -6,23 +6,65 @@ import sys
 
 import pytest
 
-from fournil.cli import build_parser, main
+from fournil.cli import build_parser, main, subcommands, with_default_action
 
 
 def verbs(parser=None, prefix=()):
     """Every leaf command, e.g. ('model', 'info')."""
     parser = parser or build_parser()
-    for action in parser._actions:
-        if action.__class__.__name__ == "_SubParsersAction":
-            for name, sub in action.choices.items():
-                yield from verbs(sub, (*prefix, name))
-            return
-    yield prefix
+    children = subcommands(parser)
+    for name, sub in children.items():
+        yield from verbs(sub, (*prefix, name))
+    if not children:
+        yield prefix
 
 
 def test_entry_point_runs_as_a_process():
     result = subprocess.run([sys.executable, "-m", "fournil", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("fournil ")
+
+
+def test_every_verb_is_a_stage_action_and_aliases_are_the_same_parser():
+    """Each leaf parser is named `fournil <stage> <action>` (bake is a stage that is its own verb) and is reached
+    by that path; a short top-level name (`fournil generate`) reaches the very same parser object, so a verb has
+    one definition, one handler and one option set however it is called."""
+    root = build_parser()
+    reached: dict[int, list[tuple[str, ...]]] = {}
+    parsers = {}
+    for path in verbs(root):
+        parser = root
+        for name in path:
+            parser = subcommands(parser)[name]
+        reached.setdefault(id(parser), []).append(path)
+        parsers[id(parser)] = parser
+    handlers = [parser.get_default("handler") for parser in parsers.values()]
+    assert all(handlers) and len(set(handlers)) == len(handlers), "two parsers share a handler: a copied verb"
+    for key, parser in parsers.items():
+        canonical = tuple(parser.prog.split()[1:])
+        assert canonical in reached[key], f"{parser.prog} is not reached by its own name"
+        assert len(canonical) >= 2 or canonical == ("bake",), f"{parser.prog}: not `fournil <stage> <action>`"
+        for path in reached[key]:  # the full name, or the short one without the stage
+            assert path in (canonical, canonical[1:]), f"{' '.join(path)} reaches {parser.prog}"
+    aliases = {path: reached[id_] for id_, paths in reached.items() for path in paths if len(paths) > 1}
+    assert ("generate",) in aliases and ("export", "gguf") in aliases  # the short names still exist
+    assert [" ".join(path) for path in verbs(root) if path[0] == "infer"] == [
+        "infer generate", "infer chat", "infer translate", "infer serve", "infer quantize", "infer export gguf",
+        "infer import gguf"]
+
+
+@pytest.mark.parametrize("short", [["generate", "m", "hi"], ["serve", "m"], ["export", "gguf", "m", "o.gguf"]])
+def test_a_short_name_parses_as_its_stage_verb(short):
+    parser = build_parser()
+    full, alias = vars(parser.parse_args(["infer", *short, "--json"])), vars(parser.parse_args([*short, "--json"]))
+    assert full.pop("stage") == "infer" and full.pop("action") == short[0] and alias.pop("stage") == short[0]
+    assert full == alias
+
+
+def test_a_stage_default_action_is_inserted_only_before_a_non_action():
+    parser = build_parser()
+    assert with_default_action(parser, ["train", "demo", "--out", "x"]) == ["train", "pretrain", "demo", "--out", "x"]
+    for argv in (["train", "sft", "demo"], ["train", "--help"], ["train"], ["model", "info"], []):
+        assert with_default_action(parser, argv) == argv
 
 
 @pytest.mark.parametrize("verb", list(verbs()), ids=" ".join)

@@ -260,10 +260,10 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import verb
 
-    parser = subparsers.add_parser(
-        "bake", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    parser = verb(
+        subparsers, common, "bake", cmd_bake, epilog=EPILOG,
         help="the whole recipe: corpus → tokenizer → pretrain → SFT → eval → export",
         description="Run every stage of a recipe into one output directory. Steps whose inputs are unchanged "
         "are skipped, so a killed bake resumes where it stopped.",
@@ -286,7 +286,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     slurm.add_argument("--sbatch-arg", action="append", metavar="OPTION",
                        help="one more sbatch option for every job, as one word: --sbatch-arg=--qos=normal "
                        "(repeatable; after plan.slurm.sbatch_args)")
-    parser.set_defaults(handler=cmd_bake)
 
 
 def cmd_bake(args: argparse.Namespace) -> None:

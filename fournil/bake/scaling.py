@@ -211,26 +211,20 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import HelpFormatter
+    from fournil.cli import Stage
 
-    parser = subparsers.add_parser("scaling", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
-                                   help="scaling ladder: train small models on the same data, fit loss vs compute",
-                                   description=__doc__.split("\n\n")[0])
-    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    run = actions.add_parser("run", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
-                             help="bake the ladder recipe's rungs and fit them",
-                             description="Build corpus, tokenizer and shards once, pretrain each rung for "
-                             "tokens_per_param × its parameters (killed runs resume), then fit and plot.")
+    stage = Stage(subparsers, common, "scaling", epilog=EPILOG, description=__doc__.split("\n\n")[0],
+                  help="scaling ladder: train small models on the same data, fit loss vs compute")
+    run = stage.verb("run", cmd_run, help="bake the ladder recipe's rungs and fit them",
+                     description="Build corpus, tokenizer and shards once, pretrain each rung for "
+                     "tokens_per_param × its parameters (killed runs resume), then fit and plot.")
     run.add_argument("recipe", help="recipe file or preset name with a `ladder` section")
     run.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
-    run.set_defaults(handler=cmd_run)
-    fit = actions.add_parser("fit", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
-                             help="fit bits per byte vs training FLOPs over finished runs",
-                             description="Read each run's final model config and metrics.jsonl, fit "
-                             "L = E + A·C^(−α) and write scaling.json and scaling.png.")
+    fit = stage.verb("fit", cmd_fit, help="fit bits per byte vs training FLOPs over finished runs",
+                     description="Read each run's final model config and metrics.jsonl, fit "
+                     "L = E + A·C^(−α) and write scaling.json and scaling.png.")
     fit.add_argument("runs", nargs="+", type=Path, help="finished pretraining run directories (≥ 2)")
     fit.add_argument("--out", type=Path, required=True, help="directory for scaling.json and scaling.png")
-    fit.set_defaults(handler=cmd_fit)
 
 
 def _print(result: dict, as_json: bool) -> None:

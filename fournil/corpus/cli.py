@@ -35,19 +35,18 @@ clean run, on any executor. docs/cluster.md walks through Slurm and Ray.
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, HelpFormatter, integer
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage, integer
 
-    stage = subparsers.add_parser(
-        "corpus", help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
+    stage = Stage(
+        subparsers, common, "corpus",
+        help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
         description="The corpus stage on datatrove: readers for jsonl(.gz/.zst), parquet, text, parallel pairs "
         "(x.en/x.fr, TSV, .po), NFC and boilerplate clean-up, PII scrubbing, FR/EN language routing, "
         "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.",
-        epilog=EPILOG, formatter_class=HelpFormatter,
+        epilog=EPILOG,
     )
-    actions = stage.add_subparsers(dest="action", metavar="<action>", required=True)
-
-    run = actions.add_parser(
-        "run", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    run = stage.verb(
+        "run", cmd_run, force="discard a previous run in --out and start over",
         help="run the whole chain from sources to a corpus directory",
         description="Read every source, clean, route by language, filter, decontaminate, deduplicate, and write "
         "docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes.",
@@ -66,11 +65,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="datatrove tasks per stage (default: one per file; local: at most 4 per worker)")
     run.add_argument("--max-errors", type=integer(-1), default=100,
                      help="bad input records tolerated before the run stops (-1: no limit)")
-    run.add_argument("--force", action="store_true", help="discard a previous run in --out and start over")
-    run.set_defaults(handler=cmd_run)
 
-    pack = actions.add_parser(
-        "pack", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    pack = stage.verb(
+        "pack", cmd_pack, force=True,
         help="tokenise a corpus directory and write shuffled, packed training shards",
         description="Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream "
         "per language, apply the mix (repeats per source), shuffle by seed and write shards the train stage reads.",
@@ -83,12 +80,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pack.add_argument("--val-docs", type=NON_NEGATIVE, help="held-out documents per language (default: the recipe's)")
     pack.add_argument("--tokens-per-shard", type=POSITIVE, default=1 << 24,
                       help="tokens per shard file (more than --seq-len)")
-    pack.add_argument("--force", action="store_true",
-                      help="replace a finished output of this verb there (nothing else is ever deleted)")
-    pack.set_defaults(handler=cmd_pack)
 
-    report = actions.add_parser(
-        "report", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    report = stage.verb(
+        "report", cmd_report,
         help="write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory",
         description="Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix, upsampling factor, "
         "rejects by reason, language-ID confusion, length histograms, input errors, decontamination.",
@@ -97,7 +91,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     report.add_argument("--shards", type=Path, help="shards directory: adds the mixed token counts from its index")
     report.add_argument("--tokenizer", type=Path,
                         help="tokenizer directory (or tokenizer.json): counts the tokens of docs/ exactly")
-    report.set_defaults(handler=cmd_report)
 
 
 def cmd_run(args: argparse.Namespace) -> None:

@@ -20,17 +20,15 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, HelpFormatter
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage
 
-    stage = subparsers.add_parser(
-        "eval", help="FrenchBench, English sanity tasks and translation; side-by-side reports",
+    stage = Stage(
+        subparsers, common, "eval", help="FrenchBench, English sanity tasks and translation; side-by-side reports",
         description="Evaluate model directories offline from local data in the hub datasets' schemas, with "
-        "the prompts and metrics of lm-eval's french_bench tasks.", epilog=EPILOG, formatter_class=HelpFormatter,
+        "the prompts and metrics of lm-eval's french_bench tasks.", epilog=EPILOG,
     )
-    actions = stage.add_subparsers(dest="action", metavar="<action>", required=True)
-
-    run = actions.add_parser(
-        "run", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    run = stage.verb(
+        "run", cmd_run, dtype="weights dtype (default: saved)",
         help="score one model on tasks; JSON per task in the results directory (resumable)",
         description="Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document "
         "outputs to OUT/samples/; rerunning the same command continues a killed run.",
@@ -48,35 +46,30 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--chat", action="store_true",
                      help="translation: ask through the model's chat template (a fine-tuned model) instead of shots")
     run.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
-    run.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: saved)")
-    run.set_defaults(handler=cmd_run)
 
-    report = actions.add_parser(
-        "report", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    report = stage.verb(
+        "report", cmd_report,
         help="Markdown + PNG comparing results directories side by side, with FR/EN parity",
         description="Write OUT/REPORT.md and OUT/report.png from one or more results directories.",
     )
     report.add_argument("results", nargs="+", type=Path, help="results directories (from `fournil eval run`)")
     report.add_argument("--out", type=Path, help="report directory (default: the first results directory)")
-    report.set_defaults(handler=cmd_report)
 
-    fetch = actions.add_parser(
-        "fetch", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    fetch = stage.verb(
+        "fetch", cmd_fetch,
         help="(online) download the tasks' datasets into a local data directory",
         description="Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, "
         "lists what is missing and where it comes from.",
     )
     fetch.add_argument("--out", type=Path, default=Path("data/eval"), help="data directory")
     fetch.add_argument("--tasks", default="all", help="task or group names")
-    fetch.set_defaults(handler=cmd_fetch)
 
-    listing = actions.add_parser(
-        "list", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    listing = stage.verb(
+        "list", cmd_list,
         help="tasks, groups, metrics and the data files each reads",
         description="Every task with its language, metrics, data folder and splits; every group.",
     )
     listing.add_argument("--data", type=Path, default=Path("data/eval"), help="mark which files are present")
-    listing.set_defaults(handler=cmd_list)
 
 
 def cmd_run(args: argparse.Namespace) -> None:

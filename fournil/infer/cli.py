@@ -1,5 +1,5 @@
-"""`fournil` verbs of the infer stage, top level: generate, chat, translate, serve, quantize, export gguf,
-import gguf."""
+"""`fournil infer …`: generate, chat, translate, serve, quantize, export gguf, import gguf; each verb is also
+`fournil VERB` (`fournil generate`, `fournil export gguf`)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ examples:
 
 
 def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
-    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, real
+    from fournil.cli import DTYPES, NON_NEGATIVE, POSITIVE, SEED, real
 
     group = parser.add_argument_group("decoding")
     group.add_argument("--max-tokens", type=POSITIVE, default=max_tokens, help="new tokens per prompt")
@@ -39,7 +39,7 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
                        help="CTRL penalty on seen tokens (1 = off)")
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     group.add_argument("--seed", type=SEED, default=None, help="sampling seed for reproducible output")
-    group.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
+    group.add_argument("--dtype", choices=DTYPES, help="compute dtype for the weights")
     group.add_argument("--compile", action="store_true",
                        help="fast decoding of a float model, about 3x faster per token on SmolLM2: float32 through "
                             "fournil's fused step (no wait; x86 CPUs with AVX2), bfloat16/float16 through "
@@ -48,34 +48,35 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import POSITIVE, HelpFormatter, integer, real
+    from fournil.cli import DTYPES, POSITIVE, Stage, integer, real
 
-    def leaf(parent, name: str, help: str, description: str) -> argparse.ArgumentParser:
-        return parent.add_parser(name, parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
-                                 help=help, description=description)
-
-    gen = leaf(subparsers, "generate", "continue a prompt (streamed), or a batch of prompts",
-               "Greedy or sampled continuation with a KV cache. One prompt streams token by token; several "
-               "prompts run as one left-padded batch.")
+    stage = Stage(subparsers, common, "infer", epilog=EPILOG,
+                  help="generate, chat, translate, serve and quantize models; GGUF export and import",
+                  description="Use a model directory: generation, chat, translation, an OpenAI-compatible server, "
+                  "weight quantisation and GGUF files. Each verb is also a top-level command: `fournil generate`.")
+    gen = stage.verb(
+        "generate", cmd_generate, help="continue a prompt (streamed), or a batch of prompts",
+        description="Greedy or sampled continuation with a KV cache. One prompt streams token by token; several "
+        "prompts run as one left-padded batch.")
     gen.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
     gen.add_argument("prompts", nargs="+", metavar="prompt", help="prompt text ('-' reads stdin)")
     gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
     gen.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True,
                      help="print tokens as they come (one prompt, no --json)")
     _sampling_flags(gen, 256)
-    gen.set_defaults(handler=cmd_generate)
 
-    chat = leaf(subparsers, "chat", "interactive chat with the model's chat template",
-                "A terminal chat: the history is rendered with the model's chat template (ChatML for fournil "
-                "models) every turn and replies stream. /reset clears the history, /exit or end of input leaves.")
+    chat = stage.verb(
+        "chat", cmd_chat, help="interactive chat with the model's chat template",
+        description="A terminal chat: the history is rendered with the model's chat template (ChatML for fournil "
+        "models) every turn and replies stream. /reset clears the history, /exit or end of input leaves.")
     chat.add_argument("model", type=Path, help="model directory with a chat template")
     chat.add_argument("--system", help="system message at the start of the conversation")
     _sampling_flags(chat, 512)
-    chat.set_defaults(handler=cmd_chat)
 
-    tr = leaf(subparsers, "translate", "translate files or stdin line by line (en↔fr)",
-              "One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / "
-              "'French: …' pairs); --chat sends each line as a user turn through the chat template instead.")
+    tr = stage.verb(
+        "translate", cmd_translate, help="translate files or stdin line by line (en↔fr)",
+        description="One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / "
+        "'French: …' pairs); --chat sends each line as a user turn through the chat template instead.")
     tr.add_argument("model", type=Path, help="model directory")
     tr.add_argument("files", nargs="*", type=Path, help="text files (default: stdin)")
     tr.add_argument("--from", dest="source", required=True, choices=("en", "fr"), help="source language")
@@ -83,12 +84,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     tr.add_argument("--chat", action="store_true", help="use the chat template (chat models)")
     tr.add_argument("--batch-size", type=POSITIVE, default=8, help="lines per batch")
     _sampling_flags(tr, 128)
-    tr.set_defaults(handler=cmd_translate)
 
-    srv = leaf(subparsers, "serve", "OpenAI-compatible HTTP server (continuous batching) with a web chat page",
-               "FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and "
-               "a chat page at /. Concurrent requests share one decode batch (they join and leave it between "
-               "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
+    srv = stage.verb(
+        "serve", cmd_serve, help="OpenAI-compatible HTTP server (continuous batching) with a web chat page",
+        description="FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and "
+        "a chat page at /. Concurrent requests share one decode batch (they join and leave it between "
+        "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
     srv.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
     srv.add_argument("--port", type=integer(0, 65535), default=8000, help="TCP port")
@@ -105,48 +106,38 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     srv.add_argument("--shutdown-timeout", type=real(0), default=None,
                      help="seconds to wait for running requests on SIGTERM (default: until they finish)")
     srv.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's choice)")
-    srv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
-    srv.set_defaults(handler=cmd_serve)
+    srv.add_argument("--dtype", choices=DTYPES, help="compute dtype for the weights")
 
-    quant = leaf(subparsers, "quantize", "weight-only int8 (per channel) or 4-bit (group-wise) model directory",
-                 "Quantise the blocks' linear weights; our engine runs the result directly. --report measures "
-                 "perplexity before and after on a text (default: the embedded EN+FR sample corpus).")
+    quant = stage.verb(
+        "quantize", cmd_quantize, force=True, help="weight-only int8 (per channel) or 4-bit (group-wise) model directory",
+        description="Quantise the blocks' linear weights; our engine runs the result directly. --report measures "
+        "perplexity before and after on a text (default: the embedded EN+FR sample corpus).")
     quant.add_argument("model", type=Path, help="floating-point model directory")
     quant.add_argument("out", type=Path, help="output directory")
     quant.add_argument("--bits", type=int, choices=(8, 4), default=8, help="8: int8 per channel; 4: 4-bit groups")
     quant.add_argument("--group-size", type=POSITIVE, default=32, help="inputs per 4-bit group")
     quant.add_argument("--report", action="store_true", help="perplexity of both models and the change")
     quant.add_argument("--text", type=Path, help="text file for --report")
-    quant.add_argument("--force", action="store_true",
-                       help="replace a finished output of this verb there (nothing else is ever deleted)")
-    quant.set_defaults(handler=cmd_quantize)
 
-    for verb, helptext in (("export", "write a model as another format (gguf)"),
-                           ("import", "read another format (gguf) into a model directory")):
-        parser = subparsers.add_parser(verb, help=helptext, description=helptext.capitalize() + ".",
-                                       epilog=EPILOG, formatter_class=HelpFormatter)
-        formats = parser.add_subparsers(dest="format", metavar="<format>", required=True)
-        if verb == "export":
-            exp = leaf(formats, "gguf", "a model directory → one GGUF file for llama.cpp",
-                       "Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template "
-                       "in one GGUF file that llama.cpp loads.")
-            exp.add_argument("model", type=Path, help="floating-point model directory")
-            exp.add_argument("out", type=Path, help="output .gguf file")
-            exp.add_argument("--type", dest="qtype", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),
-                             help="tensor type of the matrices (norms stay f32)")
-            exp.add_argument("--force", action="store_true", help="replace an existing GGUF file at OUT")
-            exp.set_defaults(handler=cmd_export_gguf)
-        else:
-            imp = leaf(formats, "gguf", "a GGUF Llama → a model directory transformers and fournil load",
-                       "Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json "
-                       "from the GGUF vocabulary and merges, keep the chat template.")
-            imp.add_argument("file", type=Path, help="GGUF file (architecture llama)")
-            imp.add_argument("out", type=Path, help="output model directory")
-            imp.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                             help="dtype of the saved weights")
-            imp.add_argument("--force", action="store_true",
-                             help="replace a finished output of this verb there (nothing else is ever deleted)")
-            imp.set_defaults(handler=cmd_import_gguf)
+    exp = stage.group("export", help="write a model as another format (gguf)", dest="format").verb(
+        "gguf", cmd_export_gguf, force="replace an existing GGUF file at OUT",
+        help="a model directory → one GGUF file for llama.cpp",
+        description="Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template "
+        "in one GGUF file that llama.cpp loads.")
+    exp.add_argument("model", type=Path, help="floating-point model directory")
+    exp.add_argument("out", type=Path, help="output .gguf file")
+    exp.add_argument("--type", dest="qtype", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),
+                     help="tensor type of the matrices (norms stay f32)")
+
+    imp = stage.group("import", help="read another format (gguf) into a model directory", dest="format").verb(
+        "gguf", cmd_import_gguf, force=True, help="a GGUF Llama → a model directory transformers and fournil load",
+        description="Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json "
+        "from the GGUF vocabulary and merges, keep the chat template.")
+    imp.add_argument("file", type=Path, help="GGUF file (architecture llama)")
+    imp.add_argument("out", type=Path, help="output model directory")
+    imp.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
+
+    stage.alias(subparsers, "generate", "chat", "translate", "serve", "quantize", "export", "import")
 
 
 def _sampling(args: argparse.Namespace):

@@ -20,17 +20,12 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import POSITIVE, SEED, HelpFormatter, real
+    from fournil.cli import POSITIVE, SEED, Stage, real
 
-    model = subparsers.add_parser(
-        "model", help="model sizes, random init, conversion, transformers parity",
-        description="Inspect, create, convert and verify Llama model directories.",
-        epilog=EPILOG, formatter_class=HelpFormatter,
-    )
-    actions = model.add_subparsers(dest="action", metavar="<action>", required=True)
-
-    info = actions.add_parser(
-        "info", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    stage = Stage(subparsers, common, "model", help="model sizes, random init, conversion, transformers parity",
+                  description="Inspect, create, convert and verify Llama model directories.", epilog=EPILOG)
+    info = stage.verb(
+        "info", cmd_info, dtype="weights/activations dtype",
         help="parameters, FLOPs per token, training memory of a recipe or model directory",
         description="Parameter count, FLOPs per token and single-device training memory (weights, gradients, "
         "AdamW state, activations) at a given batch. Nothing is allocated: it is arithmetic on the config.",
@@ -38,48 +33,36 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     info.add_argument("source", help="recipe file, preset name (e.g. croissant-1.3b) or model directory")
     info.add_argument("--batch-size", type=POSITIVE, default=1, help="sequences per device for the memory estimate")
     info.add_argument("--seq-len", type=POSITIVE, default=None, help="tokens per sequence (default: the context length)")
-    info.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="weights/activations dtype")
     info.add_argument("--checkpointing", action="store_true", help="estimate with activation checkpointing")
-    info.set_defaults(handler=cmd_info)
 
-    init = actions.add_parser(
-        "init", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    init = stage.verb(
+        "init", cmd_init, dtype="dtype to save in", force=True,
         help="write a randomly initialised model directory from a recipe",
         description="Build the recipe's model with N(0, init_std) weights and save it as a transformers directory.",
     )
     init.add_argument("recipe", help="recipe file or preset name")
     init.add_argument("out", type=Path, help="output model directory")
     init.add_argument("--seed", type=SEED, default=0, help="torch seed for the initial weights")
-    init.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="dtype to save in")
-    init.add_argument("--force", action="store_true",
-                      help="replace a finished output of this verb there (nothing else is ever deleted)")
-    init.set_defaults(handler=cmd_init)
 
-    convert = actions.add_parser(
-        "convert", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    convert = stage.verb(
+        "convert", cmd_convert, dtype="cast floating weights", force=True,
         help="copy a model directory with a dtype cast, resharding, or as plain transformers layout",
         description="Convert between fournil model directories and plain transformers layout (which differ "
         "only by the fournil.json manifest), cast dtype, and reshard. Only safetensors are read.",
     )
     convert.add_argument("source", help="model directory (or hub id when online)")
     convert.add_argument("destination", type=Path, help="output directory")
-    convert.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
     convert.add_argument("--max-shard-size", default="2GB", help="shard above this size (e.g. 500MB, 2GB, 1GiB)")
     convert.add_argument("--plain", action="store_true", help="plain transformers layout: no fournil.json")
-    convert.add_argument("--force", action="store_true",
-                         help="replace a finished output of this verb there (nothing else is ever deleted)")
-    convert.set_defaults(handler=cmd_convert)
 
-    verify = actions.add_parser(
-        "verify", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
-        help="load a directory in fournil and in transformers and compare logits",
+    verify = stage.verb(
+        "verify", cmd_verify, help="load a directory in fournil and in transformers and compare logits",
         description="Proves a directory is HF-identical: the same random tokens go through fournil's Llama and "
         "transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported.",
     )
     verify.add_argument("source", help="model directory")
     verify.add_argument("--seq-len", type=POSITIVE, default=32, help="tokens per test sequence")
     verify.add_argument("--tolerance", type=real(0), default=1e-4, help="max |Δlogit| allowed (float32)")
-    verify.set_defaults(handler=cmd_verify)
 
 
 def _load_config(source: str):

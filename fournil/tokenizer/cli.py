@@ -27,18 +27,16 @@ field (or "fr" and "en" fields for parallel pairs), or a folder of those.
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, HelpFormatter, Keyed, real
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Keyed, Stage, real
 
-    stage = subparsers.add_parser(
-        "tokenizer", help="train, measure and use a bilingual FR/EN tokenizer",
+    stage = Stage(
+        subparsers, common, "tokenizer", help="train, measure and use a bilingual FR/EN tokenizer",
         description="A byte-fallback BPE tokenizer trained on a weighted French/English/code mix, exported as a "
-        "Hugging Face directory and an equivalent SentencePiece model.",
-        epilog=EPILOG, formatter_class=HelpFormatter,
+        "Hugging Face directory and an equivalent SentencePiece model.", epilog=EPILOG,
     )
-    actions = stage.add_subparsers(dest="action", metavar="<action>", required=True)
 
-    train = actions.add_parser(
-        "train", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    train = stage.verb(
+        "train", cmd_train, force=True,
         help="learn a tokenizer from text per category and write a tokenizer directory",
         description="Sample documents per category to the given weights (by characters), learn BPE pieces and "
         "write tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, "
@@ -63,12 +61,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument("--min-frequency", type=POSITIVE, help="never merge a pair seen fewer times (default 2)")
     train.add_argument("--seed", type=SEED, help="document sampling seed (default 0)")
     train.add_argument("--no-sentencepiece", action="store_true", help="do not write tokenizer.model")
-    train.add_argument("--force", action="store_true",
-                       help="replace a finished output of this verb there (nothing else is ever deleted)")
-    train.set_defaults(handler=cmd_train)
 
-    report = actions.add_parser(
-        "report", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    report = stage.verb(
+        "report", cmd_report,
         help="fertility (tokens/word, bytes/token, FR/EN ratio) of tokenizers on the same text",
         description="Tokens per whitespace-separated word and bytes per token per language, and the FR/EN "
         "parity ratio, for a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, "
@@ -80,10 +75,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     report.add_argument("--text", nargs="+", action="extend", required=True, metavar="LANG=PATH",
                         help="evaluation text per language; use text not seen in training")
     report.add_argument("--png", type=Path, help="write a bar chart of tokens per word here")
-    report.set_defaults(handler=cmd_report)
 
-    encode = actions.add_parser(
-        "encode", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    encode = stage.verb(
+        "encode", cmd_encode,
         help="print the ids (or pieces) of some text",
         description="Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text.",
     )
@@ -92,26 +86,23 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     encode.add_argument("--pieces", action="store_true", help="print pieces instead of ids")
     encode.add_argument("--bos", action="store_true", help="prepend <s>")
     encode.add_argument("--eos", action="store_true", help="append </s>")
-    encode.set_defaults(handler=cmd_encode)
 
-    decode = actions.add_parser(
-        "decode", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    decode = stage.verb(
+        "decode", cmd_decode,
         help="print the text of some ids", description="Decode ids back to text.",
     )
     decode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
     decode.add_argument("ids", nargs="+", type=NON_NEGATIVE, metavar="ID", help="token ids")
     decode.add_argument("--skip-special", action="store_true", help="drop special tokens")
-    decode.set_defaults(handler=cmd_decode)
 
-    verify = actions.add_parser(
-        "verify", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    verify = stage.verb(
+        "verify", cmd_verify,
         help="check that transformers and SentencePiece give our ids, and that text round-trips",
         description="Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the "
         "SentencePiece model; count documents whose ids differ and documents that do not decode back.",
     )
     verify.add_argument("tokenizer", type=Path, help="tokenizer directory")
     verify.add_argument("--text", nargs="+", action="extend", required=True, metavar="LANG=PATH")
-    verify.set_defaults(handler=cmd_verify)
 
 
 def cmd_train(args: argparse.Namespace) -> None:

@@ -21,21 +21,18 @@ examples:
   fournil train export out/run out/model-step200 --step 200 --dtype bfloat16     (any checkpoint → HF dir)
 """
 
-ACTIONS = ("pretrain", "sft", "plot", "export")
-
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import NON_NEGATIVE, POSITIVE, HelpFormatter
+    from fournil.cli import NON_NEGATIVE, POSITIVE, Stage
 
-    train = subparsers.add_parser(
-        "train", help="pretraining with exact resume; plots of a run",
+    stage = Stage(
+        subparsers, common, "train", help="pretraining with exact resume; plots of a run", default="pretrain",
         description="Train a model on packed shards. `fournil train RECIPE …` is short for "
-        "`fournil train pretrain RECIPE …`.", epilog=EPILOG, formatter_class=HelpFormatter,
+        "`fournil train pretrain RECIPE …`.", epilog=EPILOG,
     )
-    actions = train.add_subparsers(dest="action", metavar="<action>", required=True)
 
-    pretrain = actions.add_parser(
-        "pretrain", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    pretrain = stage.verb(
+        "pretrain", cmd_pretrain,
         help="pretrain (the default action)",
         description="Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to "
         "train.batch_tokens, warmup + cosine/WSD schedule, per-language validation in bits per byte, and "
@@ -49,10 +46,9 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pretrain.add_argument("--max-steps", type=POSITIVE, help="stop after this step (the schedule keeps its length)")
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe value, e.g. train.lr=1e-3 (repeatable; YAML syntax for values)")
-    pretrain.set_defaults(handler=cmd_pretrain)
 
-    sft = actions.add_parser(
-        "sft", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    sft = stage.verb(
+        "sft", cmd_sft,
         help="supervised fine-tuning on chat data and translation pairs",
         description="Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with "
         "`messages`) and EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into "
@@ -69,18 +65,16 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sft.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     sft.add_argument("--max-steps", type=POSITIVE, help="stop after this step (the schedule keeps its length)")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
-    sft.set_defaults(handler=cmd_sft)
 
-    plot = actions.add_parser(
-        "plot", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    plot = stage.verb(
+        "plot", cmd_plot,
         help="loss, learning-rate, throughput and validation PNGs of a run",
         description="Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png.",
     )
     plot.add_argument("run", type=Path, help="run directory")
-    plot.set_defaults(handler=cmd_plot)
 
-    export = actions.add_parser(
-        "export", parents=[common], formatter_class=HelpFormatter, epilog=EPILOG,
+    export = stage.verb(
+        "export", cmd_export, dtype="cast floating weights", force=True,
         help="a checkpoint of a run as a Hugging Face model directory",
         description="Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally "
         "cast; works while the run is still training.",
@@ -88,17 +82,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     export.add_argument("run", type=Path, help="run directory")
     export.add_argument("out", type=Path, help="output model directory")
     export.add_argument("--step", type=NON_NEGATIVE, help="checkpoint step (default: the newest complete one)")
-    export.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="cast floating weights")
-    export.add_argument("--force", action="store_true",
-                        help="replace a finished output of this verb there (nothing else is ever deleted)")
-    export.set_defaults(handler=cmd_export)
-
-
-def normalize_argv(argv: list[str]) -> list[str]:
-    """`fournil train RECIPE …` → `fournil train pretrain RECIPE …`."""
-    if argv[:1] == ["train"] and len(argv) > 1 and argv[1] not in (*ACTIONS, "-h", "--help"):
-        return ["train", "pretrain", *argv[1:]]
-    return argv
 
 
 def claim_run(args: argparse.Namespace, *inputs) -> None:
