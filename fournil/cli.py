@@ -1,7 +1,7 @@
 """The `fournil` command: one entry point, one verb per stage (`fournil <stage> <action>`).
 
-Each stage's `cli.py` exposes `register(subparsers, common)`; it must import nothing heavy at module level so
-that `fournil --help` stays instant. Handlers return an exit code or None (= 0).
+Each stage's `cli.py` exposes `register(subparsers, common)`, which declares its verbs with `Stage` below; it must
+import nothing heavy at module level so that `fournil --help` stays instant. Handlers return an exit code or None (= 0).
 """
 
 from __future__ import annotations
@@ -184,6 +184,7 @@ class Stage:
 
     def alias(self, subparsers: argparse._SubParsersAction, *names: str) -> None:
         """`fournil NAME` is `fournil <stage> NAME`: the same parser object, so one definition, one handler."""
+        # what add_parser(aliases=...) does, across two levels, which argparse's own aliases cannot reach
         helps = {choice.dest: choice.help for choice in self.actions._choices_actions}
         for name in names:
             subparsers._name_parser_map[name] = self.actions.choices[name]
