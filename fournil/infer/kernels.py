@@ -76,10 +76,12 @@ def load_library(prefix: str, sources: list[Path], what: str) -> None:
 
 
 def library_name(prefix: str, sources: list[Path]) -> str:
-    """`prefix` and a hash of the sources and of every header in csrc/ (names and contents)."""
+    """`prefix` and a hash of the sources and of every header in csrc/: their paths and contents. Paths too,
+    because torch's builder rebuilds whenever the same name is loaded from sources somewhere else: two
+    checkouts sharing one name would rebuild it in turn, each waiting for the other's lock."""
     digest = hashlib.sha256()
     for path in [*sources, *sorted(CSRC.glob("*.h"))]:
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(str(path.resolve()).encode() + b"\0" + path.read_bytes() + b"\0")
     return f"{prefix}_{digest.hexdigest()[:12]}"
 
 

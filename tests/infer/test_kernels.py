@@ -160,11 +160,19 @@ def test_argmax_gives_torch_s_index_on_ties_nan_and_infinities(width):
 
 
 def test_an_edit_to_any_kernel_source_or_header_builds_anew(tmp_path, monkeypatch):
-    """The library's name hashes every source and header: one edited without a new name would load a stale build."""
+    """The library's name hashes every source and header: one edited without a new name would load a stale build.
+    And where they lie: torch's builder rebuilds a name loaded from other paths, so two checkouts sharing one
+    would rebuild it in turn."""
     import shutil
 
-    csrc = tmp_path / "csrc"
-    shutil.copytree(kernels.CSRC, csrc)
+    for copy in ("a", "b"):
+        shutil.copytree(kernels.CSRC, tmp_path / copy / "csrc")
+    named = {}
+    for copy in ("a", "b"):
+        monkeypatch.setattr(kernels, "CSRC", tmp_path / copy / "csrc")
+        named[copy] = kernels.library_name("k", sorted(kernels.CSRC.glob("*.cpp")))
+    assert named["a"] != named["b"]
+    csrc = tmp_path / "a" / "csrc"
     monkeypatch.setattr(kernels, "CSRC", csrc)
     names = {kernels.library_name("k", sorted(csrc.glob("*.cpp")))}
     files = sorted(csrc.iterdir())
