@@ -12,16 +12,17 @@ time" is the same int8 kernels called per matrix, and "through inductor" the tor
 model load is. Every side, and the bandwidth probes, take turns for three rounds; each keeps its fastest.
 
 The bound of a model is its weight bytes read a token ÷ the fastest of three readers (torch.sum, a plain
-streaming read, and fournil::read_bytes walking rows as the int8 step does, with its prefetches but no
-arithmetic) over a buffer of the same size, so that the probe is served by the level of the memory hierarchy
-that serves the weights, and reads at least as fast as the step could. Each probe reads for as long as its
-model's decode run lasts (this host's bandwidth drifts from one second to the next). SmolLM2's 136 MB of int8
-weights fit a large L3 (300 MiB on the Intel host of session 11); a CroissantLLM-1.3B-shaped int8 model (random
-weights, 1.28 GB) decodes beside it, so that one bound row always measures DRAM.
+streaming read, and read_bytes walking rows as the int8 step does, with its prefetches but no arithmetic:
+benchmarks/probes.cpp) over a buffer of the same size, so that the probe is served by the level of the memory
+hierarchy that serves the weights, and reads at least as fast as the step could. Each probe reads for as long as
+its model's decode run lasts (this host's bandwidth drifts from one second to the next). SmolLM2's 136 MB of int8
+weights fit a large L3 (300 MiB on some Intel hosts); a CroissantLLM-1.3B-shaped int8 model (random weights,
+1.28 GB) decodes beside it, so that one bound row always measures DRAM.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 import time
@@ -89,11 +90,29 @@ def _buffer(nbytes: int):
     return buffer
 
 
+@functools.cache
+def _probes():
+    """benchmarks/probes.cpp, built (once per machine) and loaded as fournil's kernels are."""
+    import torch
+
+    from fournil.infer import kernels
+
+    kernels.load_library("fournil_probes", [Path(__file__).with_name("probes.cpp")], "the bandwidth probes")
+    return torch.ops.fournil_probes
+
+
+def read_bytes(x, row_bytes: int = 0) -> int:
+    """The sum of x's bytes, read by torch's threads: as one plain stream a thread (row_bytes 0), or with the int8
+    step's access pattern over rows of row_bytes (4 rows at once, its prefetches): reading, nothing else, at least
+    as fast as a decode step can."""
+    return _probes().read_bytes(x.contiguous(), row_bytes)
+
+
 class _Read:
-    """Passes over a buffer by one reader: "torch.sum" (as float32), "plain" (fournil::read_bytes, one stream a
-    thread) or "rows" (fournil::read_bytes with the int8 step's access pattern over rows of `row_bytes`). `passes`
-    passes make one run, so that it lasts as long as the decode runs it is compared with (this host's bandwidth
-    drifts from second to second)."""
+    """Passes over a buffer by one reader: "torch.sum" (as float32), "plain" (read_bytes, one stream a thread) or
+    "rows" (read_bytes with the int8 step's access pattern over rows of `row_bytes`). `passes` passes make one
+    run, so that it lasts as long as the decode runs it is compared with (this host's bandwidth drifts from second
+    to second)."""
 
     def __init__(self, buffer, how: str, row_bytes: int = 0):
         import torch
@@ -102,13 +121,11 @@ class _Read:
         self.floats = buffer.view(torch.float32)
 
     def __call__(self, marks: Marks | None = None) -> None:
-        from fournil.infer import kernels
-
         for _ in range(self.passes):
             if self.how == "torch.sum":
                 self.floats.sum()
             else:
-                kernels.read_bytes(self.buffer, self.row_bytes if self.how == "rows" else 0)
+                read_bytes(self.buffer, self.row_bytes if self.how == "rows" else 0)
 
     @property
     def bytes(self) -> int:

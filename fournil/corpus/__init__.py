@@ -1,6 +1,7 @@
-"""Corpus stage (being built): cleaned FR/EN/code documents and aligned EN-FR pairs for the later stages.
+"""Corpus stage: cleaned FR/EN/code documents and aligned EN-FR pairs for the later stages (pipeline.py runs
+the chain on datatrove, pack.py writes token shards, report.py the datasheet).
 
-For now it exposes the embedded sample corpus (`sample/`, see its README.md and MANIFEST.json), which lets the
+This module exposes the embedded sample corpus (`sample/`, see its README.md and MANIFEST.json), which lets the
 demo and the tests run offline. It is rebuilt by `scripts/build_sample_corpus.py`. Kept torch-free.
 """
 

@@ -2,8 +2,8 @@
 
 Why: at batch 1 a decode step is ~120 matrix-vector products over the model's weights plus a little elementwise
 work. Issued one operator at a time (eager, or inductor's graph with our int8 kernel inside), every product
-starts its threads and a cold memory stream: on SmolLM2-135M int8 those products reached 18-19 GB/s where one
-pass over all of them reaches 26. The fused step keeps its threads for the whole token, each one streaming its
+starts its threads and a cold memory stream, and streams well below the bandwidth one pass over all of them
+reaches (benchmarks/RESULTS.md). The fused step keeps its threads for the whole token, each one streaming its
 share of every matrix straight into its share of the next, and needs no compile. It applies to models whose block
 matrices and lm_head are all int8 (`fournil quantize --bits 8`) or all float32, float32 elsewhere, on an x86 CPU
 with AVX2, for up to 32 rows a step; `fused_decoder` returns None for anything else. `Engine` uses it for int8
@@ -56,11 +56,10 @@ def move_to_huge_pages(model: Llama, linears: list[nn.Module]) -> None:
     """Give the matrices one copy in anonymous memory backed by 2 MiB pages, in the order a step reads them.
 
     Why: loaded weights are pages of the mmap'd safetensors file, 4 KiB each, so streaming SmolLM2's 135 MB
-    (int8) walks 33,000 pages a token and misses the TLB on each. With 2 MiB pages (Linux transparent huge
-    pages, asked for with madvise) the same int8 step ran 6-10 % faster here (8.54 against 9.50 and 9.36
-    against 9.95 ms, interleaved). The modules' weights become views of the copy, so eager prefill reads it too
-    and the weights are held once (a tied embedding table follows lm_head). Where the system gives no huge
-    pages (another OS, THP off) this is a plain copy."""
+    (int8) walks 33,000 pages a token and misses the TLB on each; 2 MiB pages (Linux transparent huge pages,
+    asked for with madvise) take that walk away. The modules' weights become views of the copy, so eager
+    prefill reads it too and the weights are held once (a tied embedding table follows lm_head). Where the
+    system gives no huge pages (another OS, THP off) this is a plain copy."""
     embed = model.model.embed_tokens
     tied = embed.weight is model.lm_head.weight
     dtype = linears[0].weight.dtype
@@ -100,8 +99,7 @@ class FusedDecoder:
         move_to_huge_pages(model, matrices)
         scales = [m.weight_scale.float().contiguous() for m in matrices] if self.kind == "int8" else []
         # the operator's C++ entry: called through torch.ops, an operator that takes a script object walks every
-        # argument in Python first (looking for fake ones, which only tracing makes), 60 cache tensors a step here:
-        # 0.09 ms of a 4 ms SmolLM2 int8 token
+        # argument in Python first (looking for fake ones, which only tracing makes), 60 cache tensors a step here
         self._step = getattr(torch.ops.fournil.decode_step.default, "_op", torch.ops.fournil.decode_step)
         self._token = getattr(torch.ops.fournil.decode_token.default, "_op", torch.ops.fournil.decode_token)
         # the weights, checked once and held on the C++ side: a step then passes only its own few tensors
@@ -110,8 +108,8 @@ class FusedDecoder:
             model.model.embed_tokens.weight.detach().contiguous(), cos[0, 0].contiguous(), sin[0, 0].contiguous(),
             config.n_heads, config.kv_heads, config.norm_eps)
 
-    # a batch-1 prompt up to this long is prefilled by `prefill` (SmolLM2: 6 tokens 22 against 45 ms eager, 32
-    # tokens 96 against 107); beyond, the eager prefill's float GEMM wins (100 tokens: 285 against 305 ms)
+    # a batch-1 prompt up to this long is prefilled by `prefill`, faster than eager; beyond, the eager prefill's
+    # float GEMM wins
     prefill_tokens = kernels.MAX_ROWS
 
     @staticmethod
@@ -144,7 +142,7 @@ class FusedDecoder:
                 cache: KVCache) -> torch.Tensor:
         """One sequence's prompt, ids/positions (1, T), into the cache after `cache.length` → the float32 logits
         (1, V) of its last token. Up to MAX_ROWS tokens go in one call, which reads the weights once for all of
-        them (SmolLM2, 6 tokens: 2x faster than the eager prefill); each attends causally within the prompt.
+        them; each attends causally within the prompt.
         key_mask (1, 1, 1, S) gets the prompt's positions set."""
         T, S, start = ids.shape[1], key_mask.shape[-1], cache.length
         columns = torch.arange(S)

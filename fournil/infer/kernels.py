@@ -1,12 +1,11 @@
-"""fournil's own CPU decode kernels (kernels.cpp): an int8 matrix-vector product, one-query attention, a whole
-decode step (`fournil::decode_step` with its `DecodePlan`, used by fournil.infer.fused), greedy decoding's
-argmax, and a reader for the benchmark's bandwidth bound.
+"""fournil's own CPU decode kernels (csrc/, built as one library): an int8 matrix-vector product (matvec.cpp),
+one-query attention (attention.cpp), and a whole decode step with greedy decoding's argmax (decode_step.cpp, used
+by fournil.infer.fused); the headers hold what they share.
 
-Why: at batch 1 decoding is bound by how fast the weights stream from memory. ATen's and inductor's int8
-weight-only kernels reach 7-12 GB/s here, about half of what the machine reads (23-30 GB/s); this one reaches
-18-19 GB/s over a decode step's 121 calls and 27 GB/s on one large matrix (`benchmarks/bench_infer.py`,
-docs/infer.md). They are x86-64 AVX2 C++, compiled with the C++ compiler torch's
-own `torch.compile` needs, once per machine (about 40 s; cached under torch's extensions directory).
+Why: at batch 1 decoding is bound by how fast the weights stream from memory, and ATen's and inductor's int8
+weight-only kernels read them at about half the speed the machine can (benchmarks/RESULTS.md). They are x86-64
+AVX2 C++, compiled with the C++ compiler torch's own `torch.compile` needs, once per machine (about 40 s; cached
+under torch's extensions directory).
 
 Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, CUDA tensors, or
 FOURNIL_KERNELS=0. `available()` says which, and logs why once. On a CPU with AVX-512 VNNI the int8 products
@@ -26,7 +25,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("kernels.cpp")
+CSRC = Path(__file__).with_name("csrc")
 MAX_ROWS = 32  # int8_linear serves decode steps (a server's batch too); longer prefills use torch's GEMM
 STALE_LOCK_S = 300  # a build lock this old belongs to a killed build (a live one takes about 40 s)
 _available: bool | None = None
@@ -48,25 +47,42 @@ def _load() -> bool:
             torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         log.info("fournil kernels need an x86-64 CPU with AVX2; using PyTorch's")
         return False
-    from torch.utils import cpp_extension
-
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
-    name = f"fournil_kernels_{digest}"  # a new name per source: an edited kernel never loads a stale build
     try:
-        build = Path(cpp_extension._get_build_directory(name, verbose=False))
-        if not (build / f"{name}.so").exists():
-            log.warning("building fournil's CPU kernels (once per machine, about 40 s)")
-        _clear_stale_lock(build / "lock")
-    except OSError:
-        pass
-    try:
-        cpp_extension.load(name=name, sources=[str(SOURCE)], is_python_module=False, verbose=False,
-                           extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+        load_library("fournil_kernels", sorted(CSRC.glob("*.cpp")), "fournil's CPU kernels")
     except Exception as exc:  # no compiler, no ninja, a read-only cache: plain PyTorch still works
         log.warning("fournil kernels unavailable (%s); using PyTorch's", str(exc).splitlines()[0][:200])
         return False
     _register_fakes()
     return True
+
+
+def load_library(prefix: str, sources: list[Path], what: str) -> None:
+    """Build (once per machine) and load C++ operator sources that may include csrc/'s headers; raises if the
+    build fails. The library's name hashes every source and header, so that an edit to any of them builds anew
+    instead of loading a stale build."""
+    from torch.utils import cpp_extension
+
+    name = library_name(prefix, sources)
+    try:
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))
+        if not (build / f"{name}.so").exists():
+            log.warning("building %s (once per machine, about 40 s)", what)
+        _clear_stale_lock(build / "lock")
+    except OSError:
+        pass
+    cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_include_paths=[str(CSRC)],
+                       is_python_module=False, verbose=False,
+                       extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+
+
+def library_name(prefix: str, sources: list[Path]) -> str:
+    """`prefix` and a hash of the sources and of every header in csrc/: their paths and contents. Paths too,
+    because torch's builder rebuilds whenever the same name is loaded from sources somewhere else: two
+    checkouts sharing one name would rebuild it in turn, each waiting for the other's lock."""
+    digest = hashlib.sha256()
+    for path in [*sources, *sorted(CSRC.glob("*.h"))]:
+        digest.update(str(path.resolve()).encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"{prefix}_{digest.hexdigest()[:12]}"
 
 
 def _clear_stale_lock(lock: Path) -> None:
@@ -113,10 +129,3 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and available():
         return torch.ops.fournil.argmax_rows(logits.contiguous())
     return logits.argmax(-1)
-
-
-def read_bytes(x: torch.Tensor, row_bytes: int = 0) -> int:
-    """The sum of x's bytes, read by torch's threads: as one plain stream a thread (row_bytes 0), or with the int8 step's
-    access pattern over rows of row_bytes (4 rows at once, its prefetches). The bandwidth bound's probes
-    (benchmarks/bench_infer.py): reading, nothing else, at least as fast as a decode step can; `available()` first."""
-    return torch.ops.fournil.read_bytes(x.contiguous(), row_bytes)

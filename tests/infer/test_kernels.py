@@ -159,24 +159,30 @@ def test_argmax_gives_torch_s_index_on_ties_nan_and_infinities(width):
     assert torch.equal(kernels.argmax(other), other.argmax(-1))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_read_bytes_reads_every_byte_once_whatever_the_shape(threads):
-    """The bandwidth bound's probe (benchmarks/bench_infer.py): a byte skipped or read twice would make it read
-    faster or slower than the memory it measures; the exact sum of all bytes shows neither happened."""
-    torch.manual_seed(threads)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for n in (0, 1, 127, 4096, 576 * 4 * 10 + 17, 2**20 + 3):
-            x = torch.randint(0, 256, (n,), dtype=torch.uint8)
-            for row_bytes in (0, 1, 16, 100, 576, 2048, n + 1):
-                assert kernels.read_bytes(x, row_bytes) == int(x.long().sum()), (n, row_bytes)
-        floats = torch.randn(1000)
-        assert kernels.read_bytes(floats, 64) == int(floats.view(torch.uint8).long().sum())
-    finally:
-        torch.set_num_threads(before)
-    with pytest.raises(RuntimeError, match="row_bytes"):
-        kernels.read_bytes(torch.ones(8, dtype=torch.uint8), -1)
+def test_an_edit_to_any_kernel_source_or_header_builds_anew(tmp_path, monkeypatch):
+    """The library's name hashes every source and header: one edited without a new name would load a stale build.
+    And where they lie: torch's builder rebuilds a name loaded from other paths, so two checkouts sharing one
+    would rebuild it in turn."""
+    import shutil
+
+    for copy in ("a", "b"):
+        shutil.copytree(kernels.CSRC, tmp_path / copy / "csrc")
+    named = {}
+    for copy in ("a", "b"):
+        monkeypatch.setattr(kernels, "CSRC", tmp_path / copy / "csrc")
+        named[copy] = kernels.library_name("k", sorted(kernels.CSRC.glob("*.cpp")))
+    assert named["a"] != named["b"]
+    csrc = tmp_path / "a" / "csrc"
+    monkeypatch.setattr(kernels, "CSRC", csrc)
+    names = {kernels.library_name("k", sorted(csrc.glob("*.cpp")))}
+    files = sorted(csrc.iterdir())
+    for path in files:
+        assert path.suffix in (".cpp", ".h"), path
+        path.write_text(path.read_text() + "\n// edited\n")
+        names.add(kernels.library_name("k", sorted(csrc.glob("*.cpp"))))
+    (csrc / "new.cpp").write_text("// a new source\n")
+    names.add(kernels.library_name("k", sorted(csrc.glob("*.cpp"))))
+    assert len(names) == len(files) + 2  # each edit, and the new source, gave a name of its own
 
 
 def test_the_kernels_can_be_switched_off(monkeypatch):
