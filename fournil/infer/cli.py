@@ -102,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="seconds to wait for running requests on SIGTERM (default: until they finish)")
     srv.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     srv.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="compute dtype for the weights")
+    srv.add_argument("--max-connections", type=int, default=None,
+                     help="open client connections at most; over it the longest-silent idle one is closed "
+                          "(default: what the file limit, ulimit -n, allows)")
+    srv.add_argument("--client-timeout", type=float, default=10.0,
+                     help="seconds a client has to send a request's headers, and at most between two reads of its "
+                          "body; then 408 and the connection closes")
     srv.set_defaults(handler=cmd_serve)
 
     quant = leaf(subparsers, "quantize", "weight-only int8 (per channel) or 4-bit (group-wise) model directory",
@@ -228,14 +234,18 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     if args.temperature < 0:
         raise UsageError(f"--temperature must be ≥ 0, got {args.temperature}")
+    if args.max_connections is not None and args.max_connections < 1:
+        raise UsageError(f"--max-connections must be at least 1, got {args.max_connections}")
+    if not 0 < args.client_timeout < float("inf"):  # NaN fails too
+        raise UsageError(f"--client-timeout must be a positive number of seconds, got {args.client_timeout}")
     _huge_pages()
     from fournil.infer.server import serve
 
     serve(args.model, host=args.host, port=args.port, model_name=args.model_name, api_key=args.api_key or None,
           slots=args.slots, context=args.context, max_tokens=args.max_tokens_limit,
           max_body_bytes=args.max_body_bytes, temperature=args.temperature, dtype=args.dtype,
-          shutdown_timeout=args.shutdown_timeout, threads=args.threads,
-          log_level="warning" if args.quiet else "debug" if args.verbose else "info")
+          shutdown_timeout=args.shutdown_timeout, threads=args.threads, max_connections=args.max_connections,
+          client_timeout=args.client_timeout, log_level="warning" if args.quiet else "debug" if args.verbose else "info")
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
