@@ -107,6 +107,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="seconds to wait for running requests on SIGTERM (default: until they finish)")
     srv.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's choice)")
     srv.add_argument("--dtype", choices=DTYPES, help="compute dtype for the weights")
+    srv.add_argument("--max-connections", type=integer(1, 1 << 20), default=None,
+                     help="open client connections at most; over it the longest-silent idle one is closed "
+                          "(default: what the file limit, ulimit -n, allows)")
+    srv.add_argument("--client-timeout", type=real(0, 3600, low_open=True), default=10.0,
+                     help="seconds a client has to send a request's headers, and at most between two reads of its "
+                          "body; then 408 and the connection closes")
 
     quant = stage.verb(
         "quantize", cmd_quantize, force=True, help="weight-only int8 (per channel) or 4-bit (group-wise) model directory",
@@ -235,8 +241,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     serve(args.model, host=args.host, port=args.port, model_name=args.model_name, api_key=args.api_key or None,
           slots=args.slots, context=args.context, max_tokens=args.max_tokens_limit,
           max_body_bytes=args.max_body_bytes, temperature=args.temperature, dtype=args.dtype,
-          shutdown_timeout=args.shutdown_timeout, threads=args.threads,
-          log_level="warning" if args.quiet else "debug" if args.verbose else "info")
+          shutdown_timeout=args.shutdown_timeout, threads=args.threads, max_connections=args.max_connections,
+          client_timeout=args.client_timeout, log_level="warning" if args.quiet else "debug" if args.verbose else "info")
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

@@ -123,6 +123,7 @@ class StreamDecoder:
 
     def __init__(self, tokenizer: PromptTokenizer, stop: Sequence[str] = ()):
         self.tokenizer, self.stop = tokenizer, tuple(stop)
+        self._stops = StopScanner(self.stop)  # has seen exactly self._done
         self.ids: list[int] = []
         self.text = ""  # everything decoded so far (stop string excluded once found)
         self.emitted = 0
@@ -135,23 +136,29 @@ class StreamDecoder:
         self._known = ""  # the text of ids[_start] alone
 
     def push(self, token: int) -> str:
-        """Add one token; return the new printable text (possibly empty)."""
+        """Add one token; return the new printable text (possibly empty). Nothing more once a stop string is found."""
+        if self.stopped:
+            return ""
         self.ids.append(token)
         window = self.tokenizer.decode(self.ids[self._start:])
         if window.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
             return ""
+        # only the text after the last plain token is new or may still change: scan it from the state the scanner
+        # had there, so a token costs the same whatever the length of the text and of the stop strings
         if window.startswith(self._known):
             text = self._done + window[len(self._known):]
+            scan, start = self._stops.copy(), len(self._done)
         else:  # the new token changed how the window's first one reads (not seen): decode everything
             text = self.tokenizer.decode(self.ids)
+            scan, start = StopScanner(self.stop), 0
+        at = scan.feed(text, start)
         if token not in self.tokenizer.context_tokens:  # a plain token: the next window starts here
-            self._done, self._start = text, len(self.ids) - 1
+            self._done, self._start, self._stops = text, len(self.ids) - 1, scan
             self._known = self.tokenizer.alone(token)
         self.text = text
-        for s in self.stop:
-            if (at := text.find(s)) >= 0:
-                self.text, self.stopped = text[:at], True
-        end = len(self.text) if self.stopped else len(self.text) - _held_back(self.text, self.stop)
+        if at is not None:
+            self.text, self.stopped = text[:at], True
+        end = len(self.text) if self.stopped else len(self.text) - scan.held_back()
         delta = self.text[self.emitted:end] if end > self.emitted else ""
         self.emitted = max(self.emitted, end)
         return delta
@@ -163,15 +170,59 @@ class StreamDecoder:
         return delta
 
 
-def _held_back(text: str, stops: Sequence[str]) -> int:
-    """Length of the longest tail of `text` that is a proper prefix of a stop string."""
-    best = 0
-    for s in stops:
-        for n in range(min(len(s) - 1, len(text)), best, -1):
-            if text.endswith(s[:n]):
-                best = n
-                break
-    return best
+class StopScanner:
+    """Finds stop strings in a text read once, left to right, in time linear in the text whatever their length.
+
+    For each stop string it keeps how many of its first characters end the text read so far (the longest such
+    prefix: Knuth-Morris-Pratt), so a character costs amortised O(1) per string. The failure table is built only
+    as far as a match has reached, so a long stop string costs nothing until the text actually follows it.
+    """
+
+    def __init__(self, stops: Sequence[str]):
+        self.stops = tuple(stops)
+        self.matched = [0] * len(self.stops)
+        self._fail: list[list[int]] = [[0] for _ in self.stops]  # fail[i][k]: KMP prefix function of stop i at k
+
+    def copy(self) -> StopScanner:
+        new = StopScanner.__new__(StopScanner)
+        new.stops, new.matched, new._fail = self.stops, list(self.matched), self._fail  # the tables only grow
+        return new
+
+    def feed(self, text: str, start: int = 0) -> int | None:
+        """Read text[start:]; the index where the first stop string found begins (the one that ends first; of
+        those, the longest), or None."""
+        if not self.stops:
+            return None
+        for end in range(start, len(text)):
+            char, found = text[end], None
+            for i, stop in enumerate(self.stops):
+                m, fail = self.matched[i], self._fail[i]
+                while m and stop[m] != char:
+                    m = fail[m - 1]
+                if stop[m] == char:
+                    m += 1
+                    if m > len(fail):  # the next mismatch may need fail[m - 1]
+                        _extend(stop, fail)
+                    if m == len(stop):
+                        if found is None or m > len(found):
+                            found = stop
+                        m = fail[m - 1]
+                self.matched[i] = m
+            if found is not None:
+                return end + 1 - len(found)
+        return None
+
+    def held_back(self) -> int:
+        """Length of the longest tail of the text read that may still become a stop string."""
+        return max(self.matched, default=0)
+
+
+def _extend(stop: str, fail: list[int]) -> None:
+    """One more entry of the prefix function: fail[k] = the longest proper prefix of stop[:k+1] that ends it."""
+    k, j = len(fail), fail[-1]
+    while j and stop[j] != stop[k]:
+        j = fail[j - 1]
+    fail.append(j + 1 if stop[j] == stop[k] else 0)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

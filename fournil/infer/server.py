@@ -9,7 +9,10 @@ Why this shape:
 - every client error is a 4xx in OpenAI's error shape ({"error": {message, type, param, code}}), never a 500:
   FastAPI's 422 for invalid bodies becomes 400, unknown models are 404 `model_not_found` as on api.openai.com;
 - an ASGI guard in front of the app checks the API key and the body size before the body is read (413 from the
-  Content-Length header, or as soon as a chunked body passes the limit);
+  Content-Length header, or as soon as a chunked body passes the limit, and the connection closes); HEAD is GET
+  without the body, for every GET route;
+- clients that never finish a request are closed after a deadline, and open connections are capped below the
+  file limit (fournil.infer.connections), so idle sockets cannot starve the others; /health counts them;
 - SIGTERM stops accepting connections, lets running generations finish, then exits 0 (uvicorn would re-raise
   the signal after its graceful shutdown, which turns a clean exit into "killed by SIGTERM").
 """
@@ -42,11 +45,13 @@ from starlette.exceptions import HTTPException
 from fournil.console import UsageError
 from fournil.infer import batching
 from fournil.infer.config import SamplingConfig
+from fournil.infer.connections import ACCEPT_BATCH, LISTEN_BACKLOG, Connections, connection_cap, error_body
 from fournil.infer.prompt import PromptTokenizer
 
 log = logging.getLogger(__name__)
 
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+MAX_STOP = 4, 1000  # stop strings per request, characters per stop string
 
 
 @dataclass(kw_only=True)
@@ -120,19 +125,16 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
 
 
-def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
-               code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
-
-
 def _error_response(status: int, message: str, **kw: Any) -> JSONResponse:
     return JSONResponse(error_body(message, **kw), status_code=status)
 
 
 # --- the app ------------------------------------------------------------------------------------------------------
 
-def create_app(scheduler: batching.Scheduler, tokenizer: PromptTokenizer, settings: ServerSettings) -> FastAPI:
-    """The FastAPI app; the lifespan starts the scheduler thread and, on shutdown, lets it finish and stop."""
+def create_app(scheduler: batching.Scheduler, tokenizer: PromptTokenizer, settings: ServerSettings,
+               connections: Connections | None = None) -> FastAPI:
+    """The FastAPI app; the lifespan starts the scheduler thread and, on shutdown, lets it finish and stop.
+    `connections`, when given, is reported by /health."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -165,7 +167,8 @@ def create_app(scheduler: batching.Scheduler, tokenizer: PromptTokenizer, settin
         if exc.status_code == 400:  # FastAPI's "error parsing the body" (e.g. not UTF-8)
             return _error_response(400, f"unreadable body: {exc.detail}")
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        response = _error_response(exc.status_code, str(exc.detail), kind=kind)
+        code = "body_too_large" if exc.status_code == 413 else None
+        response = _error_response(exc.status_code, str(exc.detail), kind=kind, code=code)
         response.headers.update(exc.headers or {})  # e.g. Allow on 405
         return response
 
@@ -179,7 +182,8 @@ def create_app(scheduler: batching.Scheduler, tokenizer: PromptTokenizer, settin
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": settings.model_name, **scheduler.load()}
+        state = {"status": "ok", "model": settings.model_name, **scheduler.load()}
+        return state if connections is None else {**state, "connections": connections.stats()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -274,8 +278,10 @@ def _sampling(body: _Generation, settings: ServerSettings) -> SamplingConfig:
         raise ApiError(400, f"max_tokens: at most {settings.max_tokens} on this server, got {max_tokens}",
                        param="max_tokens")
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    if len(stop) > 4:
-        raise ApiError(400, "stop: at most 4 stop strings", param="stop")
+    if len(stop) > MAX_STOP[0]:
+        raise ApiError(400, f"stop: at most {MAX_STOP[0]} stop strings", param="stop")
+    if any(len(s) > MAX_STOP[1] for s in stop):
+        raise ApiError(400, f"stop: at most {MAX_STOP[1]} characters per stop string", param="stop")
     sampling = SamplingConfig(
         max_tokens=max_tokens,
         temperature=settings.temperature if body.temperature is None else body.temperature,
@@ -408,7 +414,8 @@ ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaita
 
 
 class Guard:
-    """401 without the API key on /v1/*, 413 for bodies over the limit (from Content-Length, or while reading)."""
+    """401 without the API key on /v1/*, 413 for bodies over the limit (from Content-Length, or while reading);
+    HEAD reaches the app as GET (uvicorn drops the body of a response to HEAD)."""
 
     def __init__(self, app: ASGIApp, settings: ServerSettings):
         self.app, self.settings = app, settings
@@ -420,6 +427,8 @@ class Guard:
             await self.app(scope, receive, send)
             return
         send = _unless_answered(send)
+        if scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}  # a copy: uvicorn's own scope still says HEAD
         headers = dict(scope.get("headers") or [])
         if self.expected is not None and scope["path"].startswith("/v1"):
             given = headers.get(b"authorization", b"")
@@ -443,8 +452,8 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:  # a chunked body: FastAPI turns this into our 413 response
-                    raise HTTPException(413, f"request body over {limit} bytes")
+                if received > limit:  # a chunked body: FastAPI turns this into our 413, then the connection closes
+                    raise HTTPException(413, f"request body over {limit} bytes", headers={"Connection": "close"})
             return message
 
         await self.app(scope, limited, send)
@@ -485,7 +494,15 @@ async def _send_json(send: Callable[[dict], Awaitable[None]], status: int, body:
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server minus re-raising the signal after the graceful shutdown (so SIGTERM exits 0)."""
+    """uvicorn's server minus re-raising the signal after the graceful shutdown (so SIGTERM exits 0), with a deep
+    listen queue although the event loop accepts few sockets per pass (uvicorn sets both from `backlog`)."""
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        for server in getattr(self, "servers", []):
+            for sock in server.sockets:
+                with sock.dup() as listening:  # listen() again on the same socket only resizes its queue
+                    listening.listen(LISTEN_BACKLOG)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         if self.should_exit and sig == signal.SIGINT:
@@ -497,12 +514,18 @@ class _Server(uvicorn.Server):
 def serve(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
           api_key: str | None = None, slots: int = 16, context: int | None = 1024, max_tokens: int = 1024,
           max_body_bytes: int = 1 << 20, temperature: float = 1.0, dtype: str | None = None,
-          shutdown_timeout: float | None = None, threads: int | None = None, log_level: str = "info") -> None:
+          shutdown_timeout: float | None = None, threads: int | None = None, log_level: str = "info",
+          max_connections: int | None = None, client_timeout: float = 10.0) -> None:
     """Load the model, start the scheduler, serve until SIGTERM/SIGINT, finish running requests, return."""
     import torch
 
     from fournil.infer.generate import Engine
     from fournil.model.hf import DTYPES, read_config
+
+    try:
+        connections = Connections(connection_cap(max_connections), client_timeout)
+    except ValueError as exc:
+        raise UsageError(f"--max-connections: {exc}") from exc
 
     if threads:
         torch.set_num_threads(threads)
@@ -514,9 +537,10 @@ def serve(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000, m
     scheduler = batching.Scheduler(engine.model, engine.tokenizer, slots=slots, context=context)
     settings = ServerSettings(model_name=model_name or Path(directory).name, api_key=api_key,
                               max_tokens=max_tokens, max_body_bytes=max_body_bytes, temperature=temperature)
-    app = Guard(create_app(scheduler, engine.tokenizer, settings), settings)
+    app = Guard(create_app(scheduler, engine.tokenizer, settings, connections), settings)
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=shutdown_timeout,
-                            lifespan="on", access_log=log_level == "debug")
-    log.info("serving %s on http://%s:%d (%d slots, context %d)%s", settings.model_name, host, port, slots,
-             scheduler.context, ", API key required" if api_key else "")
+                            lifespan="on", access_log=log_level == "debug", http=connections.protocol(),
+                            backlog=ACCEPT_BATCH)
+    log.info("serving %s on http://%s:%d (%d slots, context %d, %d connections)%s", settings.model_name, host, port,
+             slots, scheduler.context, connections.cap, ", API key required" if api_key else "")
     _Server(config).run()
