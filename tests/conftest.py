@@ -1,4 +1,4 @@
-"""Test-wide settings: offline hub, deterministic torch, 2 threads (the CI machine has 2 cores)."""
+"""Test-wide settings: offline hub, deterministic torch, 2 threads (the CI machine has 2 cores); shared checks."""
 
 import os
 
@@ -6,6 +6,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -24,3 +27,24 @@ except ImportError:  # hypothesis is a dev extra
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def check_chart(path: str | Path, min_width: int = 300, min_height: int = 200) -> None:
+    """A chart was drawn: a PNG of at least that many pixels, not one flat colour, with some coloured pixels
+    (matplotlib draws data in its colour cycle, axes and text in black and grey, so an empty plot has none)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.format == "PNG", f"{path}: {image.format} image, not PNG"
+        width, height = image.size
+        rgb = np.asarray(image.convert("RGB"), dtype=np.int16)
+    assert width >= min_width and height >= min_height, f"{path}: {width}x{height} pixels"
+    assert rgb.std() > 0, f"{path}: blank ({width}x{height} pixels of one colour)"
+    coloured = float(((rgb.max(-1) - rgb.min(-1)) > 60).mean())
+    assert coloured > 0.001, f"{path}: {coloured:.3%} of its pixels are coloured; no data drawn?"
+
+
+@pytest.fixture
+def assert_chart():
+    """`assert_chart(path)`: see `check_chart`."""
+    return check_chart

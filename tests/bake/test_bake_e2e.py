@@ -93,7 +93,7 @@ def test_the_gguf_opens_in_llama_cpp(baked):
     assert llm.create_completion("Bonjour", max_tokens=4, temperature=0)["choices"][0]["text"] is not None
 
 
-def test_the_report_has_every_section(baked):
+def test_the_report_has_every_section(baked, assert_chart):
     out, _ = baked
     report = (out / "REPORT.md").read_text()
     for heading in ("1. Corpus", "2. Tokenizer", "3. Pretraining", "4. Supervised fine-tuning", "5. Evaluation",
@@ -107,7 +107,8 @@ def test_the_report_has_every_section(baked):
     assert "Fixture smoke checks" in report and "(n = " in report
     for png in ("pretrain/plots/loss.png", "sft/plots/loss.png", "tokenizer/fertility.png", "eval/languages.png",
                 "eval/report.png"):
-        assert (out / png).is_file() and png in report
+        assert png in report
+        assert_chart(out / png)
 
 
 def test_the_model_continues_in_the_language_it_is_prompted_in(baked):
