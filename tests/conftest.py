@@ -29,6 +29,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture
+def random_seed() -> int:
+    """For tests that draw at random (kill points): a fresh seed each run, or FOURNIL_TEST_SEED's to replay one.
+    It is printed, so a failing test's report shows it."""
+    seed = int(os.environ.get("FOURNIL_TEST_SEED") or int.from_bytes(os.urandom(4), "little"))
+    print(f"random seed {seed}; replay with FOURNIL_TEST_SEED={seed}")
+    return seed
+
+
 def check_chart(path: str | Path, min_width: int = 300, min_height: int = 200) -> None:
     """A chart was drawn: a PNG of at least that many pixels, not one flat colour, with some coloured pixels
     (matplotlib draws data in its colour cycle, axes and text in black and grey, so an empty plot has none)."""

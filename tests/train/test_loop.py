@@ -73,11 +73,11 @@ def run_child(shards: Path, run_dir: Path, kill_after_step: int | None) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_is_bitwise_identical(shards_dir, tmp_path):
+def test_sigkill_then_resume_is_bitwise_identical(shards_dir, tmp_path, random_seed):
     """Kill the run at random steps (real SIGKILL, real processes), resume each time: same weights, bit for bit."""
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_child(shards_dir, reference, None)
-    rng = random.Random(int(time.time()))
+    rng = random.Random(random_seed)
     kills = sorted(rng.sample(range(1, 12), 3))
     for step in kills:
         run_child(shards_dir, interrupted, step)
