@@ -122,16 +122,20 @@ def parse_recipe(text: str, source: str = "<recipe>", overrides: dict[str, Any] 
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(source, [(1, "<top>", f"expected a mapping of sections, got {type(data).__name__}")])
+    problems: list[tuple[int | None, str, str]] = []
     for dotted, value in (overrides or {}).items():
         target = data
         *parents, leaf = dotted.split(".")
         for depth, part in enumerate(parents):
             target = target.setdefault(part, {})
             if not isinstance(target, dict):  # `--set model.dim.x=1`: model.dim is a value, not a section
-                key = ".".join(parents[:depth + 1])
-                raise RecipeError(source, [(lines.get(key), dotted, f"cannot set it: {key} is not a mapping")])
-        target[leaf] = value
-    problems: list[tuple[int | None, str, str]] = []
+                # each part spelled as problems name keys: a control character would split the message's line
+                key, spelled = ".".join(parents[:depth + 1]), ".".join(map(_key_name, parents[:depth + 1]))
+                problems.append((lines.get(key), ".".join(map(_key_name, dotted.split("."))),
+                                 f"cannot set it: {spelled} is not a mapping"))
+                break
+        else:
+            target[leaf] = value
     recipe = build(Recipe, data, "", lines, problems)
     if problems:
         raise RecipeError(source, problems)

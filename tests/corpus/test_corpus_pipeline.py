@@ -74,14 +74,14 @@ def test_misrouted_and_contaminated_documents_are_rejected(corpus_run, tree):
     assert [d["metadata"]["filter_reason"] for d in rejected] == ["decontam_bench"]
 
 
-def test_datasheet(corpus_run):
+def test_datasheet(corpus_run, assert_chart):
     from fournil.corpus.report import write_report
 
     out, _ = corpus_run
     data = write_report(out)
     sheet = (out / "DATASHEET.md").read_text()
     assert "| fr-web | fr | GPL-2.0 |" in sheet and "lang_fr_in_en" in sheet and "bench" in sheet
-    assert (out / "datasheet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_chart(out / "datasheet.png")
     assert json.loads((out / "datasheet.json").read_text())["plan"] == data["plan"]
 
 

@@ -63,7 +63,7 @@ def test_a_killed_run_resumes_from_its_samples(results, model_dir, tmp_path, cap
     assert (out / "fournil.json").is_file()
 
 
-def test_report_compares_runs_side_by_side_with_parity(results, tmp_path, capsys):
+def test_report_compares_runs_side_by_side_with_parity(results, tmp_path, capsys, assert_chart):
     other = tmp_path / "checkpoint"
     shutil.copytree(results, other)
     data = json.loads((other / "french_bench_grammar.json").read_text())
@@ -75,7 +75,7 @@ def test_report_compares_runs_side_by_side_with_parity(results, tmp_path, capsys
     assert "| french_bench_grammar | acc | 16.7 | 50.0 |" in md
     assert "| tiny | 18.3 | – | – |" in md  # FR mean of grammar 16.7 and belebele 20; no English task
     assert "FR / EN parity" in md and "nrefs:1|case:mixed" in md
-    assert (tmp_path / "report" / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert_chart(tmp_path / "report" / "report.png")
     assert "| checkpoint | 35.0 |" in capsys.readouterr().out  # FR mean of grammar 50 and belebele 20
 
 

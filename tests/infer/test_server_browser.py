@@ -16,7 +16,7 @@ KEY = "page-key"
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.is_file():
-        pytest.skip(f"{CHROMIUM} is absent (Debian package 'chromium')")
+        pytest.skip(f"missing dependency: {CHROMIUM} is absent (Debian package 'chromium')")
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])

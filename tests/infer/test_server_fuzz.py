@@ -19,7 +19,7 @@ def schemathesis_cli() -> str:
     beside = Path(sys.executable).with_name("schemathesis")
     found = str(beside) if beside.is_file() else shutil.which("schemathesis")
     if found is None:
-        pytest.skip("the schemathesis command is not installed")
+        pytest.skip("missing dependency: the schemathesis command is not installed")
     return found
 
 

@@ -28,7 +28,6 @@ from tests.reliability.conftest import CHILD_ENV, tree_files
 from tests.train.conftest import TINY, write_shards
 
 pytestmark = pytest.mark.slow
-SEED = int(os.environ.get("FOURNIL_KILL_SEED", time.time()))  # printed on failure, settable to replay a run
 LONG = {**TINY, "train.steps": 16, "train.checkpoint_interval": 2, "train.eval_interval": 8}
 
 ZYGOTE = """
@@ -120,9 +119,9 @@ def shards(tmp_path_factory) -> Path:
     return write_shards(tmp_path_factory.mktemp("shards"))
 
 
-def test_train_survives_ten_random_sigkills_bit_for_bit(shards, tmp_path):
+def test_train_survives_ten_random_sigkills_bit_for_bit(shards, tmp_path, random_seed):
     """Ten kills at random steps (three of them inside a checkpoint write), resumed each time: same weights."""
-    rng = random.Random(SEED)
+    rng = random.Random(random_seed)
     zygote = Zygote()
     try:
         reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
@@ -152,10 +151,10 @@ def test_train_survives_ten_random_sigkills_bit_for_bit(shards, tmp_path):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
-                pytest.fail(f"seed {SEED}: the child ended by itself (wait status {zygote.status()}) before the kill "
+                pytest.fail(f"the child ended by itself (wait status {zygote.status()}) before the kill "
                             f"aimed at step {step}; kills {kills}")
             status = zygote.status()
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, f"seed {SEED}: {kills}"
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, kills
             if i in in_checkpoint and in_progress_checkpoints(interrupted, step, started):
                 hits += 1  # killed mid-write: the half-assembled checkpoint is hidden, the last complete one loads
                 assert_latest_checkpoint_loads(interrupted)
@@ -163,10 +162,10 @@ def test_train_survives_ten_random_sigkills_bit_for_bit(shards, tmp_path):
         assert zygote.status() == 0
     finally:
         zygote.close()
-    assert hits >= 1, f"seed {SEED}: no kill landed inside a checkpoint write"
+    assert hits >= 1, "no kill landed inside a checkpoint write"
     a = load_file(reference / "model" / "model.safetensors")
     b = load_file(interrupted / "model" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"seed {SEED}: kills at {kills}"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"kills at {kills}"
     metrics = [(reference / "metrics.jsonl").read_text(), (interrupted / "metrics.jsonl").read_text()]
     losses = [[json.loads(line)["loss"] for line in m.splitlines() if '"loss"' in line] for m in metrics]
     assert losses[0] == losses[1] and len(losses[0]) == LONG["train.steps"]
@@ -206,7 +205,7 @@ def timed(command: list[str]) -> float:
     return time.time() - start
 
 
-def test_corpus_run_killed_three_times_gives_the_same_corpus(tmp_path):
+def test_corpus_run_killed_three_times_gives_the_same_corpus(tmp_path, random_seed):
     root = tmp_path / "sources"
     root.mkdir()
     lines = small_sources(root, {"fr": 60, "en": 60, "code": 6, "parallel": 100})
@@ -214,12 +213,12 @@ def test_corpus_run_killed_three_times_gives_the_same_corpus(tmp_path):
     command = [sys.executable, "-m", "fournil", "corpus", "run", str(root / "corpus.yaml"), "-q", "--workers", "2",
                "--tasks", "4", "--out"]
     duration = timed([*command, str(tmp_path / "reference")])
-    rng = random.Random(SEED)
+    rng = random.Random(random_seed)
     for at in sorted(rng.uniform(0.5, duration) for _ in range(3)):
         run_killed([*command, str(tmp_path / "killed")], kill_after=at)
     run_killed([*command, str(tmp_path / "killed")], None)
     a, b = tree_files(tmp_path / "reference" / "docs"), tree_files(tmp_path / "killed" / "docs")
-    assert a and a == b, f"seed {SEED}"
+    assert a and a == b
     assert without_time(tmp_path / "reference" / "stats.json") == without_time(tmp_path / "killed" / "stats.json")
 
 
@@ -237,7 +236,7 @@ train: {{lr: 3.0e-3, warmup_steps: 2, steps: 8, seq_len: 32, batch_tokens: 128, 
 """
 
 
-def test_bake_killed_twice_gives_the_same_artifacts(tmp_path):
+def test_bake_killed_twice_gives_the_same_artifacts(tmp_path, random_seed):
     """`fournil bake --only pretrain` (corpus → tokenizer → shards → pretrain) killed at two random moments."""
     root = tmp_path / "sources"
     root.mkdir()
@@ -245,22 +244,22 @@ def test_bake_killed_twice_gives_the_same_artifacts(tmp_path):
     (root / "bake.yaml").write_text(BAKE.format(sources="\n".join(lines)))
     command = [sys.executable, "-m", "fournil", "bake", str(root / "bake.yaml"), "--only", "pretrain", "-q", "--out"]
     duration = timed([*command, str(tmp_path / "reference")])
-    rng = random.Random(SEED)
+    rng = random.Random(random_seed)
     for at in sorted(rng.uniform(1.0, duration) for _ in range(2)):
         run_killed([*command, str(tmp_path / "killed")], kill_after=at)
     run_killed([*command, str(tmp_path / "killed")], None)
     ref, killed = tmp_path / "reference", tmp_path / "killed"
     assert all((killed / ".bake" / f"{step}.json").is_file() for step in ("corpus", "tokenizer", "shards", "pretrain"))
-    assert tree_files(ref / "corpus" / "docs") == tree_files(killed / "corpus" / "docs"), f"seed {SEED}"
+    assert tree_files(ref / "corpus" / "docs") == tree_files(killed / "corpus" / "docs")
     assert without_time(ref / "corpus" / "stats.json") == without_time(killed / "corpus" / "stats.json")
     assert (ref / "tokenizer" / "tokenizer.json").read_bytes() == (killed / "tokenizer" / "tokenizer.json").read_bytes()
     shards = [tree_files(d / "shards") for d in (ref, killed)]
     for files in shards:  # the manifest records its creation time; everything else must match byte for byte
         files.pop("fournil.json")
-    assert shards[0] == shards[1], f"seed {SEED}"
+    assert shards[0] == shards[1]
     a = load_file(ref / "pretrain" / "model" / "model.safetensors")
     b = load_file(killed / "pretrain" / "model" / "model.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"seed {SEED}"
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def without_time(stats: Path) -> dict:

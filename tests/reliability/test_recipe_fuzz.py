@@ -36,6 +36,7 @@ def schema_keys(cls: type = Recipe, prefix: str = "") -> list[str]:
 
 
 KEYS = schema_keys()
+SECTIONS = {""} | {key for key in KEYS if any(k.startswith(key + ".") for k in KEYS)}  # dataclass-typed keys
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=10**30, max_value=10**400),
                     st.floats(), st.text(max_size=12), st.sampled_from(["3e-4", "1e400", "nan", "-0", "0x10", ""]))
 values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
@@ -66,6 +67,49 @@ def set_key(data: dict, dotted: str, value: object) -> None:
     data[leaf] = value
 
 
+def problem_keys(data: object, overrides: dict | None = None) -> list[str] | None:
+    """The keys a RecipeError names ([] for a valid recipe, None for another UsageError such as bad YAML)."""
+    try:
+        parse_recipe(yaml.safe_dump(data, allow_unicode=True), source="fuzz.yaml", overrides=overrides)
+    except RecipeError as exc:
+        return [key for _, key, _ in exc.problems]
+    except UsageError:
+        return None
+    return []
+
+
+def names(keys: list[str] | None, key: str) -> bool:
+    """Some problem is at `key` or inside it (`model` is named by `model.dim`, `x.rungs` by `x.rungs[0].dim`)."""
+    return any(k == key or k.startswith((key + ".", key + "[")) for k in keys or ())
+
+
+def has_key(data: dict, parts: list[str]) -> bool:
+    for part in parts:
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def overlap(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def bad_on_its_own(key: str, value: object, override: bool = False) -> bool:
+    """`key: value` on the base recipe is reported at `key` even with the cross-field checks of every section
+    around it switched off (an unknown key in a section does that), so no other key can excuse it."""
+    data = copy.deepcopy(BASE)
+    parents = key.split(".")[:-1]
+    for depth in range(len(parents) + 1):
+        section = ".".join(parents[:depth])
+        if section in SECTIONS:
+            set_key(data, f"{section}.__probe__" if section else "__probe__", 1)
+    if override:
+        return names(problem_keys(data, {key: value}), key)
+    set_key(data, key, value)
+    return names(problem_keys(data), key)
+
+
 @SETTINGS
 @given(st.sampled_from(KEYS), values)
 def test_a_wrong_value_anywhere_in_the_schema(key, value):
@@ -77,6 +121,13 @@ def test_a_wrong_value_anywhere_in_the_schema(key, value):
     except RecipeError as exc:
         located = [line for line, k, _ in exc.problems if line is not None]
         assert located, str(exc)  # the key is in the file, so at least one problem carries its line
+        # the base recipe is valid, so whatever is wrong comes from `key`: a problem names it (or the section that
+        # setting it created, e.g. a `ladder` without its rungs), or a cross-field rule such as train.seq_len <=
+        # model.max_seq_len says its value
+        parts = key.split(".")
+        created = next((".".join(parts[:n]) for n in range(1, len(parts)) if not has_key(BASE, parts[:n])), key)
+        leaf = parts[-1]
+        assert names([k for _, k, _ in exc.problems], created) or any(leaf in m for _, _, m in exc.problems), str(exc)
         check(text)
     except UsageError:
         check(text)
@@ -89,18 +140,39 @@ def test_two_wrong_values_are_both_reported(key_a, key_b, value_a, value_b):
     set_key(data, key_a, value_a)
     set_key(data, key_b, value_b)
     check(yaml.safe_dump(data, allow_unicode=True))
+    reported = problem_keys(data)
+    for key, value, other in ((key_a, value_a, key_b), (key_b, value_b, key_a)):
+        if not overlap(key, other) and bad_on_its_own(key, value):
+            assert names(reported, key), (key, reported)
+
+
+def assert_names_unknown_sections(document: object) -> None:
+    """Every top-level key that is no section of a recipe is reported, not only the first."""
+    document = yaml.safe_load(yaml.safe_dump(document, allow_unicode=True))  # keys as the recipe reader sees them
+    if isinstance(document, dict):
+        reported = problem_keys(document)
+        fields = {f.name for f in dataclasses.fields(Recipe)}
+        for key in document:
+            if key not in fields and reported is not None:
+                assert any(k == key or k == repr(key) or k == str(key) for k in reported), (key, reported)
 
 
 @SETTINGS
 @given(values)
 def test_any_yaml_document(document):
     check(yaml.safe_dump(document, allow_unicode=True))
+    assert_names_unknown_sections(document)
 
 
 @SETTINGS
 @given(st.text(max_size=200))
 def test_any_text(text):
     check(text)
+    try:
+        document = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError):
+        return
+    assert_names_unknown_sections(document)
 
 
 @SETTINGS
@@ -110,6 +182,10 @@ def test_any_text(text):
 def test_any_overrides(keys, override_values):
     overrides = {k + suffix: v for (k, suffix), v in zip(keys, override_values, strict=False)}
     check(BASE_TEXT, overrides)
+    reported = problem_keys(BASE, overrides)
+    for key, value in overrides.items():
+        if not any(overlap(key, other) for other in overrides if other != key) and bad_on_its_own(key, value, True):
+            assert names(reported, key), (key, reported)
 
 
 @pytest.mark.parametrize("text", [
@@ -120,6 +196,7 @@ def test_any_overrides(keys, override_values):
     "name: x\nmodel: {}\ntrain: {lr: " + "9" * 400 + "}",  # float(int) overflowed before the fix
     "name: x\nmodel: {}\n? [a, b]\n: 1",
     "!!python/object/apply:os.system ['touch /tmp/pwned']",
+    "name: x\nmodel: {}\nladder: {rungs: [null, {name: a}]}",  # AttributeError in LadderConfig.check before the fix
 ])
 def test_regressions(text):
     assert check(text) is None
@@ -128,6 +205,12 @@ def test_regressions(text):
 def test_an_override_below_a_value_is_a_usage_error():
     with pytest.raises(RecipeError, match=r"fuzz.yaml:\d+: model.dim.x: cannot set it: model.dim is not a mapping"):
         parse_recipe(BASE_TEXT, source="fuzz.yaml", overrides={"model.dim.x": 1})
+
+
+def test_every_override_that_cannot_be_set_is_reported():  # only the first was, before the fix
+    with pytest.raises(RecipeError) as info:
+        parse_recipe(BASE_TEXT, source="fuzz.yaml", overrides={"model.dim.x": 1, "train.lr.y": 2, "name": None})
+    assert [key for _, key, _ in info.value.problems] == ["model.dim.x", "train.lr.y", "name"]
 
 
 def test_a_null_key_is_reported_with_its_line():
