@@ -12,8 +12,10 @@ Stages (built once by `build_stages`, run by datatrove's local, Slurm or Ray exe
 skips every task that has its completion marker):
     1 filter   read sources → clean → language routing → quality → decontaminate → work/filtered
     2-4        MinHash signatures, buckets, clusters (datatrove's 4-stage near-dup dedup)
-    5 dedup    drop the near-duplicates → work/dedup
-    6 finalise (one task) exact dedup on normalised text, docs/, stats.json, the datasheet, manifest
+    5 dedup    drop the near-duplicates → work/dedup: each task's documents sorted by id, their exact keys sorted
+               by (key, id), as runs on disk (runs.py)
+    6 finalise (one task) exact dedup on normalised text by merging those runs, docs/, stats.json, the datasheet,
+               manifest; it streams: memory holds one record per run and the counts, never the documents
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 DOCS = "docs"
 STATS = "stats.json"
 _WORD = re.compile(r"\w+")
+CLUSTER_RANGE_BYTES = 64 << 20  # the default task count on a cluster: a task per file or per 64 MiB of a large one
 LENGTH_BINS = [0, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000]  # UTF-8 bytes
 
 
@@ -126,7 +129,7 @@ def build_stages(config: CorpusConfig, out: Path, tasks: int, max_errors: int) -
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig
 
-    from fournil.corpus.dedup import FastWords, Signature
+    from fournil.corpus.dedup import FastWords, Signature, SortedRuns
     from fournil.corpus.executors import Finalise, StageReader
     from fournil.corpus.filters import CleanText, Decontaminate, LanguageRouter, QualityFilter
     from fournil.corpus.readers import SourceReader
@@ -164,7 +167,7 @@ def build_stages(config: CorpusConfig, out: Path, tasks: int, max_errors: int) -
         Stage("dedup", tasks, [
             filtered_reader(),
             MinhashDedupFilter(str(work / "minhash" / "clusters"), exclusion_writer=rejects("minhash")),
-            JsonlWriter(str(work / "dedup"), output_filename="${rank}.jsonl", compression=None),
+            SortedRuns(str(work / "dedup")),
         ]),
         Stage("finalise", 1, [Finalise(config, str(out), max_errors)]),
     ]
@@ -179,12 +182,9 @@ def _prepare(config: CorpusConfig, out: Path, *, workers: int | None, tasks: int
 
     if not config.sources:
         raise UsageError("the corpus recipe declares no sources")
-    files = 0
     for name, source in config.sources.items():
-        found = len(SourceReader({name: source}, "").files)
-        if not found:
+        if not SourceReader({name: source}, "").files:
             raise UsageError(f"source {name!r}: no files at {source.path}")
-        files += found
     for name, path in config.eval_sets.items():
         if not Path(path).exists():
             raise UsageError(f"eval_sets.{name}: {path} does not exist")
@@ -209,10 +209,13 @@ def _prepare(config: CorpusConfig, out: Path, *, workers: int | None, tasks: int
     if manifest and manifest.get("complete") and manifest.get("config_sha256") == digest:
         log.info("%s is complete for this recipe; nothing to do", out)
         return executor, None
-    if executor.tasks is None:  # one task per file; locally at most 4 per worker (more only adds start-up time)
+    if executor.tasks is None:  # a task per file or per range of a large file (see SourceReader.units); locally
+        # at most 4 per worker (more only adds start-up time), on a cluster ranges of 64 MiB or more
         local = executor.workers or os.cpu_count() or 1
-        executor = dataclasses.replace(executor, tasks=max(1, min(files, 4 * local) if executor.kind == "local"
-                                                           else files))
+        reader = SourceReader(config.sources, "")
+        tasks = (min(reader.pieces(reader.min_range_bytes), 4 * local) if executor.kind == "local"
+                 else reader.pieces(CLUSTER_RANGE_BYTES))
+        executor = dataclasses.replace(executor, tasks=max(1, tasks))
     stages = build_stages(config, out, executor.tasks, max_errors)
     # a rerun must split the work as the first run did: task `rank`'s outputs are read back by rank
     plan_path = out / "work" / "stages.json"
@@ -280,24 +283,50 @@ def complete(config: CorpusConfig, out: Path, max_errors: int) -> dict:
     return stats
 
 
-def read_input_errors(errors_dir: Path) -> list[dict]:
-    out = []
+def iter_input_errors(errors_dir: Path) -> Iterator[dict]:
+    """Every input error the reader tasks wrote, one at a time (task order, then the order they were met), then
+    the files split across tasks that gave nothing at all (see `readers.empty_split_files`)."""
+    from fournil.corpus.readers import empty_split_files
+
     for path in sorted(errors_dir.glob("*.jsonl")):
-        out += [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    return out
+        with open(path, encoding="utf-8") as f:
+            yield from (json.loads(line) for line in f if line.strip())
+    yield from empty_split_files(errors_dir / "ranges")
+
+
+@dataclass
+class ErrorSummary:
+    """What stats.json and the error budget need of the input errors, gathered without holding them all."""
+
+    total: int
+    by_kind: Counter
+    first: list[dict]
+    by_source: dict[str, Counter]  # source → {"repaired": n, "input_errors": n}
+
+
+def summarise_input_errors(errors_dir: Path, keep: int = 20) -> ErrorSummary:
+    from fournil.corpus.readers import REPAIRED
+
+    summary = ErrorSummary(0, Counter(), [], defaultdict(Counter))
+    for err in iter_input_errors(errors_dir):
+        summary.total += 1
+        summary.by_kind[err["kind"]] += 1
+        if len(summary.first) < keep:
+            summary.first.append(err)
+        summary.by_source[err.get("source")]["repaired" if err["kind"] in REPAIRED else "input_errors"] += 1
+    return summary
 
 
 def _raise_input_errors(errors_dir: Path, max_errors: int) -> None:
-    errors = read_input_errors(errors_dir)
-    for err in errors[:5]:
+    errors = summarise_input_errors(errors_dir, keep=5)
+    for err in errors.first:
         log.warning("bad input: %s:%s: %s: %s", err["file"], err["line"], err["kind"], err["detail"])
-    if len(errors) > 5:
-        log.warning("… and %d more bad input records (all in %s)", len(errors) - 5, errors_dir)
-    if 0 <= max_errors < len(errors):
-        counts = Counter(e["kind"] for e in errors)
-        first = "".join(f"\n  {e['file']}:{e['line']}: {e['kind']}: {e['detail']}" for e in errors[:3])
-        raise FournilError(f"{len(errors)} bad input records exceed --max-errors {max_errors} "
-                           f"({', '.join(f'{k}: {v}' for k, v in counts.most_common())}); fix the input or "
+    if errors.total > 5:
+        log.warning("… and %d more bad input records (all in %s)", errors.total - 5, errors_dir)
+    if 0 <= max_errors < errors.total:
+        first = "".join(f"\n  {e['file']}:{e['line']}: {e['kind']}: {e['detail']}" for e in errors.first[:3])
+        raise FournilError(f"{errors.total} bad input records exceed --max-errors {max_errors} "
+                           f"({', '.join(f'{k}: {v}' for k, v in errors.by_kind.most_common())}); fix the input or "
                            f"raise the budget, then rerun (finished tasks are kept). First ones:{first}")
 
 
@@ -314,68 +343,94 @@ def exact_key(text: str) -> bytes:
     return hashlib.blake2b(" ".join(_WORD.findall(text.lower())).encode(), digest_size=16).digest()
 
 
-def _histogram(sizes: list[int]) -> list[int]:
-    import bisect
+def _duplicate_ids(dedup: Path, scratch: Path) -> Iterator[bytes]:
+    """The ids (as `id_key`s, in order) of every document whose exact key a smaller id already has: the keys
+    runs merged in (key, id) order, all but the first of each key, sorted again by id through runs."""
+    from fournil.corpus.runs import RunWriter, merge
 
-    counts = [0] * len(LENGTH_BINS)
-    for size in sizes:
-        counts[bisect.bisect_right(LENGTH_BINS, size) - 1] += 1
-    return counts
+    duplicates = RunWriter(scratch, "duplicates-")
+    previous = None
+    for record, _ in merge(sorted(dedup.glob("*-keys-*.run")), scratch):
+        key = record[:16]
+        if key == previous:
+            duplicates.add(record[16:])
+        previous = key
+    for doc_id, _ in merge(duplicates.close(), scratch):
+        yield doc_id
+
+
+def _exact_dedup(out: Path) -> Iterator[tuple[dict, bool]]:
+    """Every document of the dedup stage in id order, with whether it is an exact duplicate of a smaller id."""
+    from fournil.corpus.runs import merge
+
+    dedup = out / "work" / "dedup"
+    with artifacts.scratch_dir(out / "work", "finalise") as scratch:
+        duplicates = _duplicate_ids(dedup, scratch)
+        next_duplicate = next(duplicates, None)
+        for doc_id, line in merge(sorted(dedup.glob("*-docs-*.run")), scratch):
+            while next_duplicate is not None and next_duplicate < doc_id:
+                next_duplicate = next(duplicates, None)
+            yield json.loads(line), doc_id == next_duplicate
 
 
 def finalise(config: CorpusConfig, out: Path) -> dict:
-    """Exact dedup, write docs/<category>.jsonl.gz sorted by id, and gather every count the datasheet needs."""
-    from fournil.corpus.filters import eval_ngrams
-    from fournil.corpus.readers import REPAIRED
+    """Exact dedup, write docs/<category>.jsonl.gz sorted by id, and gather every count the datasheet needs.
 
-    docs = sorted(iter_jsonl(sorted((out / "work" / "dedup").glob("*.jsonl"))), key=lambda d: d["id"])
-    seen: set[bytes] = set()
-    kept: dict[str, list[dict]] = defaultdict(list)
-    exact_rejects = []
-    for doc in docs:
-        key = exact_key(doc["text"])
-        if key in seen:
-            doc["metadata"]["filter_reason"] = "exact_duplicate"
-            exact_rejects.append(doc)
-            continue
-        seen.add(key)
-        kept[doc["metadata"]["category"]].append(doc)
-    _write_gz(out / "rejects" / "exact" / "00000.jsonl.gz", exact_rejects)
-    for category in CATEGORIES:
-        path = out / DOCS / f"{category}.jsonl.gz"
-        if kept.get(category):
-            _write_gz(path, [{"text": d["text"], "id": d["id"], "source": d["metadata"]["source"],
-                              "lang": d["metadata"].get("lang")} for d in kept[category]])
-        else:
-            path.unlink(missing_ok=True)
+    One pass over the id-ordered merge of the dedup stage's runs: documents go straight to their category's file,
+    counts are accumulated (histograms, not lists of lengths), so memory does not grow with the corpus."""
+    import bisect
+
+    from fournil.corpus.filters import eval_ngrams
 
     sources: dict[str, dict] = {}
     for name, source in sorted(config.sources.items()):
         sources[name] = {"category": source.category, "licence": source.licence, "documents": 0, "bytes": 0,
-                         "input_documents": 0, "input_bytes": 0, "rejects": {}, "input_errors": 0, "repaired": 0,
-                         "lengths": []}
+                         "input_documents": 0, "input_bytes": 0, "rejects": {}, "input_errors": 0, "repaired": 0}
+    histograms = {name: [0] * len(LENGTH_BINS) for name in sources}
     confusion: dict[str, Counter] = defaultdict(Counter)
-    for category, items in kept.items():
-        for doc in items:
-            s = sources[doc["metadata"]["source"]]
+    written: set[str] = set()
+    with contextlib.ExitStack() as files:
+        def writer(path: Path) -> gzip.GzipFile:
+            return files.enter_context(_GzWriter(path))
+
+        exact = writer(out / "rejects" / "exact" / "00000.jsonl.gz")
+        docs: dict[str, gzip.GzipFile] = {}
+        for doc, duplicate in _exact_dedup(out):
+            meta = doc["metadata"]
+            if duplicate:
+                meta["filter_reason"] = "exact_duplicate"
+                _write_line(exact, doc)
+                continue
+            category = meta["category"]
+            if category not in docs:
+                docs[category] = writer(out / DOCS / f"{category}.jsonl.gz")
+                written.add(category)
+            _write_line(docs[category], {"text": doc["text"], "id": doc["id"], "source": meta["source"],
+                                         "lang": meta.get("lang")})
+            s = sources[meta["source"]]
             size = len(doc["text"].encode())
             s["documents"] += 1
             s["bytes"] += size
             s["input_documents"] += 1
-            s["input_bytes"] += doc["metadata"].get("raw_bytes", size)
-            s["lengths"].append(size)
-            confusion[category][doc["metadata"].get("lang", "?")] += 1
+            s["input_bytes"] += meta.get("raw_bytes", size)
+            histograms[meta["source"]][bisect.bisect_right(LENGTH_BINS, size) - 1] += 1
+            confusion[category][meta.get("lang", "?")] += 1
+    for category in CATEGORIES:
+        if category not in written:
+            (out / DOCS / f"{category}.jsonl.gz").unlink(missing_ok=True)
+
     for step_dir in sorted(p for p in (out / "rejects").iterdir() if p.is_dir()):
         for doc in iter_jsonl(sorted(step_dir.glob("*.jsonl.gz"))):
             _count_reject(doc, STEP_REASONS.get(step_dir.name, step_dir.name), sources, confusion)
-    errors = read_input_errors(out / "work" / "errors")
-    for err in errors:  # every record read: an input document, an input error or held out (a repaired one: a document)
-        if err.get("source") in sources:
-            sources[err["source"]]["repaired" if err["kind"] in REPAIRED else "input_errors"] += 1
+    errors = summarise_input_errors(out / "work" / "errors")
+    for name, counts in errors.by_source.items():  # every record read: a document, an input error or held out
+        if name in sources:
+            sources[name]["repaired"] += counts["repaired"]
+            sources[name]["input_errors"] += counts["input_errors"]
     held_out = _step_stats(out, "held_out:")  # `"split": "test"` records: read, neither documents nor errors
     for name, s in sources.items():
         s["held_out"] = held_out.get(f"held_out:{name}", 0)
-        s["length_histogram"] = _histogram(s.pop("lengths"))
+        s["length_histogram"] = histograms[name]
     sizes = {name: s["bytes"] for name, s in sources.items()}
     plan = plan_mix(sizes, {n: s["category"] for n, s in sources.items()},
                     {n: config.sources[n].weight for n in sources}, config.mix, config.max_epochs)
@@ -405,8 +460,7 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
             decontam[name] = {"eval_texts": texts.get(name, 0), "documents_removed": dropped}
     return {"sources": sources, "categories": categories, "plan": plan, "length_bins": LENGTH_BINS,
             "language_confusion": {c: dict(v) for c, v in sorted(confusion.items())},
-            "input_errors": {"total": len(errors), "by_kind": dict(Counter(e["kind"] for e in errors)),
-                             "first": errors[:20]},
+            "input_errors": {"total": errors.total, "by_kind": dict(errors.by_kind), "first": errors.first},
             "decontamination": decontam, "pii": _step_stats(out, "pii_"),
             "boilerplate_lines": _step_stats(out, "boilerplate_lines").get("boilerplate_lines", 0)}
 
@@ -437,9 +491,26 @@ def _step_stats(out: Path, prefix: str) -> dict[str, int]:
     return dict(totals)
 
 
-def _write_gz(path: Path, records: list[dict]) -> None:
-    """gzip with mtime 0, so the same documents give the same bytes on every run."""
-    with artifacts.atomic_path(path) as tmp, open(tmp, "wb") as raw, \
-            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
-        for record in records:
-            f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+class _GzWriter(contextlib.AbstractContextManager):
+    """A gzip file with mtime 0 (the same documents give the same bytes on every run), written atomically."""
+
+    def __init__(self, path: Path):
+        self._atomic = artifacts.atomic_path(path)
+        self._tmp = self._atomic.__enter__()
+        self._raw = open(self._tmp, "wb")  # noqa: SIM115 (closed by __exit__)
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="")
+
+    def __enter__(self) -> gzip.GzipFile:
+        return self._gz
+
+    def __exit__(self, *exc) -> bool:
+        try:
+            self._gz.close()
+            self._raw.close()
+        finally:
+            self._atomic.__exit__(*exc)
+        return False
+
+
+def _write_line(f, record: dict) -> None:
+    f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())

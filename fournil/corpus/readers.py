@@ -4,6 +4,10 @@ Every source file is read record by record; a bad record (invalid UTF-8, malform
 truncated gzip, an empty file, a record too large…) becomes an `InputError` with file and line, is counted and
 written to `errors/`, and the run goes on until the `--max-errors` budget is spent. Nothing is dropped silently.
 
+A large plain (uncompressed) jsonl or TSV file is shared by several tasks: each reads the records that start
+in its byte range, and first counts the newlines before that range, so ids and error lines stay those of a
+one-task run (`SourceReader.units`).
+
 Parallel pairs (jsonl with `en`/`fr` fields, `x.en`+`x.fr` line-aligned files, TSV, gettext `.po`) are rendered as
 one training document per pair, its direction (EN→FR or FR→EN) drawn per pair from the seed, as CroissantLLM did.
 """
@@ -30,6 +34,9 @@ from fournil.corpus.config import SourceConfig
 from fournil.corpus.text import encodable
 
 MAX_RECORD_BYTES = 16 << 20  # a single record above this is refused (a 100 MB line is a dump, not a document)
+MIN_RANGE_BYTES = 1 << 20  # the smallest share of a file a task is given: below, splitting costs more than it saves
+_SPLITTABLE = ("jsonl", "tsv")  # one record a line: a byte range can start at any line
+_COUNT_BLOCK = 16 << 20  # bytes read at a time while counting the newlines before a range
 PAIR_TEMPLATE = "[{a}] {ta}\n[{b}] {tb}"
 _SUFFIX_FORMAT = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text", ".md": "text",
                   ".tsv": "tsv", ".po": "po"}
@@ -249,11 +256,12 @@ def render_pair(en: str, fr: str, seed: int) -> str:
 
 
 class SourceReader(PipelineStep):
-    """Read every source of the recipe; task `rank` reads files rank, rank + world_size, …"""
+    """Read every source of the recipe; task `rank` reads units rank, rank + world_size, … (see `units`)."""
 
     type = "📖 - READER"
     name = "fournil sources"
     max_record_bytes = MAX_RECORD_BYTES
+    min_range_bytes = MIN_RANGE_BYTES
 
     def __init__(self, sources: dict[str, SourceConfig], errors_dir: str, seed: int = 0, max_errors: int = 100):
         super().__init__()
@@ -262,15 +270,49 @@ class SourceReader(PipelineStep):
         self.files = [(name, str(entry.path)) for name, listing in listings.items() for entry in listing]
         self._listed = {name: {str(entry.path): entry for entry in listing} for name, listing in listings.items()}
         self._errors: list[InputError] = []
+        self._ranges: list[dict] = []
         self._source = ""
+
+    def _size(self, name: str, path: str) -> tuple[int, bool]:
+        """(size in bytes, whether byte ranges of it can go to different tasks)."""
+        entry = self._listed.get(name, {}).get(path)
+        try:
+            st = os.stat(path)
+        except OSError:
+            return 0, False
+        splittable = (stat.S_ISREG(st.st_mode) and not (entry and entry.problem)
+                      and not path.endswith((".gz", ".zst")) and file_format(Path(path), self.sources[name]) in _SPLITTABLE)
+        return st.st_size, splittable
+
+    def units(self, world_size: int) -> list[tuple[str, str, int, int | None]]:
+        """The work, as (source, file, start, end) in file order; `end` None reads to the end of the file.
+
+        Every file is one unit, except plain jsonl/TSV files larger than a task's fair share (the total size over
+        `world_size`, at least `min_range_bytes`): those are cut into equal byte ranges of about that share. A
+        range holds the records that start in it (the last one may run past its end). Compressed files stay one
+        unit: a gzip or zstd stream cannot be entered in the middle. Every task computes the same list.
+        """
+        sizes = [self._size(name, path) for name, path in self.files]
+        share = max(self.min_range_bytes, -(-sum(size for size, _ in sizes) // max(world_size, 1)))
+        units: list[tuple[str, str, int, int | None]] = []
+        for (name, path), (size, splittable) in zip(self.files, sizes, strict=True):
+            parts = -(-size // share) if splittable and size > share else 1
+            bounds = [size * i // parts for i in range(parts)] + [None]
+            units += [(name, path, bounds[i], bounds[i + 1]) for i in range(parts)]
+        return units
+
+    def pieces(self, range_bytes: int) -> int:
+        """How many units the files make when split into ranges of at least `range_bytes` (a task count)."""
+        return sum(-(-size // range_bytes) if splittable and size > range_bytes else 1
+                   for size, splittable in (self._size(name, path) for name, path in self.files))
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
             yield from data
-        self._errors = []
+        self._errors, self._ranges = [], []
         try:
-            for name, path in self.files[rank::world_size]:
-                for doc in self.read_file(name, Path(path)):
+            for name, path, start, end in self.units(world_size)[rank::world_size]:
+                for doc in self.read_file(name, Path(path), start, end):
                     self.stat_update("documents")
                     yield doc
         finally:
@@ -279,6 +321,12 @@ class SourceReader(PipelineStep):
             with open(out, "w", encoding="utf-8") as f:
                 for err in self._errors:
                     f.write(json.dumps(err.__dict__, ensure_ascii=False) + "\n")
+            ranges = Path(self.errors_dir) / "ranges" / f"{rank:05d}.jsonl"
+            if self._ranges or ranges.exists():
+                ranges.parent.mkdir(parents=True, exist_ok=True)
+                with open(ranges, "w", encoding="utf-8") as f:
+                    for record in self._ranges:
+                        f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
     def error(self, kind: str, file: Path, line: int, detail: str) -> None:
         self._errors.append(InputError(kind, str(file), line, detail, self._source))
@@ -286,7 +334,8 @@ class SourceReader(PipelineStep):
         if 0 <= self.max_errors < len(self._errors):
             raise ErrorBudgetExceeded(f"more than {self.max_errors} bad input records (last: {self._errors[-1]})")
 
-    def read_file(self, name: str, path: Path) -> Iterator[Document]:
+    def read_file(self, name: str, path: Path, start: int = 0, end: int | None = None) -> Iterator[Document]:
+        """The documents of one file, or of the records starting in [start, end) of a plain jsonl/TSV file."""
         source, self._source = self.sources[name], name
         entry = self._listed.get(name, {}).get(str(path)) or Listed(path, path.name)
         if entry.problem:
@@ -312,27 +361,37 @@ class SourceReader(PipelineStep):
         if reader is None:
             self.error("unknown_format", path, 0, "cannot tell the format from the suffix; set `format:`")
             return
+        span = (start, end) != (0, None)
         n, errors_before = 0, len(self._errors)
-        for line, text in reader(path, source):
+        for line, text in reader(path, source, start, end) if span else reader(path, source):
             if not encodable(text):  # JSON `\ud83d` escapes decode to lone surrogates, which no writer accepts
                 self.error("invalid_unicode", path, line, "lone UTF-16 surrogate in the text; record skipped")
                 continue
             n += 1
             yield Document(text=text, id=f"{name}/{entry.rel}:{line}", metadata=dict(meta))
-        if n == 0 and len(self._errors) == errors_before:  # an already reported error explains the emptiness
+        if span:  # whether the whole file gave nothing is known once every range is read: `empty_split_files`
+            self._ranges.append({"file": str(path), "source": name, "start": start, "documents": n,
+                                 "errors": len(self._errors) - errors_before})
+        elif n == 0 and len(self._errors) == errors_before:  # an already reported error explains the emptiness
             self.error("no_documents", path, 0, "no usable record in the file")
 
-    def _lines(self, path: Path) -> Iterator[tuple[int, str]]:
-        """Decoded lines; invalid UTF-8 lines and a truncated tail are reported, never raised."""
+    def _lines(self, path: Path, start: int = 0, end: int | None = None) -> Iterator[tuple[int, str]]:
+        """Decoded lines (of those starting in [start, end)); invalid UTF-8 lines and a truncated tail are
+        reported, never raised. Line numbers count from the start of the file whatever `start` is."""
         number = 0
         try:
             with _open_binary(path) as f:
-                while raw := f.readline(self.max_record_bytes + 1):
+                position = 0
+                if start:
+                    position, number = _first_line(f, start)
+                while (end is None or position < end) and (raw := f.readline(self.max_record_bytes + 1)):
+                    position += len(raw)
                     number += 1
                     if len(raw) > self.max_record_bytes and not raw.endswith(b"\n"):
                         self.error("record_too_large", path, number, f"a line over {self.max_record_bytes:,} bytes")
                         while raw and not raw.endswith(b"\n"):  # skip to the end of that line
                             raw = f.readline(self.max_record_bytes)
+                            position += len(raw)
                         continue
                     if number == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM: drop it, keep the record
                         raw = raw[3:]
@@ -348,8 +407,9 @@ class SourceReader(PipelineStep):
         except OSError as exc:  # permissions, a symlink loop, a directory where a file was expected
             self.error("unreadable_file", path, number + 1, f"{type(exc).__name__}: {exc.strerror or exc}")
 
-    def _jsonl(self, path: Path, source: SourceConfig) -> Iterator[tuple[int, str]]:
-        for number, line in self._lines(path):
+    def _jsonl(self, path: Path, source: SourceConfig, start: int = 0, end: int | None = None
+               ) -> Iterator[tuple[int, str]]:
+        for number, line in self._lines(path, start, end):
             if not line.strip():
                 continue
             try:
@@ -445,12 +505,16 @@ class SourceReader(PipelineStep):
             if en and fr:
                 yield number, render_pair(en, fr, self.seed)
 
-    def _tsv(self, path: Path, source: SourceConfig) -> Iterator[tuple[int, str]]:
+    def _tsv(self, path: Path, source: SourceConfig, start: int = 0, end: int | None = None
+             ) -> Iterator[tuple[int, str]]:
         order = ("en", "fr")
-        for number, line in self._lines(path):
+        if start:  # the header is line 1, in the first range: read it again for the column order
+            with open(path, "rb") as f:
+                order = _tsv_header(f.readline(self.max_record_bytes).decode("utf-8", "replace")) or order
+        for number, line in self._lines(path, start, end):
             cells = line.rstrip("\n").split("\t")
-            if number == 1 and {c.strip().lower() for c in cells} == {"en", "fr"}:
-                order = tuple(c.strip().lower() for c in cells)
+            if number == 1 and (header := _tsv_header(line)):
+                order = header
                 continue
             if not line.strip():
                 continue
@@ -508,6 +572,40 @@ class SourceReader(PipelineStep):
                 key = word
                 entry[key] = string(rest.strip(), number)
         yield from flush()
+
+
+def _first_line(f, start: int) -> tuple[int, int]:
+    """(offset of the first line starting at or after `start`, newlines before it): every byte before `start` is
+    read once, a block at a time, to count the lines: at memory speed, far below the cost of filtering the range."""
+    count, left = 0, start - 1  # the line holding byte start - 1 ends at the first newline from there on
+    while left > 0 and (block := f.read(min(left, _COUNT_BLOCK))):
+        count, left = count + block.count(b"\n"), left - len(block)
+    position = start - 1 - left
+    while piece := f.readline(1 << 20):
+        position += len(piece)
+        if piece.endswith(b"\n"):
+            return position, count + 1
+    return position, count  # no line starts after `start`
+
+
+def _tsv_header(line: str) -> tuple[str, ...] | None:
+    cells = [c.strip().lower() for c in line.rstrip("\n").lstrip("\ufeff").split("\t")]
+    return tuple(cells) if set(cells) == {"en", "fr"} and len(cells) == 2 else None
+
+
+def empty_split_files(ranges_dir: Path) -> Iterator[dict]:
+    """`no_documents` errors for the files read in ranges by several tasks that gave no document and no error
+    in any range (a one-task read reports them itself); `ranges_dir` holds what each task said of its ranges."""
+    files: dict[str, list] = {}
+    for path in sorted(Path(ranges_dir).glob("*.jsonl")):
+        with open(path, encoding="utf-8") as f:
+            for record in map(json.loads, filter(str.strip, f)):
+                seen = files.setdefault(record["file"], [record["source"], 0, 0])
+                seen[1] += record["documents"]
+                seen[2] += record["errors"]
+    for file, (source, documents, errors) in sorted(files.items()):
+        if documents == 0 and errors == 0:
+            yield InputError("no_documents", file, 0, "no usable record in the file", source).__dict__
 
 
 _PO_KEYWORDS = {"msgid", "msgstr", "msgctxt", "msgid_plural"}

@@ -179,3 +179,113 @@ def test_kill_and_resume_gives_the_same_corpus(corpus_run, tree, tmp_path, kill_
     assert result.returncode == 0, result.stderr
     assert _gunzip_all(out) == _gunzip_all(reference)
     assert (out / "docs" / "fr.jsonl.gz").read_bytes() == (reference / "docs" / "fr.jsonl.gz").read_bytes()
+
+
+# ------------------------------------------------------------------------------------ finalise, streaming
+
+
+def _in_memory_finalise(out: Path) -> dict[str, bytes]:
+    """docs/ as the in-memory finalise wrote it (every document sorted by id, a set of exact keys): the reference
+    the streaming one must equal byte for byte."""
+    from fournil.corpus.runs import read_run
+
+    docs = sorted((json.loads(line) for p in sorted((out / "work" / "dedup").glob("*-docs-*.run"))
+                   for _, line in read_run(p)), key=lambda d: d["id"])
+    seen, kept = set(), {}
+    for doc in docs:
+        key = exact_key(doc["text"])
+        if key not in seen:
+            seen.add(key)
+            kept.setdefault(doc["metadata"]["category"], []).append(doc)
+    out_bytes = {}
+    for category, items in kept.items():
+        lines = "".join(json.dumps({"text": d["text"], "id": d["id"], "source": d["metadata"]["source"],
+                                    "lang": d["metadata"].get("lang")}, ensure_ascii=False) + "\n" for d in items)
+        buffer = __import__("io").BytesIO()
+        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as f:
+            f.write(lines.encode())
+        out_bytes[f"{category}.jsonl.gz"] = buffer.getvalue()
+    return out_bytes
+
+
+def test_finalise_through_many_small_runs_gives_the_same_corpus(corpus_run, tree, tmp_path, monkeypatch):
+    """The dedup stage's runs cut into runs of a few hundred bytes and merged two at a time (several merge
+    rounds): docs/ is byte-identical to the run's and to the in-memory finalise, stats.json the same."""
+    import shutil
+
+    from fournil.corpus import runs
+    from fournil.corpus.pipeline import finalise, load_config
+
+    reference, stats = corpus_run
+    root, _ = tree
+    out = tmp_path / "out"
+    shutil.copytree(reference, out, symlinks=True)
+    dedup = out / "work" / "dedup"
+    for path in sorted(dedup.glob("*.run")):
+        rank, kind, _ = path.name.split("-")
+        records = list(runs.read_run(path))
+        path.unlink()
+        writer = runs.RunWriter(dedup, f"{rank}-{kind}-{path.stem.split('-')[2]}-", max_bytes=300)
+        for record in records:
+            writer.add(*record)
+        writer.close()
+    assert len(list(dedup.glob("*-docs-*.run"))) > 20
+    monkeypatch.setattr(runs, "FANIN", 2)
+    monkeypatch.setattr(runs, "RUN_BYTES", 200)  # the duplicates' runs too
+    again = finalise(load_config(root / "corpus.yaml"), out)
+    assert _gunzip_all(out) == _gunzip_all(reference)
+    for path in (reference / "docs").glob("*.jsonl.gz"):
+        assert (out / "docs" / path.name).read_bytes() == path.read_bytes()
+    assert {p.name: p.read_bytes() for p in (out / "docs").glob("*.jsonl.gz")} == _in_memory_finalise(reference)
+    assert json.dumps(again) == json.dumps({k: v for k, v in stats.items() if k != "seconds"})
+    assert not list((out / "work").glob(".finalise.*"))  # the scratch folder is gone
+
+
+def _synthetic_dedup_output(out: Path, n: int, run_bytes: int) -> None:
+    """What the dedup stage leaves for finalise: n French documents (one in 10 an exact copy of another) as runs."""
+    import random
+
+    from datatrove.data import Document
+
+    from fournil.corpus.dedup import SortedRuns
+
+    rng = random.Random(n)
+    words = [f"mot{i}" for i in range(500)]
+
+    def docs():
+        for i in range(n):
+            j = i - 7 if i % 10 == 9 else i
+            text = " ".join(random.Random(j).choices(words, k=150))
+            yield Document(text=text, id=f"s/f.jsonl:{rng.randrange(10**9):09d}{i}",
+                           metadata={"source": "s", "category": "fr", "lang": "fr"})
+
+    for rank in range(3):
+        list(SortedRuns(str(out / "work" / "dedup"), run_bytes=run_bytes).run(
+            (d for k, d in enumerate(docs()) if k % 3 == rank), rank=rank))
+
+
+def test_finalise_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
+    """Peak Python memory of finalise on 4x the documents stays within 25 % (the in-memory finalise held every
+    document: 4x). What remains is a record and a read buffer per open run, the counts and gzip's buffers."""
+    import tracemalloc
+
+    from fournil.corpus import runs
+    from fournil.corpus.config import CorpusConfig, SourceConfig
+    from fournil.corpus.pipeline import finalise
+
+    monkeypatch.setattr(runs, "RUN_BYTES", 32 << 10)
+    monkeypatch.setattr(runs, "FANIN", 8)  # both sizes merge in rounds: the same number of runs open at once
+    config = CorpusConfig(sources={"s": SourceConfig(path=str(tmp_path), category="fr")})
+    peaks = {}
+    for n in (1500, 6000):
+        out = tmp_path / f"out{n}"
+        _synthetic_dedup_output(out, n, run_bytes=32 << 10)
+        tracemalloc.start()
+        stats = finalise(config, out)
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        kept = list(iter_jsonl([out / "docs" / "fr.jsonl.gz"]))
+        assert stats["sources"]["s"]["documents"] == len(kept) == n - n // 10
+        assert stats["sources"]["s"]["rejects"] == {"exact_duplicate": n // 10}
+        assert [d["id"] for d in kept] == sorted(d["id"] for d in kept)
+    assert peaks[6000] < 1.25 * peaks[1500], peaks

@@ -10,6 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fournil.corpus.config import SourceConfig
 from fournil.corpus.readers import ErrorBudgetExceeded, SourceReader, render_pair
@@ -132,3 +134,88 @@ def test_hugging_face_dataset_from_disk(tmp_path):
                          "gone": SourceConfig(path=str(tmp_path / "missing"), category="fr", format="hf")}, tmp_path)
     assert [d.text for d in docs] == ["Bonjour le monde.", "Au revoir."]
     assert [e["kind"] for e in errors] == ["unreadable_dataset"]
+
+
+# ------------------------------------------------------------------------------------- a file shared by tasks
+
+_LINES = [b'{"text": "bonjour %d"}\n', b"\n", b"not json %d\n", b'{"title": "no text %d"}\n',
+          b'{"text": "caf\xe9 %d"}\n', b'{"text": "nul\x00 %d"}\n', b'{"text": "' + b"x" * 90 + b' %d"}\n',
+          b'{"text": "test %d", "split": "test"}\n', b'{"text": "crlf %d"}\r\n']
+_TSV = [b"en %d\tfr %d\n", b"only one cell %d\n", b"\n", b"a %d\tb %d\tc\n"]
+
+
+@st.composite
+def _split_sources(draw) -> list[tuple[str, bytes]]:
+    """A few plain jsonl/TSV files of random good and bad lines (a BOM, a missing last newline, a header, lines
+    over the record limit, a file with nothing usable), and a gzip'd one that must stay whole."""
+    files = []
+    for i in range(draw(st.integers(1, 3))):
+        kinds = draw(st.lists(st.integers(0, len(_LINES) - 1), max_size=40))
+        data = b"".join(_LINES[k].replace(b"%d", str(n).encode()) for n, k in enumerate(kinds))
+        if draw(st.booleans()):
+            data = b"\xef\xbb\xbf" + data
+        if draw(st.booleans()):
+            data = data.rstrip(b"\n")
+        files.append((f"part{i}.jsonl", data or b"\n"))
+    if draw(st.booleans()):
+        rows = draw(st.lists(st.integers(0, len(_TSV) - 1), max_size=30))
+        header = b"fr\ten\n" if draw(st.booleans()) else b""
+        files.append(("pairs.tsv", header + b"".join(_TSV[k].replace(b"%d", str(n).encode()) for n, k in
+                                                      enumerate(rows)) or b"\n"))
+    if draw(st.booleans()):
+        files.append(("whole.jsonl.gz", gzip.compress(b"".join(_LINES[0].replace(b"%d", b"%d" % n)
+                                                               for n in range(draw(st.integers(1, 20)))))))
+    return files
+
+
+def _read_all(tmp_path, files, world_size: int, min_range: int) -> tuple[list, list]:
+    from fournil.corpus.pipeline import iter_input_errors
+
+    errors_dir = tmp_path / f"errors-{world_size}"
+    sources = {"mono": SourceConfig(path=str(tmp_path / "src"), category="fr", format="auto"),
+               "pairs": SourceConfig(path=str(tmp_path / "src" / "pairs.tsv"), category="parallel")}
+    if not (tmp_path / "src" / "pairs.tsv").exists():
+        del sources["pairs"]
+    reader = SourceReader(sources, str(errors_dir), max_errors=-1)
+    reader.max_record_bytes, reader.min_range_bytes = 64, min_range
+    docs = [d for rank in range(world_size) for d in reader.run(rank=rank, world_size=world_size)]
+    errors = sorted((e["kind"], e["file"], e["line"]) for e in iter_input_errors(errors_dir))
+    return docs, errors
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(files=_split_sources(), world_size=st.integers(1, 8), min_range=st.sampled_from([1, 7, 64]))
+def test_a_file_shared_by_tasks_reads_every_record_once_with_one_task_ids(tmp_path_factory, files, world_size,
+                                                                          min_range):
+    """Plain files cut into byte ranges over 1-8 tasks give the documents (ids, texts) and the input errors (kind,
+    file, line) of a one-task read: each record once, none lost, line numbers counted from the file's start."""
+    tmp_path = tmp_path_factory.mktemp("split")
+    (tmp_path / "src").mkdir()
+    for name, data in files:
+        (tmp_path / "src" / name).write_bytes(data)
+    whole_docs, whole_errors = _read_all(tmp_path, files, 1, 1 << 30)
+    docs, errors = _read_all(tmp_path, files, world_size, min_range)
+    assert sorted((d.id, d.text) for d in docs) == sorted((d.id, d.text) for d in whole_docs)
+    assert len({d.id for d in docs}) == len(docs)
+    assert errors == whole_errors
+
+
+def test_a_large_file_is_split_and_compressed_files_are_not(tmp_path):
+    big = "".join(json.dumps({"text": f"ligne {i}"}) + "\n" for i in range(1000))
+    (tmp_path / "big.jsonl").write_text(big, encoding="utf-8")
+    (tmp_path / "small.jsonl").write_text('{"text": "petit"}\n', encoding="utf-8")
+    with gzip.open(tmp_path / "big2.jsonl.gz", "wt", encoding="utf-8") as f:
+        f.write(big * 3)
+    reader = SourceReader({"s": SourceConfig(path=str(tmp_path), category="fr")}, str(tmp_path / "e"))
+    reader.min_range_bytes = 1000
+    units = reader.units(4)
+    size = len(big)
+    # the share is the total over the tasks: big.jsonl is cut in ranges of about that, the others stay whole
+    share = -(-(size + (tmp_path / "big2.jsonl.gz").stat().st_size + 18) // 4)
+    assert [u[2:] for u in units if u[1].endswith("big.jsonl")] == \
+        [(size * i // -(-size // share), size * (i + 1) // -(-size // share) if i + 1 < -(-size // share) else None)
+         for i in range(-(-size // share))]
+    assert [u[2:] for u in units if not u[1].endswith("big.jsonl")] == [(0, None), (0, None)]
+    assert reader.pieces(1000) == -(-size // 1000) + 2
+    docs = [d for rank in range(4) for d in reader.run(rank=rank, world_size=4)]
+    assert sorted(d.id for d in docs if "big.jsonl" in d.id) == sorted(f"s/big.jsonl:{i}" for i in range(1, 1001))
