@@ -24,13 +24,14 @@ STAGES = (
     "fournil.train.cli",
     "fournil.eval.cli",
     "fournil.infer.cli",
+    "fournil.serve.cli",
     "fournil.bake.pipeline",
     "fournil.bake.scaling",
 )
 
 EPILOG = """\
 stages (data flows left to right):
-  corpus → tokenizer → model → train → eval → infer
+  corpus → tokenizer → model → train → eval → infer → serve
 
 examples:
   fournil model info croissant-1.3b              size, FLOPs and memory of the CroissantLLM recipe

@@ -25,9 +25,9 @@ def test_entry_point_runs_as_a_process():
 
 
 def test_every_verb_is_a_stage_action_and_aliases_are_the_same_parser():
-    """Each leaf parser is named `fournil <stage> <action>` (bake is a stage that is its own verb) and is reached
-    by that path; a short top-level name (`fournil generate`) reaches the very same parser object, so a verb has
-    one definition, one handler and one option set however it is called."""
+    """Each leaf parser is named `fournil <stage> <action>` (bake and serve are stages that are their own verb) and
+    is reached by that path; a short top-level name (`fournil generate`) reaches the very same parser object, so a
+    verb has one definition, one handler and one option set however it is called."""
     root = build_parser()
     reached: dict[int, list[tuple[str, ...]]] = {}
     parsers = {}
@@ -42,17 +42,16 @@ def test_every_verb_is_a_stage_action_and_aliases_are_the_same_parser():
     for key, parser in parsers.items():
         canonical = tuple(parser.prog.split()[1:])
         assert canonical in reached[key], f"{parser.prog} is not reached by its own name"
-        assert len(canonical) >= 2 or canonical == ("bake",), f"{parser.prog}: not `fournil <stage> <action>`"
+        assert len(canonical) >= 2 or canonical in {("bake",), ("serve",)}, f"{parser.prog}: not `<stage> <action>`"
         for path in reached[key]:  # the full name, or the short one without the stage
             assert path in (canonical, canonical[1:]), f"{' '.join(path)} reaches {parser.prog}"
     aliases = {path: reached[id_] for id_, paths in reached.items() for path in paths if len(paths) > 1}
     assert ("generate",) in aliases and ("export", "gguf") in aliases  # the short names still exist
     assert [" ".join(path) for path in verbs(root) if path[0] == "infer"] == [
-        "infer generate", "infer chat", "infer translate", "infer serve", "infer quantize", "infer export gguf",
-        "infer import gguf"]
+        "infer generate", "infer chat", "infer translate", "infer quantize", "infer export gguf", "infer import gguf"]
 
 
-@pytest.mark.parametrize("short", [["generate", "m", "hi"], ["serve", "m"], ["export", "gguf", "m", "o.gguf"]])
+@pytest.mark.parametrize("short", [["generate", "m", "hi"], ["chat", "m"], ["export", "gguf", "m", "o.gguf"]])
 def test_a_short_name_parses_as_its_stage_verb(short):
     parser = build_parser()
     full, alias = vars(parser.parse_args(["infer", *short, "--json"])), vars(parser.parse_args([*short, "--json"]))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import fournil
 
-STAGES = ["corpus", "tokenizer", "model", "train", "eval", "infer"]
+STAGES = ["corpus", "tokenizer", "model", "train", "eval", "infer", "serve"]
 ROOT = Path(fournil.__file__).parent
 
 

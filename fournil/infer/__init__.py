@@ -1,7 +1,8 @@
-"""Infer stage: generation, chat, translation, weight-only quantisation, GGUF import/export, OpenAI-compatible server.
+"""Infer stage: generation, chat, translation, weight-only quantisation, GGUF import/export (the HTTP server is
+`fournil.serve`).
 
 Public API: `SamplingConfig`, `Engine`, `decode_steps`, `PromptTokenizer`, `quantize`, `load_quantized`,
-`import_gguf`, `export_gguf`, `Scheduler` (continuous batching), `create_app` and `serve` (the HTTP server).
+`import_gguf`, `export_gguf`.
 Imported lazily so that `fournil --help` does not pay for torch.
 """
 
@@ -16,9 +17,6 @@ _API = {
     "load_quantized": "fournil.infer.quantize",
     "import_gguf": "fournil.infer.gguf_io",
     "export_gguf": "fournil.infer.gguf_io",
-    "Scheduler": "fournil.infer.batching",
-    "create_app": "fournil.infer.server",
-    "serve": "fournil.infer.server",
 }
 __all__ = sorted(_API)
 

@@ -1,4 +1,4 @@
-"""`fournil infer …`: generate, chat, translate, serve, quantize, export gguf, import gguf; each verb is also
+"""`fournil infer …`: generate, chat, translate, quantize, export gguf, import gguf; each verb is also
 `fournil VERB` (`fournil generate`, `fournil export gguf`)."""
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ examples:
   fournil generate out/smol "Bonjour" "Hello" --no-stream --json   (several prompts: one batch)
   fournil chat out/smol                                              (/reset clears, /exit leaves)
   echo "The weather is nice today." | fournil translate out/smol --from en --to fr
-  fournil serve out/smol --port 8000 --api-key secret               (OpenAI API + web chat at /)
   fournil quantize out/smol out/smol-int8 --bits 8 --report
   fournil export gguf out/smol out/smol-f16.gguf --type f16
 """
@@ -48,12 +47,12 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import DTYPES, POSITIVE, Stage, integer, real
+    from fournil.cli import DTYPES, POSITIVE, Stage
 
     stage = Stage(subparsers, common, "infer", epilog=EPILOG,
-                  help="generate, chat, translate, serve and quantize models; GGUF export and import",
-                  description="Use a model directory: generation, chat, translation, an OpenAI-compatible server, "
-                  "weight quantisation and GGUF files. Each verb is also a top-level command: `fournil generate`.")
+                  help="generate, chat, translate and quantize models; GGUF export and import",
+                  description="Use a model directory: generation, chat, translation, weight quantisation "
+                  "and GGUF files. Each verb is also a top-level command: `fournil generate`.")
     gen = stage.verb(
         "generate", cmd_generate, help="continue a prompt (streamed), or a batch of prompts",
         description="Greedy or sampled continuation with a KV cache. One prompt streams token by token; several "
@@ -85,35 +84,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     tr.add_argument("--batch-size", type=POSITIVE, default=8, help="lines per batch")
     _sampling_flags(tr, 128)
 
-    srv = stage.verb(
-        "serve", cmd_serve, help="OpenAI-compatible HTTP server (continuous batching) with a web chat page",
-        description="FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and "
-        "a chat page at /. Concurrent requests share one decode batch (they join and leave it between "
-        "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
-    srv.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
-    srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
-    srv.add_argument("--port", type=integer(0, 65535), default=8000, help="TCP port")
-    srv.add_argument("--api-key", default=os.environ.get("FOURNIL_API_KEY"),
-                     help="require 'Authorization: Bearer KEY' on /v1/* (default: $FOURNIL_API_KEY; none = open)")
-    srv.add_argument("--model-name", help="model id clients send (default: the directory name)")
-    srv.add_argument("--slots", type=POSITIVE, default=16, help="requests decoded together at most (others queue)")
-    srv.add_argument("--context", type=POSITIVE, default=1024,
-                     help="tokens per slot, prompt + reply (capped by the model's context length)")
-    srv.add_argument("--max-tokens-limit", type=POSITIVE, default=1024,
-                     help="largest max_tokens a request may ask (and the default when it asks nothing)")
-    srv.add_argument("--max-body-bytes", type=POSITIVE, default=1 << 20, help="larger request bodies get 413")
-    srv.add_argument("--temperature", type=real(0, 2), default=1.0, help="default temperature (OpenAI's is 1)")
-    srv.add_argument("--shutdown-timeout", type=real(0), default=None,
-                     help="seconds to wait for running requests on SIGTERM (default: until they finish)")
-    srv.add_argument("--threads", type=integer(1, 1024), default=None, help="torch CPU threads (default: torch's choice)")
-    srv.add_argument("--dtype", choices=DTYPES, help="compute dtype for the weights")
-    srv.add_argument("--max-connections", type=integer(1, 1 << 20), default=None,
-                     help="open client connections at most; over it the longest-silent idle one is closed "
-                          "(default: what the file limit, ulimit -n, allows)")
-    srv.add_argument("--client-timeout", type=real(0, 3600, low_open=True), default=10.0,
-                     help="seconds a client has to send a request's headers, and at most between two reads of its "
-                          "body; then 408 and the connection closes")
-
     quant = stage.verb(
         "quantize", cmd_quantize, force=True, help="weight-only int8 (per channel) or 4-bit (group-wise) model directory",
         description="Quantise the blocks' linear weights; our engine runs the result directly. --report measures "
@@ -143,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     imp.add_argument("out", type=Path, help="output model directory")
     imp.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
 
-    stage.alias(subparsers, "generate", "chat", "translate", "serve", "quantize", "export", "import")
+    stage.alias(subparsers, "generate", "chat", "translate", "quantize", "export", "import")
 
 
 def _sampling(args: argparse.Namespace):
@@ -154,7 +124,7 @@ def _sampling(args: argparse.Namespace):
                           stop=tuple(args.stop), seed=args.seed).validate()
 
 
-def _huge_pages() -> None:
+def huge_pages() -> None:
     """Ask torch to back its large tensors with 2 MiB pages (THP_MEM_ALLOC_ENABLE, read once, at torch's first
     allocation; a user's own setting wins). Why: decoding streams every weight each token, and with 4 KiB pages
     that is a TLB walk per page; compiled float32 SmolLM2 went from 0.94x to 1.05x llama.cpp f32 with it (the
@@ -163,7 +133,7 @@ def _huge_pages() -> None:
 
 
 def _engine(args: argparse.Namespace):
-    _huge_pages()
+    huge_pages()
     from fournil.console import status
     from fournil.infer.generate import Engine
 
@@ -232,17 +202,6 @@ def cmd_translate(args: argparse.Namespace) -> None:
         log.warning("%d of %d lines were not translated: this model does not translate %s→%s reliably%s", failed,
                     given, args.source, args.target,
                     "" if args.chat else " (a chat model translates better with --chat)")
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    _huge_pages()
-    from fournil.infer.server import serve
-
-    serve(args.model, host=args.host, port=args.port, model_name=args.model_name, api_key=args.api_key or None,
-          slots=args.slots, context=args.context, max_tokens=args.max_tokens_limit,
-          max_body_bytes=args.max_body_bytes, temperature=args.temperature, dtype=args.dtype,
-          shutdown_timeout=args.shutdown_timeout, threads=args.threads, max_connections=args.max_connections,
-          client_timeout=args.client_timeout, log_level="warning" if args.quiet else "debug" if args.verbose else "info")
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:

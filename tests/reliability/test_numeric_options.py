@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 from fournil.cli import Keyed, Number, build_parser
 from fournil.recipe import Recipe, RecipeError, find_recipe, parse_recipe
-from tests.infer.conftest import smol_gguf, tiny_dir  # noqa: F401 (fixtures)
 from tests.reliability.conftest import assert_clean_failure, fournil
 
 SETTINGS = settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
@@ -272,13 +271,13 @@ def test_corpus_run_refuses_counts_out_of_range(tmp_path, flag, value):
 
 
 @pytest.mark.parametrize("flag", ["--temperature", "--top-p", "--repetition-penalty", "--min-p"])
-def test_generate_refuses_nan_before_loading_the_model(tiny_dir, flag):  # noqa: F811
+def test_generate_refuses_nan_before_loading_the_model(tiny_dir, flag):
     result = fournil("generate", str(tiny_dir), "Bonjour", f"{flag}=nan", timeout=FAST)
     assert_clean_failure(result, flag, code=2)
     assert "loading" not in result.stderr
 
 
-def test_serve_refuses_a_cache_larger_than_memory(tiny_dir):  # noqa: F811
+def test_serve_refuses_a_cache_larger_than_memory(tiny_dir):
     """10⁷ slots of 256 tokens need a 1.2 TiB cache: refused with the need and what is free, before loading."""
     result = fournil("serve", str(tiny_dir), "--slots", "10000000", "--context", "256", "--port", "0", timeout=FAST)
     assert_clean_failure(result, "--slots 10000000", "KV cache of 1.19 TiB", "available", "slots fit", code=2)
@@ -289,8 +288,8 @@ def test_the_slot_cache_checks_again_once_the_dtype_is_known():
     import torch
 
     from fournil.console import UsageError
-    from fournil.infer.batching import SlotCache
-    from tests.infer.conftest import TINY
+    from fournil.serve.batching import SlotCache
+    from tests.conftest import TINY
 
     with pytest.raises(UsageError, match=r"--slots 10000000 × --context 256 needs a KV cache of 1\.19 TiB"):
         SlotCache(TINY, 10**7, 256, torch.float32)

@@ -3,7 +3,7 @@ tokenizer): a soak of 64 concurrent streaming clients (zero errors, bounded RSS,
 that drop their streams after a few chunks (every slot freed, greedy output unchanged), a non-streaming client that
 goes away, and garbage on the socket (the server keeps serving, no 5xx, no traceback in its log).
 
-Schemathesis, the API key, 413 for oversized bodies and one mid-stream disconnect are in `tests/infer/test_server*.py`.
+Schemathesis, the API key, 413 for oversized bodies and one mid-stream disconnect are in `tests/serve/test_server*.py`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.infer.conftest import smol_gguf, tiny_dir  # noqa: F401 (fixtures)
-from tests.infer.test_server import KEY, ServerProcess
+from tests.serve.test_server import KEY, ServerProcess
 
 SOAK_SECONDS = float(os.environ.get("FOURNIL_SOAK_SECONDS", "60"))
 SOAK_CLIENTS = 64
@@ -138,7 +137,7 @@ async def soak(url: str, pid: int, seconds: float) -> tuple[SoakStats, list[tupl
 
 
 @pytest.mark.slow
-def test_soak_64_streaming_clients(tiny_dir):  # noqa: F811
+def test_soak_64_streaming_clients(tiny_dir):
     """64 streaming clients for SOAK_SECONDS: zero errors, bounded RSS after warm-up, nothing left running."""
     server = ServerProcess(tiny_dir, *SERVER_FLAGS, "--max-tokens-limit", "32")
     try:
@@ -170,7 +169,7 @@ def test_soak_64_streaming_clients(tiny_dir):  # noqa: F811
 # --- disconnects and garbage: one server shared by the quick tests ------------------------------------------------
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):  # noqa: F811
+def server(tiny_dir):
     srv = ServerProcess(tiny_dir, *SERVER_FLAGS, "--max-tokens-limit", str(LIMIT), "--temperature", "0")
     yield srv
     srv.stop()

@@ -26,9 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.infer.conftest import smol_gguf, tiny_dir  # noqa: F401 (fixtures)
-from tests.infer.test_server import KEY, ServerProcess
 from tests.reliability.test_server_load import AUTH, assert_log_clean
+from tests.serve.test_server import KEY, ServerProcess
 
 FILE_LIMIT = 1024  # the server's
 CLIENT_TIMEOUT = 2.0
@@ -61,7 +60,7 @@ def file_limit(soft: int) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):  # noqa: F811
+def server(tiny_dir):
     with file_limit(FILE_LIMIT):
         srv = ServerProcess(tiny_dir, "--api-key", KEY, "--model-name", "tiny", "--context", "256", "--threads", "1",
                             "--client-timeout", str(CLIENT_TIMEOUT))

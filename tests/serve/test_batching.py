@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from fournil.infer.batching import Request, Scheduler
 from fournil.infer.config import SamplingConfig
 from fournil.infer.generate import Engine
+from fournil.serve.batching import Request, Scheduler
 
 PROMPTS = ["The capital of France is", "Bonjour", "Il était une fois, dans un pays lointain, une princesse qui",
            "1, 2, 3,", "Hello, my name is", "Paris"]

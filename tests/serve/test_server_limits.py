@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from tests.infer.test_server import KEY, ServerProcess
+from tests.serve.test_server import KEY, ServerProcess
 
 LIMIT = 65536
 

@@ -9,7 +9,8 @@ import threading
 
 import httpx
 import pytest
-from test_server import ServerProcess
+
+from tests.serve.test_server import ServerProcess
 
 
 @pytest.mark.slow

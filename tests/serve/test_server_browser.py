@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server import ServerProcess
+
+from tests.serve.test_server import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "page-key"

@@ -19,7 +19,7 @@ from typing import get_args
 import httpx
 import pytest
 
-from fournil.infer.server import ChatRequest
+from fournil.serve.server import ChatRequest
 
 KEY = "sesame"
 MAX_TOKENS_LIMIT = 250

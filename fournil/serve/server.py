@@ -12,7 +12,7 @@ Why this shape:
   Content-Length header, or as soon as a chunked body passes the limit, and the connection closes); HEAD is GET
   without the body, for every GET route;
 - clients that never finish a request are closed after a deadline, and open connections are capped below the
-  file limit (fournil.infer.connections), so idle sockets cannot starve the others; /health counts them;
+  file limit (fournil.serve.connections), so idle sockets cannot starve the others; /health counts them;
 - SIGTERM stops accepting connections, lets running generations finish, then exits 0 (uvicorn would re-raise
   the signal after its graceful shutdown, which turns a clean exit into "killed by SIGTERM").
 """
@@ -43,10 +43,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from fournil.console import UsageError
-from fournil.infer import batching
 from fournil.infer.config import SamplingConfig
-from fournil.infer.connections import ACCEPT_BATCH, LISTEN_BACKLOG, Connections, connection_cap, error_body
 from fournil.infer.prompt import PromptTokenizer
+from fournil.serve import batching
+from fournil.serve.connections import ACCEPT_BATCH, LISTEN_BACKLOG, Connections, connection_cap, error_body
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def create_app(scheduler: batching.Scheduler, tokenizer: PromptTokenizer, settin
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files("fournil.infer").joinpath("static/chat.html").read_text("utf-8"))
+        return HTMLResponse(resources.files("fournil.serve").joinpath("static/chat.html").read_text("utf-8"))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest) -> Any:

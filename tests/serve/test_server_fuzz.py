@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_server import ServerProcess
+
+from tests.serve.test_server import ServerProcess
 
 KEY = "fuzz-key"
 

@@ -1,4 +1,4 @@
-"""The connection layer of `fournil serve` (fournil.infer.connections) in a real uvicorn server on loopback, with a
+"""The connection layer of `fournil serve` (fournil.serve.connections) in a real uvicorn server on loopback, with a
 small ASGI app instead of a model so that timings are exact: request deadlines (absolute for the head, between reads
 for the body), 408 versus a silent close, the cap closing the connection silent for longest, 503 when every
 connection is busy, and the cap derived from the file limit. The whole server is in test_server_limits.py and
@@ -18,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from fournil.infer.connections import Connections, connection_cap
+from fournil.serve.connections import Connections, connection_cap
 
 RELEASE = threading.Event()
 
