@@ -249,7 +249,7 @@ def recipe_inputs(spec: str, recipe) -> list[Path | None]:
 
 EPILOG = """\
 examples:
-  fournil bake                               the demo: recipes/demo.yaml into out/demo (≈ 10 min on 2 CPU cores)
+  fournil bake                               the demo: recipes/demo.yaml into out/demo
   fournil bake recipes/demo.yaml --out out/demo --force pretrain     rerun from pretraining on
   fournil bake croissant-1.3b --plan         what the paper-scale bake would need, without running it
   fournil bake demo --plan --emit out/demo-slurm --out out/demo --set plan.gpus=0 --set plan.slurm.cpus_per_task=1
