@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fournil import artifacts
-from fournil.console import UsageError
+from fournil.console import UsageError, is_quiet
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,8 @@ def bake(recipe, out: str | Path, force: str | None = None, only: str | None = N
 
         report = write_report(recipe, out)
         log.info("bake finished in %.0f s: %s", time.perf_counter() - started, out)
-        log.info(NEXT.format(out=out, report=report))
+        if not is_quiet():  # plain lines, not log records: the commands must not wrap or carry a log prefix
+            sys.stderr.write(NEXT.format(out=out, report=report) + "\n")
     else:
         log.info("bake stopped after %s in %.0f s: %s", only, time.perf_counter() - started, out)
     return outcome

@@ -18,3 +18,12 @@ def test_the_estimate_scales_the_usual_shares_by_the_speed_seen_so_far():
     left = 2 * 1000 * (1 - SHARE["corpus"])
     assert text == f"elapsed 1:35, about {left / 60:.0f} min left"
     assert _eta(10.0, {**ran, "tokenizer": 5.0}, ["export"]).endswith(" s left")
+
+
+def test_the_last_lines_name_a_command_for_each_way_to_use_the_model():
+    from fournil.bake.pipeline import NEXT
+
+    text = NEXT.format(out="OUT", report="OUT/REPORT.md")
+    for command in ("fournil chat OUT/model", "fournil generate OUT/model", "fournil translate OUT/model",
+                    "fournil serve OUT/model", "llama-cli -m OUT/model-q8_0.gguf", "OUT/REPORT.md"):
+        assert command in text
