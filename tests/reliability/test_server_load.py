@@ -9,6 +9,7 @@ Schemathesis, the API key, 413 for oversized bodies and one mid-stream disconnec
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import random
@@ -285,7 +286,11 @@ def send_garbage(port: int, payload: bytes) -> bytes:
         answer = b""
         try:
             sock.sendall(payload)
-            sock.shutdown(socket.SHUT_WR)
+            try:
+                sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:  # ENOTCONN: the server answered and reset before reading all of it
+                if exc.errno != errno.ENOTCONN:
+                    raise
             while got := sock.recv(65536):
                 answer += got
         except (ConnectionResetError, BrokenPipeError, TimeoutError):
