@@ -178,7 +178,10 @@ def test_time_limit_signal_checkpoints_and_requeues(jobs, shards_dir, tmp_path, 
     jobs.wait(job, output, until=lambda state: state == "PENDING")
     assert jobs.state(job) == "PENDING", output.read_text()[-4000:]  # requeued, not ended
     step = stopped_step(output, run)
-    # slurmctld holds a requeued job for about two minutes before it may start again; let it start now
+    # slurmctld holds a requeued job for about two minutes before it may start again; let it start now, but not
+    # within the second of the requeue: slurmd revokes the job's credential then and compares whole seconds, so a
+    # start in that same second is killed ("Job credential revoked")
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=30)
     jobs.wait(job, output)
     text = finished(output, run)
