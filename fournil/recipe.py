@@ -28,7 +28,7 @@ from fournil.bake.config import LadderConfig, PlanConfig
 from fournil.console import UsageError
 from fournil.corpus.config import CorpusConfig
 from fournil.eval.config import EvalConfig
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
 from fournil.tokenizer.config import TokenizerConfig
 from fournil.train.config import TrainConfig
 

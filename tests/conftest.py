@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -141,8 +141,8 @@ def tiny_dir(smol_gguf, tmp_path_factory):
 
     from fournil.artifacts import write_json, write_text
     from fournil.infer.gguf_io import gguf_tokenizer
+    from fournil.lm.llama import Llama
     from fournil.model.hf import save_model
-    from fournil.model.llama import Llama
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny") / "model"

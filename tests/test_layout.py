@@ -30,6 +30,14 @@ def test_stages_never_import_a_later_stage():
     assert not violations, "\n".join(violations)
 
 
+def test_runtime_imports_no_stage():
+    """fournil.lm is the runtime below every stage: stages import it, it imports none of them."""
+    violations = [f"{path.relative_to(ROOT.parent)} imports {name}"
+                  for path in (ROOT / "lm").rglob("*.py") for name in imported_modules(path)
+                  if name.split(".")[0] == "fournil" and len(name.split(".")) > 1 and name.split(".")[1] in STAGES]
+    assert not violations, "\n".join(violations)
+
+
 def test_no_pickle_loading_anywhere():
     """Weights are loaded with safetensors or torch.load(weights_only=True), never plain pickle."""
     offenders = []

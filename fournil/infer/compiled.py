@@ -24,7 +24,7 @@ from torch import nn
 
 from fournil.infer import kernels
 from fournil.infer.quantize import Int4Linear, Int8Linear
-from fournil.model.llama import KVCache, Llama, apply_rope, rope_cos_sin
+from fournil.lm.llama import KVCache, Llama, apply_rope, rope_cos_sin
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from fournil.infer import kernels
 from fournil.infer.quantize import Int8Linear
-from fournil.model.llama import KVCache, Llama, rope_cos_sin
+from fournil.lm.llama import KVCache, Llama, rope_cos_sin
 
 
 def eligible(model: Llama) -> str | None:

@@ -21,7 +21,7 @@ from fournil.infer.compiled import CompiledDecoder, cache_size, compiled_decoder
 from fournil.infer.config import SamplingConfig
 from fournil.infer.fused import FusedDecoder, fused_decoder
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
-from fournil.model.llama import KVCache, Llama
+from fournil.lm.llama import KVCache, Llama
 
 log = logging.getLogger(__name__)
 

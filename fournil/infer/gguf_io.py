@@ -18,7 +18,7 @@ import torch
 
 from fournil import artifacts
 from fournil.console import UsageError
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
 from fournil.model.hf import DTYPES, check_weights, save_state_dict
 
 log = logging.getLogger(__name__)

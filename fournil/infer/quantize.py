@@ -24,6 +24,7 @@ from torch import nn
 from fournil import artifacts
 from fournil.console import UsageError
 from fournil.infer import kernels
+from fournil.lm.llama import Llama
 from fournil.model.hf import (
     check_finite,
     check_size,
@@ -34,7 +35,6 @@ from fournil.model.hf import (
     to_hf_config,
     weight_files,
 )
-from fournil.model.llama import Llama
 
 log = logging.getLogger(__name__)
 METHOD = "fournil-weight-only"

@@ -113,8 +113,8 @@ def cmd_init(args: argparse.Namespace) -> None:
 
     from fournil.artifacts import claim_output, sha256_json
     from fournil.console import status
+    from fournil.lm.llama import Llama
     from fournil.model.hf import save_model
-    from fournil.model.llama import Llama
     from fournil.recipe import load_recipe, to_dict
 
     recipe = load_recipe(args.recipe)

@@ -21,8 +21,8 @@ from safetensors.torch import save_file
 
 from fournil import artifacts
 from fournil.console import FournilError, UsageError
-from fournil.model.config import ModelConfig
-from fournil.model.llama import Llama
+from fournil.lm.config import ModelConfig
+from fournil.lm.llama import Llama
 
 log = logging.getLogger(__name__)
 

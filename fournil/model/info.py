@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
 
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 

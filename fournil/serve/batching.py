@@ -42,8 +42,8 @@ from fournil.infer.config import SamplingConfig
 from fournil.infer.fused import fused_decoder
 from fournil.infer.generate import pick, process_logits
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
-from fournil.model.config import ModelConfig
-from fournil.model.llama import Llama, rope_cos_sin
+from fournil.lm.config import ModelConfig
+from fournil.lm.llama import Llama, rope_cos_sin
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from fournil import artifacts
 from fournil.console import FournilError
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
 from fournil.model.hf import save_state_dict
 from fournil.train.parallel import World, barrier
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from fournil import artifacts
 from fournil.console import FournilError, UsageError, progress_bar
 from fournil.corpus.shards import Shards
+from fournil.lm.llama import Llama
 from fournil.model.info import flops_per_token
-from fournil.model.llama import Llama
 from fournil.recipe import Recipe, to_dict
 from fournil.train import checkpoint, device, parallel
 from fournil.train.config import TrainConfig

@@ -15,7 +15,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from fournil.model.llama import Llama
+from fournil.lm.llama import Llama
 from fournil.train.device import choose
 
 

@@ -12,9 +12,9 @@ TOKENIZER_TEXTS = Path(__file__).parents[1] / "tokenizer" / "data"
 def build_model_dir(out: Path, seed: int = 0) -> Path:
     import torch
 
-    from fournil.model.config import ModelConfig
+    from fournil.lm.config import ModelConfig
+    from fournil.lm.llama import Llama
     from fournil.model.hf import save_model
-    from fournil.model.llama import Llama
     from fournil.tokenizer.config import TokenizerConfig
     from fournil.tokenizer.export import save
     from fournil.tokenizer.train import parse_inputs, train

@@ -66,8 +66,8 @@ def test_two_models_of_one_shape_each_decode_with_their_own_weights():
 
     from fournil.infer.compiled import compiled_decoder
     from fournil.infer.generate import decode_steps
-    from fournil.model.config import ModelConfig
-    from fournil.model.llama import Llama
+    from fournil.lm.config import ModelConfig
+    from fournil.lm.llama import Llama
 
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=512,
                          max_seq_len=256, init_std=0.1)

@@ -14,7 +14,7 @@ from fournil.infer.config import SamplingConfig
 from fournil.infer.fused import FusedDecoder, fused_decoder
 from fournil.infer.generate import Engine, decode_steps
 from fournil.infer.quantize import load_quantized, quantize
-from fournil.model.llama import KVCache
+from fournil.lm.llama import KVCache
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="fournil's kernels need x86-64 AVX2 and a compiler")
 
@@ -207,8 +207,8 @@ def test_two_rows_may_not_store_keys_in_one_cache_cell(tiny_int8):
 
 @torch.inference_mode()
 def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
-    from fournil.model.config import ModelConfig
-    from fournil.model.llama import Llama
+    from fournil.lm.config import ModelConfig
+    from fournil.lm.llama import Llama
 
     torch.manual_seed(0)
     config = ModelConfig(dim=64, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=256,

@@ -5,7 +5,8 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
+from fournil.lm.llama import Llama
 from fournil.model.info import (
     activation_elements_per_token,
     describe,
@@ -13,7 +14,6 @@ from fournil.model.info import (
     memory_bytes,
     param_counts,
 )
-from fournil.model.llama import Llama
 from fournil.recipe import load_recipe
 
 

@@ -14,9 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fournil.console import UsageError
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
+from fournil.lm.llama import Llama
 from fournil.model.hf import convert, load_model, save_model
-from fournil.model.llama import Llama
 from tests.reliability.conftest import assert_clean_failure, fournil
 
 SMALL = ModelConfig(dim=32, n_layers=1, n_heads=4, ffn_dim=64, vocab_size=64, max_seq_len=64)

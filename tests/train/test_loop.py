@@ -170,7 +170,7 @@ def test_missing_shards_directory(tmp_path):
 
 
 def test_nan_loss_stops_with_the_last_good_checkpoint(tiny_recipe, shards_dir, tmp_path, monkeypatch):
-    from fournil.model.llama import Llama
+    from fournil.lm.llama import Llama
 
     forward, calls = Llama.forward, {"n": 0}
 
@@ -219,9 +219,9 @@ def test_continued_pretraining_starts_from_the_given_model(tiny_recipe, shards_d
 
 
 def test_continued_pretraining_explains_a_tokenizer_mismatch(tmp_path):
-    from fournil.model.config import ModelConfig
+    from fournil.lm.config import ModelConfig
+    from fournil.lm.llama import Llama
     from fournil.model.hf import save_model
-    from fournil.model.llama import Llama
 
     model_dir = tmp_path / "smol"
     save_model(Llama(ModelConfig(dim=64, n_layers=1, n_heads=4, ffn_dim=176, vocab_size=1000)), model_dir)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fournil.model.config import ModelConfig
+from fournil.lm.config import ModelConfig
 
 
 class RMSNorm(nn.Module):
