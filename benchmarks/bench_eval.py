@@ -65,8 +65,8 @@ def _model(root: Path) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "eval"))
     from eval_fixtures import build_model_dir
 
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
     from fournil.recipe import load_recipe
 
     directory = build_model_dir(root / "model")  # its tokenizer; the weights are replaced below

@@ -160,8 +160,8 @@ def _big_int8(work: Path):
     import torch
 
     from fournil.infer.quantize import load_quantized, quantize
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
     from fournil.recipe import load_recipe
 
     torch.manual_seed(0)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fournil.lm.hf import to_hf_config
 from fournil.lm.llama import Llama
-from fournil.model.hf import to_hf_config
 from fournil.recipe import load_recipe
 
 BATCH, SEQ_LEN, ROUNDS, STEPS = 8, 256, 7, 3

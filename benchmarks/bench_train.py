@@ -17,9 +17,9 @@ import time
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fournil.lm.hf import to_hf_config
+from fournil.lm.info import flops_per_token
 from fournil.lm.llama import Llama
-from fournil.model.hf import to_hf_config
-from fournil.model.info import flops_per_token
 from fournil.recipe import load_recipe
 from fournil.train.flops import measure_peak_flops
 from fournil.train.loop import accumulate_gradients, clip_and_step, make_optimizer

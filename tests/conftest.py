@@ -141,8 +141,8 @@ def tiny_dir(smol_gguf, tmp_path_factory):
 
     from fournil.artifacts import write_json, write_text
     from fournil.infer.gguf_io import gguf_tokenizer
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny") / "model"

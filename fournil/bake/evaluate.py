@@ -104,7 +104,7 @@ def evaluate_bake(recipe, out: Path) -> dict:
     """Everything the report shows about the final model, written to OUT/eval/results.json."""
     from fournil.corpus import iter_sample
     from fournil.corpus.shards import Shards
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
     from fournil.tokenizer.bpe import Tokenizer
     from fournil.train.loop import validation_bpb
 

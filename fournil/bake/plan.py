@@ -1,7 +1,7 @@
 """`fournil bake RECIPE --plan`: what a bake at this scale costs, computed from the recipe alone.
 
 Tokens per category = steps × batch_tokens × the mix share; upsampling = that ÷ the unique tokens available.
-Compute = training FLOPs per token (PaLM convention, see fournil/model/info.py) × tokens; GPU-hours =
+Compute = training FLOPs per token (PaLM convention, see fournil/lm/info.py) × tokens; GPU-hours =
 compute ÷ (peak × MFU). Disk: packed shards store every trained token (upsampled repeats included) at 2 bytes
 (vocabularies up to 65 536), a checkpoint holds float32 weights + AdamW state (DCP) + a float32 HF copy.
 """
@@ -14,7 +14,7 @@ from typing import Any
 from fournil.bake.config import GPU_PEAK_FLOPS
 from fournil.console import print_table
 from fournil.corpus.shards import token_dtype
-from fournil.model.info import flops_per_token, human, param_counts
+from fournil.lm.info import flops_per_token, human, param_counts
 
 
 def plan(recipe) -> dict[str, Any]:

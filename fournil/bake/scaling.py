@@ -86,8 +86,8 @@ def fit_power_law(compute: list[float] | np.ndarray, loss: list[float] | np.ndar
 def run_point(run_dir: str | Path) -> dict:
     """One finished pretraining run as a ladder point: parameters, tokens, FLOPs, final bits per byte, and its
     validation curve (FLOPs so far, bits per byte) for the plot."""
-    from fournil.model.hf import read_config
-    from fournil.model.info import flops_per_token, param_counts
+    from fournil.lm.hf import read_config
+    from fournil.lm.info import flops_per_token, param_counts
     from fournil.train.plot import read_metrics
 
     run_dir = Path(run_dir)
@@ -166,7 +166,7 @@ def plot_fit(points: list[dict], law: PowerLaw, path: Path) -> Path:
 
 def rung_recipe(recipe, rung):
     """The recipe of one rung: the ladder's model shape and a schedule of tokens_per_param × parameters."""
-    from fournil.model.info import param_counts
+    from fournil.lm.info import param_counts
 
     ladder = recipe.ladder
     model = replace(recipe.model, dim=rung.dim, n_layers=rung.n_layers, n_heads=rung.n_heads,

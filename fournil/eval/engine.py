@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from fournil.console import UsageError
+from fournil.lm.hf import load_model, resolve
 from fournil.lm.llama import KVCache, Llama, rope_cos_sin
-from fournil.model.hf import load_model, resolve
 
 log = logging.getLogger(__name__)
 

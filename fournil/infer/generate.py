@@ -230,7 +230,7 @@ class Engine:
         through inductor (fournil.infer.compiled). Without the kernels an int8 model then computes in bfloat16,
         the input type of inductor's int8 weight-only kernels, unless `dtype` says otherwise."""
         from fournil.infer.quantize import is_quantized, load_quantized
-        from fournil.model.hf import load_model
+        from fournil.lm.hf import load_model
 
         directory = Path(directory)
         if is_quantized(directory):

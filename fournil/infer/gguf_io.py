@@ -19,7 +19,7 @@ import torch
 from fournil import artifacts
 from fournil.console import UsageError
 from fournil.lm.config import ModelConfig
-from fournil.model.hf import DTYPES, check_weights, save_state_dict
+from fournil.lm.hf import DTYPES, check_weights, save_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,7 @@ def export_gguf(directory: str | Path, out: str | Path, qtype: str = "f16") -> P
     """A model directory → one GGUF file llama.cpp runs: weights (f32/f16/q8_0/q4_0), shape, tokenizer, template."""
     from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType, quants
 
-    from fournil.model.hf import read_config, read_state_dict
+    from fournil.lm.hf import read_config, read_state_dict
 
     directory, out = Path(directory), Path(out)
     if qtype not in EXPORT_TYPES:

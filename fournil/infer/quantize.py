@@ -24,8 +24,7 @@ from torch import nn
 from fournil import artifacts
 from fournil.console import UsageError
 from fournil.infer import kernels
-from fournil.lm.llama import Llama
-from fournil.model.hf import (
+from fournil.lm.hf import (
     check_finite,
     check_size,
     check_state_dict,
@@ -35,6 +34,7 @@ from fournil.model.hf import (
     to_hf_config,
     weight_files,
 )
+from fournil.lm.llama import Llama
 
 log = logging.getLogger(__name__)
 METHOD = "fournil-weight-only"
@@ -291,7 +291,7 @@ def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 3
 def report(source: str | Path, quantized: str | Path, text: str, window: int = 512) -> dict[str, Any]:
     """Perplexity of both models on the same tokens; the change in percent."""
     from fournil.infer.prompt import PromptTokenizer
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
 
     ids = PromptTokenizer.load(source).encode(text)
     base = perplexity(load_model(source, dtype=torch.float32).eval(), ids, window)

@@ -1,7 +1,8 @@
-"""The language-model runtime every stage builds on: the Llama forward and its KV stores.
+"""The language-model runtime every stage builds on: the Llama decoder, its directory format and arithmetic.
 
 It sits below the stages (corpus … serve) and imports none of them, so training, evaluation, inference and the
-server all run the same code. Public API: `ModelConfig`, `Llama`, `KVCache`.
+server all run the same code. Public API: `ModelConfig`, `Llama`, `KVCache`, `load_model`, `save_model`,
+`read_config`, `param_counts`.
 Imported lazily so that `fournil --help` does not pay for torch.
 """
 
@@ -11,6 +12,10 @@ _API = {
     "ModelConfig": "fournil.lm.config",
     "Llama": "fournil.lm.llama",
     "KVCache": "fournil.lm.llama",
+    "load_model": "fournil.lm.hf",
+    "save_model": "fournil.lm.hf",
+    "read_config": "fournil.lm.hf",
+    "param_counts": "fournil.lm.info",
 }
 __all__ = sorted(_API)
 

@@ -69,7 +69,7 @@ def _load_config(source: str):
     """A model directory, a recipe (file or preset name), or a hub id like croissantllm/CroissantLLMBase."""
     import re
 
-    from fournil.model.hf import read_config, resolve
+    from fournil.lm.hf import read_config, resolve
     from fournil.recipe import load_recipe
 
     if Path(source).is_dir():
@@ -81,7 +81,7 @@ def _load_config(source: str):
 
 def cmd_info(args: argparse.Namespace) -> None:
     from fournil.console import print_json, print_table
-    from fournil.model.info import describe, human
+    from fournil.lm.info import describe, human
 
     config = _load_config(args.source)
     report = describe(config, args.batch_size, args.seq_len, args.dtype, args.checkpointing)
@@ -113,8 +113,8 @@ def cmd_init(args: argparse.Namespace) -> None:
 
     from fournil.artifacts import claim_output, sha256_json
     from fournil.console import status
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
     from fournil.recipe import load_recipe, to_dict
 
     recipe = load_recipe(args.recipe)
@@ -131,7 +131,7 @@ def cmd_init(args: argparse.Namespace) -> None:
 def cmd_convert(args: argparse.Namespace) -> None:
     from fournil.artifacts import claim_output
     from fournil.console import status
-    from fournil.model.hf import convert, parse_size
+    from fournil.lm.hf import convert, parse_size
 
     claim_output(args.destination, "fournil.model", inputs=[args.source], force=args.force, option="DESTINATION")
     with status(f"converting {args.source} → {args.destination}"):

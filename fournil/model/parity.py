@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from fournil.model.hf import load_model
+from fournil.lm.hf import load_model
 
 
 @torch.no_grad()

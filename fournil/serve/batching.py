@@ -71,7 +71,7 @@ def available_memory(device=None) -> int:
 
 def check_cache(config: ModelConfig, slots: int, max_len: int, itemsize: int, device=None) -> None:
     """Refuse a slot cache larger than the memory free for it, saying how many slots would fit."""
-    from fournil.model.info import human
+    from fournil.lm.info import human
 
     per_slot = 2 * config.n_layers * config.kv_heads * max_len * config.head_dim * itemsize  # keys + values
     free = available_memory(device)

@@ -520,7 +520,7 @@ def serve(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000, m
     import torch
 
     from fournil.infer.generate import Engine
-    from fournil.model.hf import DTYPES, read_config
+    from fournil.lm.hf import DTYPES, read_config
 
     try:
         connections = Connections(connection_cap(max_connections), client_timeout)

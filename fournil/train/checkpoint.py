@@ -44,7 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
 from fournil import artifacts
 from fournil.console import FournilError
 from fournil.lm.config import ModelConfig
-from fournil.model.hf import save_state_dict
+from fournil.lm.hf import save_state_dict
 from fournil.train.parallel import World, barrier
 
 STEP_DIR = re.compile(r"^step-(\d{6,})$")

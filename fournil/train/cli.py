@@ -155,7 +155,7 @@ def cmd_plot(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from fournil.artifacts import claim_output
     from fournil.console import UsageError
-    from fournil.model.hf import convert
+    from fournil.lm.hf import convert
     from fournil.train import checkpoint
 
     claim_output(args.out, "fournil.model", inputs=[args.run], force=args.force, option="OUT")

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from fournil import artifacts
 from fournil.console import FournilError, UsageError, progress_bar
 from fournil.corpus.shards import Shards
+from fournil.lm.info import flops_per_token
 from fournil.lm.llama import Llama
-from fournil.model.info import flops_per_token
 from fournil.recipe import Recipe, to_dict
 from fournil.train import checkpoint, device, parallel
 from fournil.train.config import TrainConfig
@@ -83,7 +83,7 @@ def continued_pretraining_recipe(recipe: Recipe, init_from: Path, shards: Shards
     """The recipe with the starting model's own architecture, after checking the shards speak its tokenizer."""
     from dataclasses import replace
 
-    from fournil.model.hf import read_config, resolve
+    from fournil.lm.hf import read_config, resolve
 
     directory = resolve(init_from)
     config = read_config(directory)
@@ -173,7 +173,7 @@ def train(
 
     files: tuple[Path, ...] = ()
     if init_from is not None:  # continued pretraining keeps the starting model's tokenizer beside the weights
-        from fournil.model.hf import resolve
+        from fournil.lm.hf import resolve
 
         files = tokenizer_files(resolve(init_from))
     return run(recipe, t, ShardSamples(shards), validate, run_dir, resume, init_from, max_steps, model_files=files)
@@ -213,7 +213,7 @@ def run(
     torch.manual_seed(t.seed)
     last = checkpoint.latest(run_dir) if resume else None
     if init_from is not None and last is None:  # a resumed run's weights come from its checkpoint instead
-        from fournil.model.hf import load_model
+        from fournil.lm.hf import load_model
 
         model = load_model(init_from, dtype="float32")
     else:

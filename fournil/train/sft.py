@@ -160,7 +160,7 @@ def finetune(
     `replay_from` (validation stays on the conversations: it measures the fine-tuning task)."""
     from dataclasses import replace
 
-    from fournil.model.hf import read_config, resolve
+    from fournil.lm.hf import read_config, resolve
     from fournil.train.loop import run, tokenizer_files
 
     t = recipe.sft

@@ -80,7 +80,7 @@ def test_the_model_opens_in_transformers_with_its_tokenizer(baked):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from fournil.infer.prompt import PromptTokenizer
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
 
     out, _ = baked
     model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()

@@ -9,7 +9,7 @@ import pytest
 from fournil.bake.scaling import PowerLaw, fit_power_law, rung_recipe
 from fournil.cli import main
 from fournil.console import UsageError
-from fournil.model.info import param_counts
+from fournil.lm.info import param_counts
 from fournil.recipe import load_recipe, parse_recipe
 
 
@@ -111,8 +111,8 @@ def test_a_tiny_ladder_runs_fits_and_refits(sample_sources, tmp_path, capsys, as
     assert flops == sorted(flops) and all(len(p["curve"]) == 3 for p in points)
     a = points[0]  # 30 steps (capped) × 512 tokens, FLOPs from the model's own count at seq 64
     assert a["tokens"] == 30 * 512
-    from fournil.model.hf import read_config
-    from fournil.model.info import flops_per_token
+    from fournil.lm.hf import read_config
+    from fournil.lm.info import flops_per_token
 
     a_config = read_config(out / "rungs" / "a" / "model")
     assert a["flops"] == 30 * 512 * flops_per_token(a_config, 64)["training"]  # the run's seq_len, not the context

@@ -13,8 +13,8 @@ def build_model_dir(out: Path, seed: int = 0) -> Path:
     import torch
 
     from fournil.lm.config import ModelConfig
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
     from fournil.tokenizer.config import TokenizerConfig
     from fournil.tokenizer.export import save
     from fournil.tokenizer.train import parse_inputs, train

@@ -55,7 +55,7 @@ def _steps(model, step, prompts: list[list[int]], n: int) -> list[torch.Tensor]:
 
 def _load(kind: str, tiny_dir, tiny_int8):
     """The tiny model as int8 or float32, and its fused step."""
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
 
     model = load_quantized(tiny_int8) if kind == "int8" else load_model(tiny_dir, dtype="float32").eval()
     return model, fused_decoder(model, floats=True)

@@ -9,7 +9,7 @@ import torch
 from fournil.infer.config import SamplingConfig
 from fournil.infer.generate import Engine, decode_steps, process_logits
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
-from fournil.model.hf import load_model
+from fournil.lm.hf import load_model
 
 PROMPTS = ["The capital of France is", "Il était une fois, dans un petit village", "def add(a, b):"]
 

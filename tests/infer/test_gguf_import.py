@@ -12,7 +12,7 @@ from infer_data import llama_cpp_greedy
 
 from fournil.infer.gguf_io import to_gguf_rows, to_hf_rows
 from fournil.infer.prompt import PromptTokenizer
-from fournil.model.hf import read_config
+from fournil.lm.hf import read_config
 
 llama_cpp = pytest.importorskip("llama_cpp")
 

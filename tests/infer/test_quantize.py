@@ -17,7 +17,7 @@ from fournil.infer.quantize import (
     report,
     sample_text,
 )
-from fournil.model.hf import load_model
+from fournil.lm.hf import load_model
 
 
 def test_int8_and_int4_error_bounds():

@@ -7,8 +7,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from fournil.lm.config import ModelConfig
+from fournil.lm.hf import load_model, save_model, to_hf_config
 from fournil.lm.llama import KVCache, Llama
-from fournil.model.hf import load_model, save_model, to_hf_config
 
 MHA = ModelConfig(dim=64, n_layers=2, n_heads=4, ffn_dim=176, vocab_size=97, max_seq_len=128, rope_theta=500.0)
 GQA = replace(MHA, n_heads=8, n_kv_heads=2, norm_eps=1e-6)

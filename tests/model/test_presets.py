@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from fournil.lm.hf import to_hf_config
+from fournil.lm.info import param_counts
 from fournil.lm.llama import Llama
-from fournil.model.hf import to_hf_config
-from fournil.model.info import param_counts
 from fournil.recipe import list_presets, load_recipe
 
 PRESETS = list_presets()

@@ -102,7 +102,7 @@ def assert_checkpoint_intact(run: Path, step: int) -> None:
     """The previous checkpoint is still the newest complete one, and it loads (weights and optimizer)."""
     import torch
 
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
     from fournil.recipe import load_recipe
 
     assert [p.name for p in checkpoint.checkpoint_dirs(run)] == [f"step-{step:06d}"]

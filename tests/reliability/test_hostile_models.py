@@ -15,8 +15,8 @@ from safetensors.torch import load_file, save_file
 
 from fournil.console import UsageError
 from fournil.lm.config import ModelConfig
+from fournil.lm.hf import convert, load_model, save_model
 from fournil.lm.llama import Llama
-from fournil.model.hf import convert, load_model, save_model
 from tests.reliability.conftest import assert_clean_failure, fournil
 
 SMALL = ModelConfig(dim=32, n_layers=1, n_heads=4, ffn_dim=64, vocab_size=64, max_seq_len=64)

@@ -104,7 +104,7 @@ def in_progress_checkpoints(run: Path, at_least: int, since: float) -> list[Path
 
 
 def assert_latest_checkpoint_loads(run: Path) -> None:
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
 
     latest = checkpoint.latest(run)
     if latest is None:

@@ -301,8 +301,8 @@ def test_the_slot_cache_checks_again_once_the_dtype_is_known():
 @pytest.fixture(scope="module")
 def small_model(tmp_path_factory) -> Path:
     from fournil.lm.config import ModelConfig
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
 
     directory = tmp_path_factory.mktemp("small") / "model"
     save_model(Llama(ModelConfig(dim=64, n_layers=2, n_heads=4, ffn_dim=128, vocab_size=96, max_seq_len=64)),

@@ -48,8 +48,8 @@ def cli(*argv) -> int:
 def world(tmp_path_factory) -> Path:
     """Every kind of artifact, made by the real verbs (the eval results by the manifest writer the runner uses)."""
     from fournil.artifacts import write_json, write_manifest
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
     from fournil.recipe import load_recipe
     from fournil.train.loop import train
 

@@ -60,7 +60,7 @@ def corpus_dir(recipe, tmp_path_factory):
 def test_smollm2_continues_on_french_and_gets_better_at_it(recipe, corpus_dir, smol_dir, tmp_path):
     from fournil.corpus.pack import pack
     from fournil.corpus.shards import Shards
-    from fournil.model.hf import load_model
+    from fournil.lm.hf import load_model
     from fournil.train.loop import train, validation_bpb
 
     pack(corpus_dir, smol_dir, tmp_path / "shards", seq_len=64)

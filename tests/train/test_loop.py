@@ -220,8 +220,8 @@ def test_continued_pretraining_starts_from_the_given_model(tiny_recipe, shards_d
 
 def test_continued_pretraining_explains_a_tokenizer_mismatch(tmp_path):
     from fournil.lm.config import ModelConfig
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
 
     model_dir = tmp_path / "smol"
     save_model(Llama(ModelConfig(dim=64, n_layers=1, n_heads=4, ffn_dim=176, vocab_size=1000)), model_dir)

@@ -72,8 +72,8 @@ def test_translation_instructions_go_both_ways():
 
 def test_finetune_learns_the_answers(tokenizer_dir, tokenizer, tmp_path):
     """A real fine-tuning run: validation loss on answers falls, the model dir carries tokenizer and template."""
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
 
     recipe = load_recipe("croissant-1m", overrides={
         "model.vocab_size": tokenizer.vocab_size, "tokenizer.vocab_size": tokenizer.vocab_size, "sft.lr": 3e-3, "sft.warmup_steps": 2, "sft.steps": 30, "sft.seq_len": 64, "sft.batch_tokens": 512,
@@ -99,8 +99,8 @@ def test_finetune_learns_the_answers(tokenizer_dir, tokenizer, tmp_path):
 
 def test_finetune_refuses_a_tokenizer_of_another_size(tokenizer_dir, tmp_path):
     from fournil.lm.config import ModelConfig
+    from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import save_model
 
     save_model(Llama(ModelConfig(dim=64, n_layers=1, n_heads=4, ffn_dim=176, vocab_size=500)), tmp_path / "m")
     recipe = load_recipe("croissant-1m", overrides={"sft.seq_len": 64, "sft.batch_tokens": 256})
@@ -137,8 +137,8 @@ def _chat_file(path: Path, n: int = 40) -> Path:
 def test_a_resumable_finetune_without_a_checkpoint_starts_from_the_given_model(tokenizer_dir, tokenizer, tmp_path):
     """`--resume` before any checkpoint exists (the bake always resumes) must still load --init-from: the
     regression was a fine-tune from random weights."""
+    from fournil.lm.hf import load_model, save_model
     from fournil.lm.llama import Llama
-    from fournil.model.hf import load_model, save_model
 
     recipe = _sft_recipe(tokenizer.vocab_size, **{"sft.lr": 1e-9})
     torch.manual_seed(7)

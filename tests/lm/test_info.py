@@ -6,14 +6,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fournil.lm.config import ModelConfig
-from fournil.lm.llama import Llama
-from fournil.model.info import (
+from fournil.lm.info import (
     activation_elements_per_token,
     describe,
     flops_per_token,
     memory_bytes,
     param_counts,
 )
+from fournil.lm.llama import Llama
 from fournil.recipe import load_recipe
 
 

@@ -9,8 +9,8 @@ from safetensors.torch import load_file, save_file
 
 from fournil.console import UsageError
 from fournil.lm.config import ModelConfig
+from fournil.lm.hf import INDEX_FILE, convert, load_model, parse_size, read_state_dict, save_model
 from fournil.lm.llama import Llama
-from fournil.model.hf import INDEX_FILE, convert, load_model, parse_size, read_state_dict, save_model
 
 CONFIG = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=176, vocab_size=97, max_seq_len=64)
 

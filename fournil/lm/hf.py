@@ -213,7 +213,7 @@ def check_size(config: ModelConfig, state: dict[str, torch.Tensor], source: str)
 
     Even on the meta device, a config with a billion layers would build a billion modules; this costs nothing.
     """
-    from fournil.model.info import param_counts
+    from fournil.lm.info import param_counts
 
     wanted = param_counts(config).total
     held = sum(t.numel() for k, t in state.items() if not IGNORED_KEYS.search(k))
