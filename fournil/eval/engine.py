@@ -24,7 +24,7 @@ import torch
 
 from fournil.console import UsageError
 from fournil.lm.hf import load_model, resolve
-from fournil.lm.llama import KVCache, Llama, rope_cos_sin
+from fournil.lm.llama import KVCache, Llama
 
 log = logging.getLogger(__name__)
 
@@ -267,12 +267,7 @@ class Engine:
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, past: _Prefix | None
                  ) -> torch.Tensor:
         """Final hidden states under an arbitrary (B, 1, T, S) boolean mask, after an optional shared prefix."""
-        body, config = self.model.model, self.model.config
-        x = body.embed_tokens(ids)
-        cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, x.dtype)
-        for block in body.layers:
-            x = block(x, cos, sin, mask, past)
-        return body.norm(x)
+        return self.model(ids, position_ids=positions, attention_mask=mask, cache=past, hidden_only=True)
 
     # ---- generation ----
 
@@ -432,6 +427,7 @@ class _Prefix:
 
     def __init__(self, kv: list[tuple[torch.Tensor, torch.Tensor]], batch: int) -> None:
         self.kv, self.batch = kv, batch
+        self.length = kv[0][0].shape[2]
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pk, pv = self.kv[layer]  # batch 1 (a shared prefix, broadcast) or one row per group

@@ -16,6 +16,8 @@ Shapes in comments: B batch, T new tokens, S key length (cache + new), H heads, 
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,6 +52,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
+
+
+class KVStore(Protocol):
+    """Where attention keeps keys and values between forward passes. `update` receives a layer's new (B, K, T, D)
+    keys/values and returns every key/value those tokens attend to (B, K, S, D); `length` counts the tokens
+    stored before this pass, which places new tokens when the caller gives no positions, and the forward pass
+    adds T to it afterwards."""
+
+    length: int
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class KVCache:
@@ -87,7 +100,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(config.dim, self.n_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.dim, bias=False)
 
-    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: KVCache | None) -> torch.Tensor:
+    def forward(self, x, cos, sin, mask: torch.Tensor | None, cache: KVStore | None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, D)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)  # (B, K, T, D)
@@ -162,15 +175,17 @@ class Llama(nn.Module):
         *,
         position_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: KVStore | None = None,
         hidden_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, V) for token ids (B, T); float32 logits are left to the caller's dtype.
 
         attention_mask: optional (B, S) with 1 for real tokens and 0 for padding over all S key positions
-        (cached + new), as in transformers. With a cache, new tokens get positions after `cache.length`
-        unless `position_ids` says otherwise. hidden_only returns the final-norm hidden states (B, T, dim),
-        which lets a caller compute the loss in chunks without materialising all logits.
+        (cached + new), as in transformers; or a boolean (B, 1, T, S) saying which key each new token attends
+        to, used as it is (packed rows, shared prefixes, slots of different lengths). With a cache, new tokens get
+        positions after `cache.length` unless `position_ids` says otherwise. hidden_only returns the final-norm
+        hidden states (B, T, dim), which lets a caller compute the loss in chunks without materialising all
+        logits.
         """
         B, T = input_ids.shape
         past = cache.length if cache is not None else 0
@@ -178,7 +193,10 @@ class Llama(nn.Module):
             position_ids = torch.arange(past, past + T, device=input_ids.device).expand(B, T)
         x = self.model.embed_tokens(input_ids)
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
-        mask = _attention_mask(attention_mask, B, T, past, x.device)
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = attention_mask.bool()
+        else:
+            mask = _attention_mask(attention_mask, B, T, past, x.device)
         for block in self.model.layers:
             x = block(x, cos, sin, mask, cache)
         if cache is not None:

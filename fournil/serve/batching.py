@@ -43,7 +43,7 @@ from fournil.infer.fused import fused_decoder
 from fournil.infer.generate import pick, process_logits
 from fournil.infer.prompt import PromptTokenizer, StreamDecoder
 from fournil.lm.config import ModelConfig
-from fournil.lm.llama import Llama, rope_cos_sin
+from fournil.lm.llama import Llama
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +84,17 @@ def check_cache(config: ModelConfig, slots: int, max_len: int, itemsize: int, de
 class SlotCache:
     """Keys/values for `slots` independent rows; the caller plans each forward (prefill or decode) before it runs.
 
-    Duck-types `KVCache.update` so the model's own blocks write into it; rows are addressed through a plan rather
-    than one shared length, which is the only difference.
+    A `KVStore` whose rows are addressed through a plan rather than one shared length: `length` stays 0, so
+    the model never derives positions or a causal offset from it (the caller passes both).
     """
+
+    @property
+    def length(self) -> int:
+        return 0
+
+    @length.setter
+    def length(self, value: int) -> None:
+        pass  # the forward pass counts tokens in; the plan, not a count, says where rows stand
 
     def __init__(self, config: ModelConfig, slots: int, max_len: int, dtype: torch.dtype, device=None):
         shape = (config.n_layers, slots, config.kv_heads, max_len, config.head_dim)
@@ -129,15 +137,10 @@ class SlotCache:
 
 def forward_rows(model: Llama, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor | None,
                  cache: SlotCache, last: torch.Tensor) -> torch.Tensor:
-    """Float32 logits (B, V) at column `last[b]` of each row: the model's blocks, run with our positions and mask
-    (Llama.forward derives both from one shared cache length, which a slot cache does not have)."""
-    config = model.config
-    x = model.model.embed_tokens(ids)
-    cos, sin = rope_cos_sin(positions, config.head_dim, config.rope_theta, x.dtype)
-    for block in model.model.layers:
-        x = block(x, cos, sin, mask, cache)
-    x = x[torch.arange(len(last), device=x.device), last]
-    return model.lm_head(model.model.norm(x)).float()
+    """Float32 logits (B, V) at column `last[b]` of each row, under our positions and mask (a slot cache has no
+    one shared length to derive them from)."""
+    hidden = model(ids, position_ids=positions, attention_mask=mask, cache=cache, hidden_only=True)
+    return model.lm_head(hidden[torch.arange(len(last), device=hidden.device), last]).float()
 
 
 @dataclass(eq=False)
