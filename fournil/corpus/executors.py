@@ -36,17 +36,25 @@ from fournil.corpus.config import CorpusConfig, ExecutorConfig, slurm_seconds
 log = logging.getLogger(__name__)
 SLURM_JOBS = "slurm_jobs.json"  # under logs/: {stage: job id} of the last submission
 _SLURM_TOOLS = ("sbatch", "squeue", "sinfo", "scancel")
+TASK_MODULES = ("numpy", "orjson", "xxhash", "datatrove.pipeline.dedup.minhash", "datatrove.pipeline.readers.jsonl",
+                "datatrove.pipeline.writers.jsonl", "fournil.corpus.filters", "fournil.corpus.readers",
+                "fournil.corpus.dedup", "fournil.corpus.runs", "fournil.corpus.pipeline", "fournil.corpus.executors")
 
 
 class StageReader(JsonlReader):
-    """Reads an earlier stage's per-task outputs; none at all (the filters dropped everything) is empty input,
-    where datatrove's reader would stop the task."""
+    """Reads the file the same rank of the filter stage wrote (`<rank:05d>.jsonl`); no file (the filters dropped
+    all of that task's documents) is empty input. Rank to rank, not datatrove's share of the folder's files: the
+    MinHash signatures made in the filter stage number each task's documents, and the dedup stage's rank r must
+    read the documents filter task r numbered."""
 
     name = "📖 fournil stage output"
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        if self.data_folder.list_files(glob_pattern=self.glob_pattern, recursive=self.recursive):
-            yield from super().run(data, rank, world_size)
+        name = f"{rank:05d}.jsonl"
+        if self.data_folder.exists(name):
+            for doc in self.read_files_shard([name]):
+                self.update_doc_stats(doc)
+                yield doc
 
 
 class Finalise(PipelineStep):
@@ -199,6 +207,12 @@ def run_in_order(out: Path, stages: list, executor: ExecutorConfig, max_errors: 
 
     logs, errors = out / "logs", out / "work" / "errors"
     workers = executor.workers or os.cpu_count() or 1
+    if executor.kind == "local":
+        import multiprocess
+
+        # the workers of every stage's pool are forked from one forkserver: the modules the tasks run are
+        # imported there once, not again in each worker of each stage
+        multiprocess.set_forkserver_preload(list(TASK_MODULES))
 
     def make(stage):
         if executor.kind == "ray":

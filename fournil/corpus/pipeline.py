@@ -10,11 +10,12 @@ Layout of a corpus directory:
 
 Stages (built once by `build_stages`, run by datatrove's local, Slurm or Ray executor, see executors.py; a rerun
 skips every task that has its completion marker):
-    1 filter   read sources → clean → language routing → quality → decontaminate → work/filtered
-    2-4        MinHash signatures, buckets, clusters (datatrove's 4-stage near-dup dedup)
-    5 dedup    drop the near-duplicates → work/dedup: each task's documents sorted by id, their exact keys sorted
+    1 filter   read sources → clean → language routing → quality → decontaminate → work/filtered, and the
+               MinHash signatures of what it writes (stage 1 of datatrove's 4-stage near-dup dedup)
+    2-3        MinHash buckets, clusters
+    4 dedup    drop the near-duplicates → work/dedup: each task's documents sorted by id, their exact keys sorted
                by (key, id), as runs on disk (runs.py)
-    6 finalise (one task) exact dedup on normalised text by merging those runs, docs/, stats.json, the datasheet,
+    5 finalise (one task) exact dedup on normalised text by merging those runs, docs/, stats.json, the datasheet,
                manifest; it streams: memory holds one record per run and the counts, never the documents
 """
 
@@ -27,8 +28,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import shutil
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -144,9 +147,6 @@ def build_stages(config: CorpusConfig, out: Path, tasks: int, max_errors: int) -
                             hashes_per_bucket=config.minhash_hashes_per_bucket, seed=config.seed + 1,
                             hash_config=HashConfig(hash_fc="xxhash", precision=64))
 
-    def filtered_reader():
-        return StageReader(str(work / "filtered"), compression=None, glob_pattern="*.jsonl")
-
     return [
         Stage("filter", tasks, [
             reader,
@@ -155,9 +155,9 @@ def build_stages(config: CorpusConfig, out: Path, tasks: int, max_errors: int) -
             QualityFilter(config, exclusion_writer=rejects("quality")),
             Decontaminate(config, exclusion_writer=rejects("decontaminate")),
             JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
+            # MinHash stage 1 on the documents as they are written, not read back in a stage of its own
+            Signature(str(work / "minhash" / "signatures"), config=minhash, language=FastWords()),
         ]),
-        Stage("minhash-signatures", tasks, [
-            filtered_reader(), Signature(str(work / "minhash" / "signatures"), config=minhash, language=FastWords())]),
         Stage("minhash-buckets", config.minhash_buckets, [
             MinhashDedupBuckets(str(work / "minhash" / "signatures"), str(work / "minhash" / "buckets"),
                                 config=minhash)]),
@@ -165,7 +165,7 @@ def build_stages(config: CorpusConfig, out: Path, tasks: int, max_errors: int) -
             MinhashDedupCluster(str(work / "minhash" / "buckets"), str(work / "minhash" / "clusters"),
                                 config=minhash)]),
         Stage("dedup", tasks, [
-            filtered_reader(),
+            StageReader(str(work / "filtered"), compression=None),
             MinhashDedupFilter(str(work / "minhash" / "clusters"), exclusion_writer=rejects("minhash")),
             SortedRuns(str(work / "dedup")),
         ]),
@@ -390,11 +390,11 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
     confusion: dict[str, Counter] = defaultdict(Counter)
     written: set[str] = set()
     with contextlib.ExitStack() as files:
-        def writer(path: Path) -> gzip.GzipFile:
+        def writer(path: Path) -> _GzWriter:
             return files.enter_context(_GzWriter(path))
 
         exact = writer(out / "rejects" / "exact" / "00000.jsonl.gz")
-        docs: dict[str, gzip.GzipFile] = {}
+        docs: dict[str, _GzWriter] = {}
         for doc, duplicate in _exact_dedup(out):
             meta = doc["metadata"]
             if duplicate:
@@ -492,23 +492,59 @@ def _step_stats(out: Path, prefix: str) -> dict[str, int]:
 
 
 class _GzWriter(contextlib.AbstractContextManager):
-    """A gzip file with mtime 0 (the same documents give the same bytes on every run), written atomically."""
+    """A gzip file with mtime 0 (the same documents give the same bytes on every run), written atomically.
+
+    Deflate runs on a thread of its own (zlib releases the GIL): the one-task `finalise` merges and counts on one
+    core while its output is compressed on another. Chunks are handed over in order and deflate's output does not
+    depend on how its input is cut, so the bytes are those of one `write` per line."""
+
+    CHUNK = 64 << 10
 
     def __init__(self, path: Path):
         self._atomic = artifacts.atomic_path(path)
         self._tmp = self._atomic.__enter__()
         self._raw = open(self._tmp, "wb")  # noqa: SIM115 (closed by __exit__)
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="")
+        self._buffer = bytearray()
+        self._chunks: queue.Queue = queue.Queue(maxsize=4)  # bounded: memory holds a few chunks, not the output
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._deflate, daemon=True)
+        self._thread.start()
 
-    def __enter__(self) -> gzip.GzipFile:
-        return self._gz
+    def _deflate(self) -> None:
+        while (chunk := self._chunks.get()) is not None:
+            if self._error is None:
+                try:
+                    self._gz.write(chunk)
+                except BaseException as exc:  # raised again by write or __exit__
+                    self._error = exc
+
+    def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        if len(self._buffer) >= self.CHUNK:
+            self._chunks.put(bytes(self._buffer))
+            self._buffer.clear()
+
+    def __enter__(self) -> _GzWriter:
+        return self
 
     def __exit__(self, *exc) -> bool:
         try:
+            if self._buffer:
+                self._chunks.put(bytes(self._buffer))
+            self._chunks.put(None)
+            self._thread.join()
+            if self._error is not None and exc[0] is None:
+                raise self._error
             self._gz.close()
             self._raw.close()
-        finally:
-            self._atomic.__exit__(*exc)
+        except BaseException as error:
+            self._raw.close()
+            self._atomic.__exit__(type(error), error, error.__traceback__)
+            raise
+        self._atomic.__exit__(*exc)
         return False
 
 

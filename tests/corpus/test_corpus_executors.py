@@ -20,7 +20,7 @@ from fournil.corpus.pipeline import load_config
 from fournil.recipe import RecipeError
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["filter", "minhash-signatures", "minhash-buckets", "minhash-clusters", "dedup", "finalise"]
+STAGES = ["filter", "minhash-buckets", "minhash-clusters", "dedup", "finalise"]
 TASKS = "2"  # with 4 MinHash buckets: 12 tasks in all, a few seconds each on a 2-core node
 
 
