@@ -208,11 +208,7 @@ def run_in_order(out: Path, stages: list, executor: ExecutorConfig, max_errors: 
     logs, errors = out / "logs", out / "work" / "errors"
     workers = executor.workers or os.cpu_count() or 1
     if executor.kind == "local":
-        import multiprocess
-
-        # the workers of every stage's pool are forked from one forkserver: the modules the tasks run are
-        # imported there once, not again in each worker of each stage
-        multiprocess.set_forkserver_preload(list(TASK_MODULES))
+        start_forkserver()
 
     def make(stage):
         if executor.kind == "ray":
@@ -233,6 +229,17 @@ def run_in_order(out: Path, stages: list, executor: ExecutorConfig, max_errors: 
                                f"(see {logs / stage.name}/logs)") from exc
         if stage.name == "filter":
             _raise_input_errors(errors, max_errors)
+
+
+def start_forkserver() -> None:
+    """Start the forkserver the local executor's pools fork their workers from, with the modules the tasks run
+    imported there once rather than again in each worker of each stage. It imports in a process of its own: started
+    before the stages are built, its imports overlap the driver's. (Once started, later calls change nothing.)"""
+    import multiprocess
+    from multiprocess import forkserver
+
+    multiprocess.set_forkserver_preload(list(TASK_MODULES))
+    forkserver.ensure_running()
 
 
 def completed(logging_dir: Path) -> int:

@@ -237,6 +237,9 @@ def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: i
     from fournil.corpus import executors
 
     out = Path(out).resolve()  # cluster tasks do not share our working directory
+    if config.executor.kind == "local" and (tasks or config.executor.tasks or 2) > 1 \
+            and (workers or config.executor.workers or os.cpu_count() or 1) > 1:
+        executors.start_forkserver()  # its imports overlap ours instead of following them
     executor, stages = _prepare(config, out, workers=workers, tasks=tasks, max_errors=max_errors, force=force)
     if stages is not None:
         if executor.kind == "slurm":
@@ -274,10 +277,13 @@ def complete(config: CorpusConfig, out: Path, max_errors: int) -> dict:
     _raise_input_errors(out / "work" / "errors", max_errors)
     digest = config_hash(config)
     started = json.loads((out / "work" / "stages.json").read_text())["started"]
-    stats = finalise(config, out)
-    stats["seconds"] = round(time.time() - started, 1)
-    artifacts.write_json(out / STATS, stats)
-    write_report(out)
+
+    def report(stats: dict) -> None:
+        stats["seconds"] = round(time.time() - started, 1)
+        artifacts.write_json(out / STATS, stats)
+        write_report(out)
+
+    stats = finalise(config, out, while_compressing=report)
     artifacts.write_manifest(out, producer="fournil.corpus", config_sha256=digest, config=asdict(config),
                              documents={c: v["documents"] for c, v in stats["categories"].items()})
     return stats
@@ -373,11 +379,13 @@ def _exact_dedup(out: Path) -> Iterator[tuple[dict, bool]]:
             yield json.loads(line), doc_id == next_duplicate
 
 
-def finalise(config: CorpusConfig, out: Path) -> dict:
+def finalise(config: CorpusConfig, out: Path, while_compressing=None) -> dict:
     """Exact dedup, write docs/<category>.jsonl.gz sorted by id, and gather every count the datasheet needs.
 
     One pass over the id-ordered merge of the dedup stage's runs: documents go straight to their category's file,
-    counts are accumulated (histograms, not lists of lengths), so memory does not grow with the corpus."""
+    counts are accumulated (histograms, not lists of lengths), so memory does not grow with the corpus.
+    `while_compressing(stats)` (the datasheet) runs once the counts are known, while the output files' deflate
+    threads are still finishing: this one-task stage then keeps two cores busy."""
     import bisect
 
     from fournil.corpus.filters import eval_ngrams
@@ -389,6 +397,9 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
     histograms = {name: [0] * len(LENGTH_BINS) for name in sources}
     confusion: dict[str, Counter] = defaultdict(Counter)
     written: set[str] = set()
+    # exact duplicates, counted as they are written (their file is not closed when the rejects are counted)
+    exact_counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    exact_confusion: dict[str, Counter] = defaultdict(Counter)
     with contextlib.ExitStack() as files:
         def writer(path: Path) -> _GzWriter:
             return files.enter_context(_GzWriter(path))
@@ -400,6 +411,11 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
             if duplicate:
                 meta["filter_reason"] = "exact_duplicate"
                 _write_line(exact, doc)
+                counts = exact_counts[meta["source"]]
+                counts[0] += 1
+                counts[1] += meta.get("raw_bytes", len(doc["text"].encode()))
+                if "lang" in meta:
+                    exact_confusion[meta["category"]][meta["lang"]] += 1
                 continue
             category = meta["category"]
             if category not in docs:
@@ -415,54 +431,65 @@ def finalise(config: CorpusConfig, out: Path) -> dict:
             s["input_bytes"] += meta.get("raw_bytes", size)
             histograms[meta["source"]][bisect.bisect_right(LENGTH_BINS, size) - 1] += 1
             confusion[category][meta.get("lang", "?")] += 1
-    for category in CATEGORIES:
-        if category not in written:
-            (out / DOCS / f"{category}.jsonl.gz").unlink(missing_ok=True)
+        for category in CATEGORIES:
+            if category not in written:
+                (out / DOCS / f"{category}.jsonl.gz").unlink(missing_ok=True)
 
-    for step_dir in sorted(p for p in (out / "rejects").iterdir() if p.is_dir()):
-        for doc in iter_jsonl(sorted(step_dir.glob("*.jsonl.gz"))):
-            _count_reject(doc, STEP_REASONS.get(step_dir.name, step_dir.name), sources, confusion)
-    errors = summarise_input_errors(out / "work" / "errors")
-    for name, counts in errors.by_source.items():  # every record read: a document, an input error or held out
-        if name in sources:
-            sources[name]["repaired"] += counts["repaired"]
-            sources[name]["input_errors"] += counts["input_errors"]
-    held_out = _step_stats(out, "held_out:")  # `"split": "test"` records: read, neither documents nor errors
-    for name, s in sources.items():
-        s["held_out"] = held_out.get(f"held_out:{name}", 0)
-        s["length_histogram"] = histograms[name]
-    sizes = {name: s["bytes"] for name, s in sources.items()}
-    plan = plan_mix(sizes, {n: s["category"] for n, s in sources.items()},
-                    {n: config.sources[n].weight for n in sources}, config.mix, config.max_epochs)
-    plan["unit"] = "bytes"
-    for name, s in sources.items():
-        s["factor"] = plan["sources"].get(name, {}).get("factor", 0.0)
-    categories = {}
-    for category in sorted({s["category"] for s in sources.values()}):
-        members = [s for s in sources.values() if s["category"] == category]
-        rejects: Counter = Counter()
-        for s in members:
-            rejects.update(s["rejects"])
-        categories[category] = {
-            "documents": sum(s["documents"] for s in members), "bytes": sum(s["bytes"] for s in members),
-            "input_documents": sum(s["input_documents"] for s in members),
-            "input_bytes": sum(s["input_bytes"] for s in members), "rejects": dict(rejects),
-            "input_errors": sum(s["input_errors"] for s in members),
-            "share": plan["categories"].get(category, {}).get("share", 0.0),
-            "target": plan["categories"].get(category, {}).get("target", 0.0),
-            "length_histogram": [sum(col) for col in zip(*(s["length_histogram"] for s in members), strict=True)],
-        }
-    decontam = {}
-    if config.eval_sets:
-        texts = eval_ngrams(config.eval_sets, config.decontam_ngrams)[1]
-        for name in sorted(config.eval_sets):
-            dropped = sum(s["rejects"].get(f"decontam_{name}", 0) for s in sources.values())
-            decontam[name] = {"eval_texts": texts.get(name, 0), "documents_removed": dropped}
-    return {"sources": sources, "categories": categories, "plan": plan, "length_bins": LENGTH_BINS,
-            "language_confusion": {c: dict(v) for c, v in sorted(confusion.items())},
-            "input_errors": {"total": errors.total, "by_kind": dict(errors.by_kind), "first": errors.first},
-            "decontamination": decontam, "pii": _step_stats(out, "pii_"),
-            "boilerplate_lines": _step_stats(out, "boilerplate_lines").get("boilerplate_lines", 0)}
+        for step_dir in sorted(p for p in (out / "rejects").iterdir() if p.is_dir()):
+            if step_dir.name == "exact":  # in the same order as reading their file back would count them
+                for name, (n, raw_bytes) in exact_counts.items():
+                    sources[name]["rejects"]["exact_duplicate"] = sources[name]["rejects"].get("exact_duplicate", 0) + n
+                    sources[name]["input_documents"] += n
+                    sources[name]["input_bytes"] += raw_bytes
+                for category, langs in exact_confusion.items():
+                    confusion[category].update(langs)
+                continue
+            for doc in iter_jsonl(sorted(step_dir.glob("*.jsonl.gz"))):
+                _count_reject(doc, STEP_REASONS.get(step_dir.name, step_dir.name), sources, confusion)
+        errors = summarise_input_errors(out / "work" / "errors")
+        for name, counts in errors.by_source.items():  # every record read: a document, an input error or held out
+            if name in sources:
+                sources[name]["repaired"] += counts["repaired"]
+                sources[name]["input_errors"] += counts["input_errors"]
+        held_out = _step_stats(out, "held_out:")  # `"split": "test"` records: read, neither documents nor errors
+        for name, s in sources.items():
+            s["held_out"] = held_out.get(f"held_out:{name}", 0)
+            s["length_histogram"] = histograms[name]
+        sizes = {name: s["bytes"] for name, s in sources.items()}
+        plan = plan_mix(sizes, {n: s["category"] for n, s in sources.items()},
+                        {n: config.sources[n].weight for n in sources}, config.mix, config.max_epochs)
+        plan["unit"] = "bytes"
+        for name, s in sources.items():
+            s["factor"] = plan["sources"].get(name, {}).get("factor", 0.0)
+        categories = {}
+        for category in sorted({s["category"] for s in sources.values()}):
+            members = [s for s in sources.values() if s["category"] == category]
+            rejects: Counter = Counter()
+            for s in members:
+                rejects.update(s["rejects"])
+            categories[category] = {
+                "documents": sum(s["documents"] for s in members), "bytes": sum(s["bytes"] for s in members),
+                "input_documents": sum(s["input_documents"] for s in members),
+                "input_bytes": sum(s["input_bytes"] for s in members), "rejects": dict(rejects),
+                "input_errors": sum(s["input_errors"] for s in members),
+                "share": plan["categories"].get(category, {}).get("share", 0.0),
+                "target": plan["categories"].get(category, {}).get("target", 0.0),
+                "length_histogram": [sum(col) for col in zip(*(s["length_histogram"] for s in members), strict=True)],
+            }
+        decontam = {}
+        if config.eval_sets:
+            texts = eval_ngrams(config.eval_sets, config.decontam_ngrams)[1]
+            for name in sorted(config.eval_sets):
+                dropped = sum(s["rejects"].get(f"decontam_{name}", 0) for s in sources.values())
+                decontam[name] = {"eval_texts": texts.get(name, 0), "documents_removed": dropped}
+        stats = {"sources": sources, "categories": categories, "plan": plan, "length_bins": LENGTH_BINS,
+                 "language_confusion": {c: dict(v) for c, v in sorted(confusion.items())},
+                 "input_errors": {"total": errors.total, "by_kind": dict(errors.by_kind), "first": errors.first},
+                 "decontamination": decontam, "pii": _step_stats(out, "pii_"),
+                 "boilerplate_lines": _step_stats(out, "boilerplate_lines").get("boilerplate_lines", 0)}
+        if while_compressing is not None:
+            while_compressing(stats)
+    return stats
 
 
 STEP_REASONS = {"minhash": "near_duplicate"}  # steps whose rejects carry no `filter_reason` of their own

@@ -57,6 +57,30 @@ def test_near_and_exact_duplicates_are_removed(corpus_run, tree):
     assert stats["sources"]["pairs"]["rejects"] == {"exact_duplicate": 1}
 
 
+def test_near_duplicates_found_when_a_filter_task_keeps_nothing(tmp_path):
+    """The MinHash signatures are made in the filter stage and number each task's documents; the dedup stage's
+    task r must read filter task r's documents even when a task before it kept none (no file of its own), or the
+    near-duplicates of the later tasks are matched to the wrong documents and kept."""
+    from corpus_fixtures import EN_GOOD, near_duplicate, sample_records
+
+    from fournil.corpus.pipeline import load_config, run
+
+    fr = [r for r in sample_records("fr", 200) if 1500 < len(r["text"]) < 6000][:6]
+    write_jsonl(tmp_path / "src" / "a.jsonl", fr)
+    write_jsonl(tmp_path / "src" / "b.jsonl", [{"text": EN_GOOD + f" {i}"} for i in range(4)])  # all lang_en_in_fr
+    write_jsonl(tmp_path / "src" / "c.jsonl", [{"text": near_duplicate(r["text"])} for r in fr[:4]])
+    recipe = tmp_path / "corpus.yaml"
+    recipe.write_text("sources:\n  web: {path: src, category: fr}\n", encoding="utf-8")
+    stats = run(load_config(recipe), tmp_path / "out", workers=2, tasks=3)
+    assert sorted(p.name for p in (tmp_path / "out" / "work" / "filtered").glob("*.jsonl")) == \
+        ["00000.jsonl", "00002.jsonl"]  # task 1 kept nothing
+    one_task = run(load_config(recipe), tmp_path / "one", workers=1, tasks=1)
+    rejects = stats["sources"]["web"]["rejects"]
+    assert rejects["lang_en_in_fr"] == 4 and rejects["near_duplicate"] >= 3
+    assert rejects == one_task["sources"]["web"]["rejects"]
+    assert (tmp_path / "out" / "docs" / "fr.jsonl.gz").read_bytes() == (tmp_path / "one" / "docs" / "fr.jsonl.gz").read_bytes()
+
+
 def test_exact_key_ignores_case_spacing_and_punctuation():
     assert exact_key("Le pain, c’est la vie.") == exact_key("le  pain c’est LA vie !")
     assert exact_key("Le pain, c’est la vie.") != exact_key("Le vin, c’est la vie.")
