@@ -15,7 +15,8 @@ Rows (higher is better; the anchor is the target, so a ratio ≥ 1 meets it):
 - MB/s per core 8× ÷ 1× (input MB per CPU second): the cost per byte stays (target ≥ 0.9);
 - one 8× file (the French part), 4 tasks vs 1 task, 2 workers: wall-clock speed-up (target ≥ 1.8), of the whole
   run and of its filter stage alone (the stage that byte ranges split; the others add fixed start-up costs per
-  stage and the one-task `finalise`).
+  stage and the one-task `finalise`, whose floor is deflating docs/ as one gzip stream per file).
+Each run's stages (first task start to last task end, from datatrove's task logs) are printed on stderr.
 Plus the absolute figures (MiB, MB/s per core, seconds) with the target as their anchor where one exists.
 
 `FOURNIL_BENCH_SCALE_KB` sets the 1× size per prose language (default 1000 kB of JSON lines; code and parallel
@@ -183,8 +184,10 @@ def _run(recipe: Path, out: Path, tasks: int, workers: int = 2) -> dict:
     usage = json.loads(stdout.strip().splitlines()[-1])
     if usage["rc"] != 0:
         raise RuntimeError(f"corpus run failed ({usage['rc']}): {' '.join(cmd)}")
+    stages = json.loads((out / "work" / "stages.json").read_text())["tasks"]
+    seconds = {stage: round(_stage_seconds(out, stage), 2) for stage in stages}
     return {"wall_s": wall, "cpu_s": usage["cpu_s"], "rss_mib": max(usage["maxrss_kib"], polled[0]) / 1024,
-            "filter_s": _stage_seconds(out, "filter")}
+            "filter_s": seconds["filter"], "stages_s": seconds}
 
 
 def _stage_seconds(out: Path, stage: str) -> float:

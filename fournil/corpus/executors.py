@@ -207,7 +207,7 @@ def run_in_order(out: Path, stages: list, executor: ExecutorConfig, max_errors: 
 
     logs, errors = out / "logs", out / "work" / "errors"
     workers = executor.workers or os.cpu_count() or 1
-    if executor.kind == "local":
+    if executor.kind == "local" and any(min(workers, stage.tasks) > 1 for stage in stages):
         start_forkserver()
 
     def make(stage):

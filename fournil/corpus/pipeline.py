@@ -237,8 +237,7 @@ def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: i
     from fournil.corpus import executors
 
     out = Path(out).resolve()  # cluster tasks do not share our working directory
-    if config.executor.kind == "local" and (tasks or config.executor.tasks or 2) > 1 \
-            and (workers or config.executor.workers or os.cpu_count() or 1) > 1:
+    if config.executor.kind == "local" and (workers or config.executor.workers or os.cpu_count() or 1) > 1:
         executors.start_forkserver()  # its imports overlap ours instead of following them
     executor, stages = _prepare(config, out, workers=workers, tasks=tasks, max_errors=max_errors, force=force)
     if stages is not None:

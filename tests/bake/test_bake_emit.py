@@ -210,7 +210,7 @@ def bakes(slurm_cluster, recipe, tmp_path_factory):
     try:
         deadline = time.time() + 600
         while queued(ids).strip() and time.time() < deadline:
-            time.sleep(2)
+            time.sleep(0.5)
         assert not queued(ids).strip(), f"jobs still queued after 600 s:\n{queued(ids)}"
     finally:
         for job in ids:  # only ours, and only those still queued

@@ -111,7 +111,14 @@ def assert_same_run(run: Path, reference: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def single(shards_dir, tmp_path_factory):
+def uninterrupted_job(jobs, shards_dir, tmp_path_factory):
+    run = tmp_path_factory.mktemp("slurm") / "uninterrupted"
+    return (*jobs.submit(shards_dir, run), run)
+
+
+@pytest.fixture(scope="module")
+def single(uninterrupted_job, shards_dir, tmp_path_factory):
+    """The 1-process run, trained here while the uninterrupted job runs on the cluster."""
     run = tmp_path_factory.mktemp("single") / "run"
     torch.set_num_threads(1)
     train(load_recipe("croissant-1m", overrides=OVERRIDES), shards_dir, run)
@@ -119,9 +126,8 @@ def single(shards_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(jobs, shards_dir, tmp_path_factory):
-    run = tmp_path_factory.mktemp("slurm") / "uninterrupted"
-    job, output = jobs.submit(shards_dir, run)
+def uninterrupted(jobs, uninterrupted_job, single):
+    job, output, run = uninterrupted_job
     jobs.wait(job, output)
     return run, finished(output, run)
 
