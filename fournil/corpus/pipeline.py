@@ -222,6 +222,9 @@ def _prepare(config: CorpusConfig, out: Path, *, workers: int | None, tasks: int
     counts = {s.name: s.tasks for s in stages}
     if plan_path.is_file() and (before := json.loads(plan_path.read_text())["tasks"]) != counts \
             and any((out / "logs").glob("*/completions/*")):
+        if set(before) != set(counts):
+            raise UsageError(f"{out} was started with other stages ({', '.join(before)}; this fournil runs "
+                             f"{', '.join(counts)}): use --force to start over, or a new --out")
         raise UsageError(f"{out} was started with {before['filter']} tasks per stage, not {executor.tasks}: "
                          f"rerun with --tasks {before['filter']} (or corpus.executor.tasks), or --force to start over")
     artifacts.write_text(marker, digest + "\n")

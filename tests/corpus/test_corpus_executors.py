@@ -312,4 +312,10 @@ def test_a_rerun_must_keep_the_task_count(tmp_path):
     again = corpus_run(tmp_path / "c.yaml", "--out", tmp_path / "out", "--tasks", "2", "--max-errors", "20")
     assert again.returncode == 2
     assert "was started with 3 tasks per stage, not 2: rerun with --tasks 3" in again.stderr
+    plan = tmp_path / "out" / "work" / "stages.json"  # as an older fournil with a MinHash signatures stage left it
+    older = json.loads(plan.read_text())
+    older["tasks"] = {"minhash-signatures": 3, **older["tasks"]}
+    plan.write_text(json.dumps(older))
+    other = corpus_run(tmp_path / "c.yaml", "--out", tmp_path / "out", "--tasks", "3", "--max-errors", "20")
+    assert other.returncode == 2 and "was started with other stages (minhash-signatures, filter" in other.stderr
 
