@@ -212,8 +212,8 @@ def bake(recipe, out: str | Path, force: str | None = None, only: str | None = N
 
 
 def _cpu_seconds() -> float:
-    """CPU time of this process and its finished children: on a shared machine, wall time says how busy it was,
-    CPU time what the step cost."""
+    """CPU time of this process and of the children it waited for (not datatrove's workers, which a forkserver
+    starts): on a shared machine a training step's wall time also measures the neighbours, its CPU time does not."""
     import resource
 
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)

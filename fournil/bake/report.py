@@ -34,20 +34,10 @@ def write_report(recipe, out: Path) -> Path:
              f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}", ""]
     from fournil.bake.pipeline import MARKERS, STEPS
 
-    markers = {name: _json(out / MARKERS / f"{name}.json") or {} for name in STEPS}
-    seconds = {name: m.get("seconds") for name, m in markers.items()}
-    cpu = {name: m.get("cpu_seconds") for name, m in markers.items()}
-
-    def cell(value) -> str:
-        return "–" if value is None else f"{value}"
-
-    def total(values: dict) -> str:
-        return f"**{sum(v for v in values.values() if v is not None):.1f}**"
-
-    # CPU seconds beside the wall time: on a shared machine the wall time also measures the neighbours
-    lines += ["| step | seconds | CPU seconds |", "|---|---|---|"]
-    lines += [f"| {name} | {cell(seconds[name])} | {cell(cpu[name])} |" for name in STEPS]
-    lines += [f"| **total** | {total(seconds)} | {total(cpu)} |", ""]
+    seconds = {name: (_json(out / MARKERS / f"{name}.json") or {}).get("seconds") for name in STEPS}
+    lines += ["| step | seconds |", "|---|---|"]
+    lines += [f"| {name} | {'–' if s is None else s} |" for name, s in seconds.items()]
+    lines += [f"| **total** | **{sum(s for s in seconds.values() if s is not None):.1f}** |", ""]
     lines += _abilities(out)
 
     lines += ["## 1. Corpus", ""]

@@ -131,9 +131,6 @@ def test_the_report_has_every_section(baked, assert_chart):
     table = [line.split("|")[1].strip() for line in report.splitlines() if line.startswith("| ")]
     steps = ["corpus", "tokenizer", "shards", "pretrain", "sft", "eval", "export"]
     assert table[:8] == ["step", *steps] and table[8] == "**total**"  # pipeline order, export timed, a total
-    rows = [line.split("|")[1:4] for line in report.splitlines() if line.startswith("| ")][1:8]
-    assert all(float(wall) >= 0 and float(cpu) >= 0 for _, wall, cpu in rows)  # wall and CPU seconds per step
-    assert sum(float(cpu) for _, _, cpu in rows) > 0
     assert "**What this model can do:**" in report and "**What it cannot do:**" in report
     assert "Fixture smoke checks" in report and "(n = " in report
     for png in ("pretrain/plots/loss.png", "sft/plots/loss.png", "tokenizer/fertility.png", "eval/languages.png",
