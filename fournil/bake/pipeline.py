@@ -221,7 +221,7 @@ def _cpu_seconds() -> float:
 
 
 # A step's usual share of a bake's time (the demo recipe on a 2-core CPU), for the estimate of the time left.
-SHARE = {"corpus": 0.045, "tokenizer": 0.01, "shards": 0.005, "pretrain": 0.8, "sft": 0.1, "eval": 0.035,
+SHARE = {"corpus": 0.107, "tokenizer": 0.024, "shards": 0.012, "pretrain": 0.672, "sft": 0.091, "eval": 0.089,
          "export": 0.005}
 
 
