@@ -30,8 +30,8 @@ def test_generate_batch_json_equals_stream(tiny_dir, capsys):
 
 def test_chat_reads_stdin_with_reset_and_exit(tiny_dir, capsys, monkeypatch):
     from fournil.infer.chat import chat_loop
-    from fournil.infer.config import SamplingConfig
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
+    from fournil.lm.sampling import SamplingConfig
 
     engine = Engine.load(tiny_dir)
     out = io.StringIO()

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fournil.infer.config import SamplingConfig
-from fournil.infer.generate import Engine
+from fournil.lm.generate import Engine
+from fournil.lm.sampling import SamplingConfig
 from fournil.serve.batching import Request, Scheduler
 
 PROMPTS = ["The capital of France is", "Bonjour", "Il était une fois, dans un pays lointain, une princesse qui",
@@ -145,9 +145,9 @@ def test_real_model_in_a_changing_batch_equals_engine(smol_engine):
 def test_int8_rows_decode_through_the_fused_step_as_one_operator_at_a_time(tiny_dir, tmp_path, monkeypatch):
     """The server's decode step for an int8 model is the fused one (each row its own cache row and column, lengths
     differing and changing as requests come and go), with the tokens of the same model one operator at a time."""
-    from fournil.infer import kernels
-    from fournil.infer.fused import fused_decoder
     from fournil.infer.quantize import quantize
+    from fournil.lm import kernels
+    from fournil.lm.fused import fused_decoder
 
     if not kernels.available():
         pytest.skip("fournil's kernels need x86-64 AVX2 and a compiler")

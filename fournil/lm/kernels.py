@@ -1,6 +1,6 @@
 """fournil's own CPU decode kernels (csrc/, built as one library): an int8 matrix-vector product (matvec.cpp),
 one-query attention (attention.cpp), and a whole decode step with greedy decoding's argmax (decode_step.cpp, used
-by fournil.infer.fused); the headers hold what they share.
+by fournil.lm.fused); the headers hold what they share.
 
 Why: at batch 1 decoding is bound by how fast the weights stream from memory, and ATen's and inductor's int8
 weight-only kernels read them at about half the speed the machine can (benchmarks/RESULTS.md). They are x86-64
