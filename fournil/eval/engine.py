@@ -331,7 +331,8 @@ class Engine:
                     continue
                 decoders[row].push(token)
                 finished[row] = done[row] = decoders[row].stopped
-        return [cut(d.text, until) for d in decoders]
+        # a row that ran out of tokens mid-character ends with what lm-eval's decode gives it (U+FFFD)
+        return [cut(d.text if d.stopped else self._text.decode(d.ids), until) for d in decoders]
 
 
 PICK_CHUNK = 1024  # scored positions per output-projection block (8000 picks × a 32k vocab would be 1 GB)

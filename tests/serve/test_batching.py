@@ -157,11 +157,9 @@ def test_int8_rows_decode_through_the_fused_step_as_one_operator_at_a_time(tiny_
     rows = decoder.rows
     monkeypatch.setattr(decoder, "rows", lambda *args: calls.append(len(args[0])) or rows(*args))
     for fused in (True, False):
-        scheduler = Scheduler(int8.model, int8.tokenizer, slots=3, context=96)
-        assert scheduler.fused is not None
+        scheduler = Scheduler(int8.model, int8.tokenizer, slots=3, context=96, backend="auto" if fused else "eager")
+        assert scheduler.backend.name == ("fused" if fused else "eager")
         calls.clear()
-        if not fused:
-            scheduler.fused = None
         sinks = []
         for i, prompt in enumerate(PROMPTS):
             sinks.append(submit(scheduler, int8, prompt, SamplingConfig(max_tokens=6 + 3 * i, ignore_eos=True))[1])
