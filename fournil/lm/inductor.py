@@ -1,7 +1,7 @@
 """A compiled decode step: one new token per row, a fixed-size KV cache, everything static, through inductor.
 
 Why: at batch 1 a decoder is a chain of matrix-vector products, bound by memory bandwidth, plus a few hundred
-small elementwise ops. Eager PyTorch loses on both counts on a CPU: MKL's fp32 GEMV reaches ~40 % of the
+small elementwise ops. Eager PyTorch loses on both counts on a CPU: MKL's fp32 GEMV reaches a fraction of the
 machine's bandwidth on AMD processors, and each eager op costs microseconds of dispatch. Inductor with
 `freezing` + `max_autotune` generates its own C++ GEMV micro-kernels, fuses the elementwise ops, and `cpp_wrapper`
 calls them from C++ instead of Python. int8 matrices and attention go to fournil's own kernels
