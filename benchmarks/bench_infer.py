@@ -183,7 +183,7 @@ def _run(work: Path) -> list[dict]:
 
     from fournil.infer.gguf_io import export_gguf, import_gguf
     from fournil.infer.quantize import quantize
-    from fournil.lm.fused import fused_decoder
+    from fournil.lm.backends import choose
     from fournil.lm.generate import Engine, decode_steps
     from fournil.lm.prompt import StreamDecoder
     from fournil.lm.sampling import SamplingConfig
@@ -242,7 +242,7 @@ def _run(work: Path) -> list[dict]:
         return generate
 
     big = _big_int8(work)  # weights larger than this host's caches
-    big_ids, big_fused = [i % big.config.vocab_size for i in ids], fused_decoder(big)
+    big_ids, big_fused = [i % big.config.vocab_size for i in ids], choose(big, "fused")
 
     def big_decode(marks: Marks):
         for _ in decode_steps(big, [big_ids], sampling, frozenset(), 0, big_fused):

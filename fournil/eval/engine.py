@@ -24,10 +24,10 @@ import torch
 
 from fournil.console import UsageError
 from fournil.lm.backends import choose
-from fournil.lm.generate import decode_steps
+from fournil.lm.generate import Texts, decode_steps
 from fournil.lm.hf import resolve
 from fournil.lm.llama import Llama
-from fournil.lm.prompt import PromptTokenizer, StreamDecoder
+from fournil.lm.prompt import PromptTokenizer
 from fournil.lm.quantized import load
 from fournil.lm.sampling import SamplingConfig
 
@@ -322,17 +322,12 @@ class Engine:
         if self._text is None:
             self._text = PromptTokenizer.load(self.directory)
         sampling = SamplingConfig(max_tokens=max_tokens, stop=tuple(s for s in until if s))
-        decoders = [StreamDecoder(self._text, sampling.stop) for _ in prompts]
-        finished = [False] * len(prompts)
-        for tokens, done in decode_steps(self.model, prompts, sampling, stop_ids, self._text.pad_id, self.backend):
-            for row, token in enumerate(tokens):
-                if finished[row] or token in stop_ids:
-                    finished[row] = True
-                    continue
-                decoders[row].push(token)
-                finished[row] = done[row] = decoders[row].stopped
+        texts = Texts(self._text, len(prompts), sampling.stop, frozenset(stop_ids))
+        for _ in texts.follow(decode_steps(self.model, prompts, sampling, texts.eos_ids, self._text.pad_id,
+                                           self.backend)):
+            pass
         # a row that ran out of tokens mid-character ends with what lm-eval's decode gives it (U+FFFD)
-        return [cut(d.text if d.stopped else self._text.decode(d.ids), until) for d in decoders]
+        return [cut(d.text if d.stopped else self._text.decode(d.ids), until) for d in texts.decoders]
 
 
 PICK_CHUNK = 1024  # scored positions per output-projection block (8000 picks × a 32k vocab would be 1 GB)

@@ -1,12 +1,8 @@
-"""Weight-only quantisation our engine runs directly: int8 per output channel, or 4-bit in groups along the input.
-
-int8: w ≈ q·s with one scale per row (s = max|w_row| / 127, symmetric), so y = (x·qᵀ)·s — the scale comes after
-the matmul. 4-bit: each group of `group_size` inputs keeps a scale and a minimum (asymmetric, 16 levels, as
-GGUF's Q4_1), two nibbles per byte. The blocks' linear layers are quantised, and with int8 lm_head too (a
-fifth of a small model's bytes, read on every token: llama.cpp's q8_0 quantises it as well; with tied embeddings
-the lookup table stays in floating point, of which one row is read per token). Norms, embeddings and the 4-bit
-lm_head stay in floating point (the most sensitive parts). The directory keeps the HF layout plus
-`quantization_config` in config.json; transformers cannot load it, fournil.lm.quantized does.
+"""`fournil quantize`: a weight-only quantised copy of a model directory, int8 per output channel or 4-bit in groups
+along the input (the formats: fournil.lm.quantized, which loads and runs them). The blocks' linear layers are
+quantised, and with int8 lm_head too (read on every token; llama.cpp's q8_0 quantises it as well); norms,
+embeddings and a 4-bit lm_head stay in floating point (the most sensitive parts). The directory keeps the HF
+layout plus `quantization_config` in config.json; transformers cannot load it.
 """
 
 from __future__ import annotations

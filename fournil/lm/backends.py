@@ -64,22 +64,37 @@ def prefill(model: Llama, ids: torch.Tensor, mask: torch.Tensor, cache: KVCache)
     return model.lm_head(hidden[:, -1]).float()
 
 
-class Eager:
-    name = "eager"
-
-    def __init__(self, model: Llama):
-        self.model = model
+class Backend:
+    """What a backend does unless it says otherwise: any batch, no slot rows."""
 
     @staticmethod
     def accepts(batch: int) -> bool:
         return True
 
-    def start(self, ids: torch.Tensor, mask: torch.Tensor, max_len: int) -> DecodeState:
-        return _EagerState(self.model, ids, mask, max_len)
-
     @staticmethod
     def rows(ids, positions, keys, values) -> None:
         return None
+
+
+class Eager(Backend):
+    name = "eager"
+
+    def __init__(self, model: Llama):
+        self.model = model
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, max_len: int) -> DecodeState:
+        return _EagerState(self.model, ids, mask, max_len)
+
+
+def kept(model: Llama, make) -> Backend:
+    """The backend `make(model)` of this kind made once and kept on the model (a compiled graph or the fused step's
+    weights live as long as it does); not a submodule, so state_dict() is unchanged."""
+    attr = f"_fournil_{make.__name__}"
+    backend = getattr(model, attr, None)
+    if backend is None:
+        backend = make(model)
+        object.__setattr__(model, attr, backend)
+    return backend
 
 
 class _EagerState:
@@ -144,12 +159,12 @@ def choose(model: Llama, name: str = "auto") -> DecodeBackend:
         if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "c++")):
             raise UsageError("--backend inductor: torch.compile needs a C++ compiler on a CPU and none was found "
                              "(set CXX, or choose --backend eager)")
-        from fournil.lm.inductor import compiled_decoder
+        from fournil.lm.inductor import CompiledDecoder
 
-        return compiled_decoder(model)
+        return kept(model, CompiledDecoder)
     why = fused.unfit(model)
     if why is None:
-        return fused.fused_decoder(model)
+        return kept(model, fused.FusedDecoder)
     if name == "fused":
         raise UsageError(f"--backend fused: {why} (choose --backend auto, eager or inductor)")
     return Eager(model)

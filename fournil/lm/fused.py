@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from fournil.lm import kernels
-from fournil.lm.backends import MaskedState
+from fournil.lm.backends import Backend, MaskedState
 from fournil.lm.llama import KVCache, Llama, rope_cos_sin
 from fournil.lm.quantized import Int8Linear
 
@@ -82,7 +82,7 @@ def move_to_huge_pages(model: Llama, linears: list[nn.Module]) -> None:
         embed.weight = model.lm_head.weight
 
 
-class FusedDecoder:
+class FusedDecoder(Backend):
     """Called like CompiledDecoder: one new token per row, keys/values written at `slot`, float32 logits back."""
 
     name = "fused"
@@ -185,12 +185,3 @@ class _FusedState(MaskedState):
         self.position += 1
         self.cache.length += 1
         return picked
-
-
-def fused_decoder(model: Llama) -> FusedDecoder:
-    """The model's FusedDecoder, made once and kept on the model; `unfit(model)` first."""
-    decoder = getattr(model, "_fournil_fused", None)
-    if decoder is None:
-        decoder = FusedDecoder(model)
-        object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: state_dict() unchanged
-    return decoder

@@ -107,6 +107,33 @@ class _Sampler:
             self.seen.scatter_(1, torch.tensor(tokens, device=self.seen.device)[:, None], True)
 
 
+class Texts:
+    """The text of each row of `decode_steps`, decoded incrementally (one StreamDecoder a row); a row ends at one
+    of `eos_ids` or at a stop string, with finish reason "stop", else "length"."""
+
+    def __init__(self, tokenizer: PromptTokenizer, rows: int, stop: Sequence[str], eos_ids: frozenset[int]):
+        self.decoders = [StreamDecoder(tokenizer, stop) for _ in range(rows)]
+        self.reasons = ["length"] * rows
+        self.eos_ids = eos_ids
+
+    def follow(self, steps: Iterator[tuple[list[int], list[bool]]]) -> Iterator[tuple[int, str]]:
+        """(row, printable text) as the steps come; a stop string ends its row's decoding."""
+        ended = [False] * len(self.decoders)
+        for tokens, done in steps:
+            for row, token in enumerate(tokens):
+                if ended[row]:
+                    continue
+                if token in self.eos_ids:
+                    ended[row], self.reasons[row] = True, "stop"
+                    continue
+                delta = self.decoders[row].push(token)
+                if self.decoders[row].stopped:
+                    ended[row] = done[row] = True
+                    self.reasons[row] = "stop"
+                if delta:
+                    yield row, delta
+
+
 @dataclass
 class Completion:
     """One prompt's result; finish_reason is "stop" (eos or a stop string) or "length" (max_tokens)."""
@@ -145,41 +172,23 @@ class Engine:
     def stream(self, prompt: str | Sequence[int], sampling: SamplingConfig, chat: bool = False) -> Iterator[str]:
         """Text deltas as tokens arrive; never prints a stop string or a half UTF-8 character."""
         ids = self.encode(prompt, chat)
-        decoder = StreamDecoder(self.tokenizer, sampling.stop)
-        for tokens, done in decode_steps(self.model, [ids], sampling, self._eos(sampling), self.tokenizer.pad_id,
-                                         self.backend):
-            token = tokens[0]
-            if token in self.tokenizer.eos_ids and not sampling.ignore_eos:
-                break
-            if delta := decoder.push(token):
-                yield delta
-            if decoder.stopped:
-                done[0] = True
-                return
-        if rest := decoder.flush():
+        texts = Texts(self.tokenizer, 1, sampling.stop, self._eos(sampling))
+        for _, delta in texts.follow(decode_steps(self.model, [ids], sampling, texts.eos_ids, self.tokenizer.pad_id,
+                                                  self.backend)):
+            yield delta
+        if rest := texts.decoders[0].flush():
             yield rest
 
     def complete(self, prompts: Sequence[str | Sequence[int]], sampling: SamplingConfig,
                  chat: bool = False) -> list[Completion]:
         """Batched generation: all prompts in one left-padded batch."""
         encoded = [self.encode(p, chat) for p in prompts]
-        decoders = [StreamDecoder(self.tokenizer, sampling.stop) for _ in encoded]
-        reasons = ["length"] * len(encoded)
-        finished = [False] * len(encoded)
-        for tokens, done in decode_steps(self.model, encoded, sampling, self._eos(sampling), self.tokenizer.pad_id,
-                                         self.backend):
-            for row, token in enumerate(tokens):
-                if finished[row]:
-                    continue
-                if token in self.tokenizer.eos_ids and not sampling.ignore_eos:
-                    finished[row], reasons[row] = True, "stop"
-                    continue
-                decoders[row].push(token)
-                if decoders[row].stopped:
-                    finished[row], reasons[row] = True, "stop"
-                    done[row] = True
+        texts = Texts(self.tokenizer, len(encoded), sampling.stop, self._eos(sampling))
+        for _ in texts.follow(decode_steps(self.model, encoded, sampling, texts.eos_ids, self.tokenizer.pad_id,
+                                           self.backend)):
+            pass
         return [Completion(d.text, list(d.ids), len(e), r)
-                for d, e, r in zip(decoders, encoded, reasons, strict=True)]
+                for d, e, r in zip(texts.decoders, encoded, texts.reasons, strict=True)]
 
     def _eos(self, sampling: SamplingConfig) -> frozenset[int]:
         return frozenset() if sampling.ignore_eos else self.tokenizer.eos_ids

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fournil.lm import kernels
-from fournil.lm.backends import MaskedState, step
+from fournil.lm.backends import Backend, MaskedState, step
 from fournil.lm.llama import KVCache, Llama, apply_rope, rope_cos_sin
 from fournil.lm.quantized import Int4Linear, Int8Linear
 
@@ -99,7 +99,7 @@ class DecodeStep(nn.Module):
         return [lin(h) for lin in linears]
 
 
-class CompiledDecoder:
+class CompiledDecoder(Backend):
     """Owns the compiled step of one model; compiles a graph per (batch, cache size) the first time it is met."""
 
     def __init__(self, model: Llama):
@@ -116,14 +116,6 @@ class CompiledDecoder:
 
     name = "inductor"
     prefill_tokens = 16  # a batch-1 prompt this short is cheaper fed to the step token by token than prefilled
-
-    @staticmethod
-    def accepts(batch: int) -> bool:
-        return True
-
-    @staticmethod
-    def rows(ids, positions, keys, values) -> None:
-        return None
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor, max_len: int) -> MaskedState:
         return MaskedState(self, self.model, ids, mask, cache_size(max_len, self.model.config.max_seq_len))
@@ -158,13 +150,3 @@ class CompiledDecoder:
         self.shapes.add(shape)
         log.info("compiled in %.0f s", time.perf_counter() - start)
         return logits
-
-
-def compiled_decoder(model: Llama) -> CompiledDecoder:
-    """The model's CompiledDecoder, created once and kept on the model (its graphs live as long as it does)."""
-    decoder = getattr(model, "_fournil_compiled", None)
-    if decoder is None:
-        decoder = CompiledDecoder(model)
-        object.__setattr__(model, "_fournil_compiled", decoder)  # not a submodule: keep state_dict() unchanged
-    return decoder
-

@@ -12,8 +12,8 @@ import torch
 from fournil.console import UsageError
 from fournil.infer.quantize import quantize
 from fournil.lm import kernels
-from fournil.lm.backends import MaskedState
-from fournil.lm.fused import FusedDecoder, fused_decoder
+from fournil.lm.backends import MaskedState, choose
+from fournil.lm.fused import FusedDecoder
 from fournil.lm.generate import Engine, decode_steps
 from fournil.lm.llama import KVCache
 from fournil.lm.quantized import load_quantized
@@ -61,7 +61,7 @@ def _load(kind: str, tiny_dir, tiny_int8):
     from fournil.lm.hf import load_model
 
     model = load_quantized(tiny_int8) if kind == "int8" else load_model(tiny_dir, dtype="float32").eval()
-    return model, fused_decoder(model)
+    return model, choose(model, "fused")
 
 
 @torch.inference_mode()
@@ -85,7 +85,7 @@ def test_one_thread_or_more_give_the_same_numbers(tiny_int8):
     import os
 
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -103,7 +103,7 @@ def test_one_thread_or_more_give_the_same_numbers(tiny_int8):
 @torch.inference_mode()
 def test_fused_step_refuses_bad_input_with_a_message(tiny_int8):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     cache = KVCache(model.config, 1, 8, torch.float32)
     mask = torch.ones((1, 1, 1, 8), dtype=torch.bool)
     one = torch.tensor([[1]])
@@ -205,7 +205,7 @@ def test_a_prompt_prefilled_in_one_call_leaves_the_logits_and_cache_of_the_model
 @torch.inference_mode()
 def test_two_rows_may_not_store_keys_in_one_cache_cell(tiny_int8):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     cache = KVCache(model.config, 1, 8, torch.float32)
     two = torch.tensor([1, 2])
     with pytest.raises(RuntimeError, match="rows 0 and 1 would store their keys in the same cache cell"):
@@ -227,7 +227,7 @@ def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
                          max_seq_len=64, init_std=0.1, tie_embeddings=True)
     model = Llama(config).eval()
     before = model.lm_head.weight.clone()
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     assert fused.kind == "float32"
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.equal(model.model.embed_tokens.weight, before)
@@ -239,7 +239,7 @@ def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
 @torch.inference_mode()
 def test_a_token_step_with_plain_integers_is_decode_step_and_its_argmax(tiny_int8):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     S = 8
     caches = [KVCache(model.config, 1, S, torch.float32) for _ in range(2)]
     masks = [torch.zeros((1, 1, 1, S), dtype=torch.bool) for _ in range(2)]
@@ -277,7 +277,7 @@ class _NotFused:
 ], ids=["greedy", "repetition-penalty", "sampled"])
 def test_batch_one_decodes_the_same_tokens_through_token_steps(tiny_int8, sampling):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     prompt = [[1, 50, 60, 70]]
     got = [t for t, _ in decode_steps(model, prompt, sampling, backend=fused)]
     ref = [t for t, _ in decode_steps(model, prompt, sampling, backend=_NotFused(fused))]

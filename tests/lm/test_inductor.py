@@ -38,8 +38,8 @@ def test_compiled_decoding_equals_eager_decoding(tiny_dir):
 @pytest.mark.slow
 def test_compiled_int8_decoding_equals_eager_int8(tiny_dir, tmp_path):
     from fournil.lm import kernels
+    from fournil.lm.backends import choose
     from fournil.lm.generate import decode_steps
-    from fournil.lm.inductor import compiled_decoder
 
     int8 = quantize(tiny_dir, tmp_path / "int8", 8)
     # with fournil's kernels both run them in float32; without, the compiled step computes in bfloat16.
@@ -48,7 +48,7 @@ def test_compiled_int8_decoding_equals_eager_int8(tiny_dir, tmp_path):
     dtype = None if kernels.available() else "bfloat16"
     eager = Engine.load(int8, dtype=dtype, backend="eager")
     fast = Engine.load(int8, dtype=dtype)
-    compiled = compiled_decoder(fast.model)
+    compiled = choose(fast.model, "inductor")
     ids = eager.encode(PROMPTS[0])
     ref = [t[0] for t, _ in decode_steps(eager.model, [ids], GREEDY)]
     got = [t[0] for t, _ in decode_steps(fast.model, [ids], GREEDY, backend=compiled)]
@@ -61,9 +61,9 @@ def test_two_models_of_one_shape_each_decode_with_their_own_weights():
     """Freezing bakes weights into the graph: a second model of the same shape must not reuse the first's."""
     import torch
 
+    from fournil.lm.backends import choose
     from fournil.lm.config import ModelConfig
     from fournil.lm.generate import decode_steps
-    from fournil.lm.inductor import compiled_decoder
     from fournil.lm.llama import Llama
 
     config = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, vocab_size=512,
@@ -79,4 +79,4 @@ def test_two_models_of_one_shape_each_decode_with_their_own_weights():
 
     eager = [tokens(m, None) for m in models]
     assert eager[0] != eager[1]
-    assert [tokens(m, compiled_decoder(m)) for m in models] == eager
+    assert [tokens(m, choose(m, "inductor")) for m in models] == eager

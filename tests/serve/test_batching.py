@@ -147,13 +147,13 @@ def test_int8_rows_decode_through_the_fused_step_as_one_operator_at_a_time(tiny_
     differing and changing as requests come and go), with the tokens of the same model one operator at a time."""
     from fournil.infer.quantize import quantize
     from fournil.lm import kernels
-    from fournil.lm.fused import fused_decoder
+    from fournil.lm.backends import choose
 
     if not kernels.available():
         pytest.skip("fournil's kernels need x86-64 AVX2 and a compiler")
     int8 = Engine.load(quantize(tiny_dir, tmp_path / "int8", 8))
     texts, calls = {}, []
-    decoder = fused_decoder(int8.model)  # the one every Scheduler of this model gets
+    decoder = choose(int8.model, "fused")  # the one every Scheduler of this model gets
     rows = decoder.rows
     monkeypatch.setattr(decoder, "rows", lambda *args: calls.append(len(args[0])) or rows(*args))
     for fused in (True, False):
