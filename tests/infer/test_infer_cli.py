@@ -148,3 +148,10 @@ def test_auto_and_eager_generate_the_same_greedy_text(tiny_dir, capsys):
         assert code == 0
         outputs[backend] = [r["tokens"] for r in json.loads(out)]
     assert outputs["auto"] == outputs["eager"]
+
+
+def test_serve_takes_no_inductor_backend(capsys):
+    """Inductor's graphs decode one shared cache length; the server's slots each have their own."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "MODEL", "--backend", "inductor"])
+    assert exit_.value.code == 2 and "--backend: invalid choice: 'inductor'" in capsys.readouterr().err
