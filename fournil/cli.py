@@ -146,6 +146,24 @@ def common_options() -> argparse.ArgumentParser:
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+BACKENDS = ("auto", "eager", "fused", "inductor")  # fournil.lm.backends.BACKENDS, named here without torch
+
+
+class _Gone(argparse.Action):
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error("--compile is gone: choose how decoding runs with --backend (auto is fast without a compile, "
+                     "inductor compiles with torch.compile)")
+
+
+def backend_option(parser, choices: tuple[str, ...] = BACKENDS) -> None:
+    """--backend: how decode steps run (fournil.lm.backends); the old --compile exits 2 naming it."""
+    parser.add_argument("--backend", choices=choices, default="auto",
+                        help="auto: fused (one C++ call a step) where fournil's kernels load and the model is float32 "
+                        "or int8, else eager; eager: PyTorch operator by operator; fused; inductor: torch.compile's "
+                        "graph, after a one-time compile of a minute or more")
+    parser.add_argument("--compile", nargs=0, action=_Gone, help=argparse.SUPPRESS)
+
+
 FORCE = "replace a finished output of this verb there (nothing else is ever deleted)"
 
 

@@ -129,7 +129,7 @@ def smol_dir(smol_gguf, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def smol_engine(smol_dir):
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
 
     return Engine.load(smol_dir)
 

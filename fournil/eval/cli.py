@@ -20,7 +20,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage
+    from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage, backend_option
 
     stage = Stage(
         subparsers, common, "eval", help="FrenchBench, English sanity tasks and translation; side-by-side reports",
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--chat", action="store_true",
                      help="translation: ask through the model's chat template (a fine-tuned model) instead of shots")
     run.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
+    backend_option(run)
 
     report = stage.verb(
         "report", cmd_report,
@@ -82,7 +83,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     claim_output(args.out, "fournil.eval", inputs=[args.model, args.data], resume=True, signature=("samples",))
     results = run(args.model, tasks, args.data, args.out, num_fewshot=args.num_fewshot, limit=args.limit,
                   seed=args.seed, batch_size=args.batch_size, batch_tokens=args.batch_tokens,
-                  max_gen_tokens=args.max_gen_tokens, device=args.device, dtype=args.dtype, chat=args.chat)
+                  max_gen_tokens=args.max_gen_tokens, device=args.device, dtype=args.dtype, chat=args.chat,
+                  backend=args.backend)
     if args.json:
         print_json(results)
         return

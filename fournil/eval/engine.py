@@ -1,4 +1,4 @@
-"""The scoring engine: batched log-likelihoods and greedy generation through fournil's Llama.
+"""The scoring engine: batched log-likelihoods and greedy generation through fournil's runtime (fournil.lm).
 
 Log-likelihood requests that share a context (the choices of one multiple-choice question) run the context once,
 with all its continuations in the same row, each attending to the context and to itself only, positions
@@ -23,8 +23,13 @@ from pathlib import Path
 import torch
 
 from fournil.console import UsageError
-from fournil.lm.hf import load_model, resolve
-from fournil.lm.llama import KVCache, Llama
+from fournil.lm.backends import choose
+from fournil.lm.generate import Texts, decode_steps
+from fournil.lm.hf import resolve
+from fournil.lm.llama import Llama
+from fournil.lm.prompt import PromptTokenizer
+from fournil.lm.quantized import load
+from fournil.lm.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +46,14 @@ class Engine:
     """A model directory (fournil or any transformers Llama) ready to score and generate."""
 
     def __init__(self, model_dir: str | Path, *, device: str | None = None, dtype: str | None = None,
-                 batch_tokens: int = 4096, max_length: int | None = None):
+                 batch_tokens: int = 4096, max_length: int | None = None, backend: str = "auto"):
         from transformers import AutoTokenizer
 
         directory = resolve(model_dir)
         self.directory = directory
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model: Llama = load_model(directory, dtype=dtype, device=self.device).eval()
+        self.model: Llama = load(directory, dtype, self.device)  # a quantised directory too
+        self.backend = choose(self.model, backend)  # generation's decode steps
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(directory))
         except (OSError, ValueError) as exc:
@@ -66,6 +72,7 @@ class Engine:
         self.max_length = max_length or config.max_seq_len
         self.batch_tokens = batch_tokens
         self.name = str(model_dir)
+        self._text: PromptTokenizer | None = None  # the runtime's tokenizer, for streamed decoding
 
     # ---- tokenisation (lm-eval's rules) ----
 
@@ -311,41 +318,16 @@ class Engine:
 
     def _generate_batch(self, prompts: list[list[int]], until: Sequence[str], max_tokens: int,
                         stop_ids: set[int]) -> list[str]:
-        B, width = len(prompts), max(len(p) for p in prompts)
-        ids = torch.zeros(B, width, dtype=torch.long)
-        pad = torch.zeros(B, width + max_tokens, dtype=torch.long)
-        for b, p in enumerate(prompts):  # left padding: every row's last prompt token is at the same column
-            ids[b, width - len(p):] = torch.tensor(p)
-            pad[b, width - len(p):width] = 1
-        ids, pad = ids.to(self.device), pad.to(self.device)
-        positions = (pad[:, :width].cumsum(-1) - 1).clamp(min=0)
-        dtype = next(self.model.parameters()).dtype
-        cache = KVCache(self.model.config, B, width + max_tokens, dtype, self.device)
-        logits = self.model(ids, position_ids=positions, attention_mask=pad[:, :width], cache=cache)[:, -1]
-        generated: list[list[int]] = [[] for _ in range(B)]
-        texts = [""] * B
-        done = [False] * B
-        next_pos = positions[:, -1:] + 1
-        for step in range(max_tokens):
-            token = logits.float().argmax(-1)
-            for b in range(B):
-                if done[b]:
-                    continue
-                t = int(token[b])
-                if t in stop_ids:
-                    done[b] = True
-                    continue
-                generated[b].append(t)
-                texts[b] = self.tokenizer.decode(generated[b], skip_special_tokens=True)
-                if any(s in texts[b] for s in until):
-                    done[b] = True
-            if all(done) or step == max_tokens - 1:
-                break
-            pad[:, width + step] = 1
-            logits = self.model(token[:, None], position_ids=next_pos, attention_mask=pad[:, :width + step + 1],
-                                cache=cache)[:, -1]
-            next_pos = next_pos + 1
-        return [cut(t, until) for t in texts]
+        """The runtime's decode loop (fournil.lm.generate), text decoded incrementally as tokens arrive."""
+        if self._text is None:
+            self._text = PromptTokenizer.load(self.directory)
+        sampling = SamplingConfig(max_tokens=max_tokens, stop=tuple(s for s in until if s))
+        texts = Texts(self._text, len(prompts), sampling.stop, frozenset(stop_ids))
+        for _ in texts.follow(decode_steps(self.model, prompts, sampling, texts.eos_ids, self._text.pad_id,
+                                           self.backend)):
+            pass
+        # a row that ran out of tokens mid-character ends with what lm-eval's decode gives it (U+FFFD)
+        return [cut(d.text if d.stopped else self._text.decode(d.ids), until) for d in texts.decoders]
 
 
 PICK_CHUNK = 1024  # scored positions per output-projection block (8000 picks × a 32k vocab would be 1 GB)

@@ -271,8 +271,9 @@ def _append_samples(path: Path, key: str, rows: list[dict[str, Any]]) -> None:
 def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, out: str | Path, *,
         num_fewshot: int | None = None, limit: int | None = None, seed: int = 1234, batch_size: int = 16,
         batch_tokens: int = 4096, max_gen_tokens: int | None = None, device: str | None = None,
-        dtype: str | None = None, chat: bool = False) -> list[dict[str, Any]]:
-    """Every task on one model into the results directory `out`; the manifest is written last."""
+        dtype: str | None = None, chat: bool = False, backend: str = "auto") -> list[dict[str, Any]]:
+    """Every task on one model into the results directory `out`; the manifest is written last. `backend` runs
+    generation's decode steps (fournil.lm.backends)."""
     from fournil.console import status
     from fournil.eval.engine import Engine
 
@@ -280,7 +281,7 @@ def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, out: str
     out.mkdir(parents=True, exist_ok=True)
     artifacts.mark_incomplete(out, "fournil.eval")
     with status(f"loading {model_dir}"):
-        engine = Engine(model_dir, device=device, dtype=dtype, batch_tokens=batch_tokens)
+        engine = Engine(model_dir, device=device, dtype=dtype, batch_tokens=batch_tokens, backend=backend)
     results = [evaluate(engine, t, data_dir, out, num_fewshot=num_fewshot, limit=limit, seed=seed,
                         batch_size=batch_size, max_gen_tokens=max_gen_tokens, chat=chat) for t in tasks]
     artifacts.write_manifest(out, producer="fournil.eval", model=str(model_dir), data=str(data_dir),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import TextIO
 
-from fournil.infer.config import SamplingConfig
-from fournil.infer.generate import Engine
+from fournil.lm.generate import Engine
+from fournil.lm.sampling import SamplingConfig
 
 HELP = "type a message; /reset clears the conversation, /exit leaves"
 

@@ -25,7 +25,7 @@ examples:
 
 
 def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
-    from fournil.cli import DTYPES, NON_NEGATIVE, POSITIVE, SEED, real
+    from fournil.cli import DTYPES, NON_NEGATIVE, POSITIVE, SEED, backend_option, real
 
     group = parser.add_argument_group("decoding")
     group.add_argument("--max-tokens", type=POSITIVE, default=max_tokens, help="new tokens per prompt")
@@ -39,11 +39,7 @@ def _sampling_flags(parser: argparse.ArgumentParser, max_tokens: int) -> None:
     group.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable)")
     group.add_argument("--seed", type=SEED, default=None, help="sampling seed for reproducible output")
     group.add_argument("--dtype", choices=DTYPES, help="compute dtype for the weights")
-    group.add_argument("--compile", action="store_true",
-                       help="fast decoding of a float model, about 3x faster per token on SmolLM2: float32 through "
-                            "fournil's fused step (no wait; x86 CPUs with AVX2), bfloat16/float16 through "
-                            "torch.compile after a one-time compile of a minute or more; an int8 model (fournil "
-                            "quantize --bits 8) is fast without it")
+    backend_option(group)
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -117,7 +113,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _sampling(args: argparse.Namespace):
-    from fournil.infer.config import SamplingConfig
+    from fournil.lm.sampling import SamplingConfig
 
     return SamplingConfig(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
@@ -127,18 +123,18 @@ def _sampling(args: argparse.Namespace):
 def huge_pages() -> None:
     """Ask torch to back its large tensors with 2 MiB pages (THP_MEM_ALLOC_ENABLE, read once, at torch's first
     allocation; a user's own setting wins). Why: decoding streams every weight each token, and with 4 KiB pages
-    that is a TLB walk per page; compiled float32 SmolLM2 went from 0.94x to 1.05x llama.cpp f32 with it (the
-    fused step asks for huge pages on its own). Only the decoding verbs: training keeps the allocator as is."""
+    that is a TLB walk per page (the fused step asks for huge pages on its own). Only the decoding verbs: training
+    keeps the allocator as is."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 
 def _engine(args: argparse.Namespace):
     huge_pages()
     from fournil.console import status
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
 
     with status(f"loading {args.model}"):
-        return Engine.load(args.model, dtype=args.dtype, compile=args.compile)
+        return Engine.load(args.model, dtype=args.dtype, backend=args.backend)
 
 
 def cmd_generate(args: argparse.Namespace) -> None:

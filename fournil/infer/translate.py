@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 from fournil.console import UsageError
-from fournil.infer.config import SamplingConfig
-from fournil.infer.generate import Engine
+from fournil.lm.generate import Engine
+from fournil.lm.sampling import SamplingConfig
 
 LANGUAGES = {"en": "English", "fr": "French"}
 # Short, self-written example pairs (same meaning both ways), so the base model sees the expected format.

@@ -10,8 +10,8 @@ the cache (a *slot*) has its own length:
   row and causal attention never lets a real token see the padding after it, so each row equals its prompt alone.
 - A decode step runs the model once on one pending token per active row, each at its own position; a boolean
   mask over cache columns (column ≤ the row's position) hides other rows' longer history and stale columns.
-  An int8 model takes that step through the fused step (fournil.infer.fused), whose rows name their own cache
-  row and column, for up to 32 rows; prefills stay eager.
+  A backend that takes such rows (the fused step, fournil.lm.fused: each row names its own cache row and
+  column) runs that step; otherwise, and for prefills, the eager forward does.
 - Sampling (temperature, top-k/p, min-p, repetition penalty, seed, stop strings, max_tokens) is per request, with
   the same functions as the engine, so a greedy or seeded request gives the same text alone or in a busy batch.
 
@@ -37,13 +37,12 @@ from typing import Any
 import torch
 
 from fournil.console import UsageError
-from fournil.infer import kernels
-from fournil.infer.config import SamplingConfig
-from fournil.infer.fused import fused_decoder
-from fournil.infer.generate import pick, process_logits
-from fournil.infer.prompt import PromptTokenizer, StreamDecoder
+from fournil.lm import kernels
+from fournil.lm.backends import choose
 from fournil.lm.config import ModelConfig
 from fournil.lm.llama import Llama
+from fournil.lm.prompt import PromptTokenizer, StreamDecoder
+from fournil.lm.sampling import SamplingConfig, pick, process_logits
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ class Scheduler:
     """Owns the model; admits queued requests into free slots, one decode forward per step for all of them."""
 
     def __init__(self, model: Llama, tokenizer: PromptTokenizer, slots: int = 16, context: int | None = None,
-                 prefill_tokens: int = 4096):
+                 prefill_tokens: int = 4096, backend: str = "auto"):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.slots = slots
         self.context = min(context or model.config.max_seq_len, model.config.max_seq_len)
@@ -176,9 +175,8 @@ class Scheduler:
         self.device = next(model.parameters()).device
         self.cache = SlotCache(model.config, slots, self.context, model.model.embed_tokens.weight.dtype,
                                self.device)
-        # an int8 model decodes its rows through the fused step (fournil.infer.fused), one call for all of them, as
-        # Engine does (SmolLM2 int8, one client: 3x the tokens/s of one operator at a time); prompts stay eager
-        self.fused = fused_decoder(self.model)  # None off the CPU or for other models (fused.eligible)
+        # the fused step decodes all rows in one call, where it runs (fournil.lm.backends.choose); prompts stay eager
+        self.backend = choose(self.model, backend)
         self.inbox: queue.SimpleQueue[Request | None] = queue.SimpleQueue()
         self.waiting: deque[Request] = deque()
         self.active: list[Request] = []  # row i of the cache belongs to active[i]
@@ -261,9 +259,8 @@ class Scheduler:
         n = len(self.active)
         positions = torch.tensor(self.lengths, dtype=torch.long, device=self.device)
         ids = torch.tensor([r.pending for r in self.active], dtype=torch.long, device=self.device)[:, None]
-        if self.fused is not None and self.fused.accepts(n):
-            logits = self.fused.rows(ids[:, 0], positions, self.cache.keys, self.cache.values)
-        else:
+        logits = self.backend.rows(ids[:, 0], positions, self.cache.keys, self.cache.values)
+        if logits is None:
             self.cache.plan_decode(positions)
             span = self.cache._span
             mask = None  # every row as long as the longest: attend to all columns, as KVCache decoding does

@@ -16,7 +16,7 @@ examples:
 
 
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from fournil.cli import POSITIVE, integer, real, verb
+    from fournil.cli import BACKENDS, POSITIVE, backend_option, integer, real, verb
 
     srv = verb(
         subparsers, common, "serve", cmd_serve, epilog=EPILOG,
@@ -26,6 +26,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "a chat page at /. Concurrent requests share one decode batch (they join and leave it between "
         "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
     srv.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
+    backend_option(srv, tuple(b for b in BACKENDS if b != "inductor"))  # inductor's graphs take no slot rows
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
     srv.add_argument("--port", type=integer(0, 65535), default=8000, help="TCP port")
     srv.add_argument("--api-key", default=os.environ.get("FOURNIL_API_KEY"),
@@ -59,4 +60,4 @@ def cmd_serve(args: argparse.Namespace) -> None:
           slots=args.slots, context=args.context, max_tokens=args.max_tokens_limit,
           max_body_bytes=args.max_body_bytes, temperature=args.temperature, dtype=args.dtype,
           shutdown_timeout=args.shutdown_timeout, threads=args.threads, max_connections=args.max_connections,
-          client_timeout=args.client_timeout, log_level="warning" if args.quiet else "debug" if args.verbose else "info")
+          client_timeout=args.client_timeout, backend=args.backend, log_level="warning" if args.quiet else "debug" if args.verbose else "info")

@@ -43,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from fournil.console import UsageError
-from fournil.infer.config import SamplingConfig
-from fournil.infer.prompt import PromptTokenizer
+from fournil.lm.prompt import PromptTokenizer
+from fournil.lm.sampling import SamplingConfig
 from fournil.serve import batching
 from fournil.serve.connections import ACCEPT_BATCH, LISTEN_BACKLOG, Connections, connection_cap, error_body
 
@@ -515,11 +515,11 @@ def serve(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000, m
           api_key: str | None = None, slots: int = 16, context: int | None = 1024, max_tokens: int = 1024,
           max_body_bytes: int = 1 << 20, temperature: float = 1.0, dtype: str | None = None,
           shutdown_timeout: float | None = None, threads: int | None = None, log_level: str = "info",
-          max_connections: int | None = None, client_timeout: float = 10.0) -> None:
+          max_connections: int | None = None, client_timeout: float = 10.0, backend: str = "auto") -> None:
     """Load the model, start the scheduler, serve until SIGTERM/SIGINT, finish running requests, return."""
     import torch
 
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
     from fournil.lm.hf import DTYPES, read_config
 
     try:
@@ -533,8 +533,8 @@ def serve(directory: str | Path, *, host: str = "127.0.0.1", port: int = 8000, m
     config = read_config(directory)
     batching.check_cache(config, slots, min(context or config.max_seq_len, config.max_seq_len),
                          DTYPES[dtype or config.dtype].itemsize)
-    engine = Engine.load(directory, dtype=dtype)
-    scheduler = batching.Scheduler(engine.model, engine.tokenizer, slots=slots, context=context)
+    engine = Engine.load(directory, dtype=dtype, backend=backend)
+    scheduler = batching.Scheduler(engine.model, engine.tokenizer, slots=slots, context=context, backend=backend)
     settings = ServerSettings(model_name=model_name or Path(directory).name, api_key=api_key,
                               max_tokens=max_tokens, max_body_bytes=max_body_bytes, temperature=temperature)
     app = Guard(create_app(scheduler, engine.tokenizer, settings, connections), settings)

@@ -79,8 +79,8 @@ def test_the_model_opens_in_transformers_with_its_tokenizer(baked):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from fournil.infer.prompt import PromptTokenizer
     from fournil.lm.hf import load_model
+    from fournil.lm.prompt import PromptTokenizer
 
     out, _ = baked
     model = AutoModelForCausalLM.from_pretrained(out / "model", dtype=torch.float32).eval()
@@ -102,8 +102,8 @@ def test_the_gguf_continues_in_llama_cpp_as_fournil_does(baked):
     llama_cpp = pytest.importorskip("llama_cpp")
     import torch
 
-    from fournil.infer.config import SamplingConfig
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
+    from fournil.lm.sampling import SamplingConfig
     from tests.infer.infer_data import llama_cpp_greedy, llama_cpp_logits
 
     out, _ = baked

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fournil.infer import kernels
+from fournil.lm import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="the probe is built as fournil's kernels are")
 

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fournil.console import UsageError
 from fournil.eval.engine import Group, pack_rows
+from fournil.lm import kernels
 
 
 def plain_loglikelihood(engine, context: str, continuation: str) -> tuple[float, bool]:
@@ -125,6 +126,25 @@ def test_batched_cached_greedy_equals_plain_argmax_loop(engine):
     for prompt, text in zip(prompts, got, strict=True):
         want = engine.tokenizer.decode(plain_greedy(engine, prompt, 12), skip_special_tokens=True)
         assert text == want
+
+
+@pytest.mark.parametrize("backend", ["auto", "eager"])
+def test_generation_on_the_fixtures_is_the_text_of_the_plain_loop(model_dir, backend):
+    """Every backend's incremental decoding gives the text the plain loop gives: each token from the whole
+    sequence, all its ids decoded by transformers at every step, cut at the first stop sequence."""
+    from eval_fixtures import DATA
+
+    from fournil.eval.engine import Engine, cut
+
+    engine = Engine(model_dir, device="cpu", backend=backend)
+    assert engine.backend.name == ("eager" if backend == "eager" else "fused" if kernels.available() else "eager")
+    rows = [json.loads(line) for line in (DATA / "french_bench_fquadv2" / "valid.jsonl").read_text().splitlines()]
+    prompts = [f"{r['context']}\nQuestion: {r['question']}\nRéponse:" for r in rows]
+    for until in (("\u2603",), ("\n", "e")):
+        got = engine.generate(prompts, until=until, max_tokens=10, batch_size=2)
+        want = [cut(engine.tokenizer.decode(plain_greedy(engine, p, 10), skip_special_tokens=True), until)
+                for p in prompts]
+        assert got == want
 
 
 def test_generation_is_bounded_and_cut_at_stop_sequences(engine):

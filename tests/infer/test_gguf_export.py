@@ -10,10 +10,10 @@ import pytest
 import torch
 from infer_data import TEXT, llama_cpp_greedy, llama_cpp_logits, perplexity
 
-from fournil.infer.config import SamplingConfig
 from fournil.infer.gguf_io import export_gguf, import_gguf
-from fournil.infer.prompt import PromptTokenizer
 from fournil.lm.hf import load_model
+from fournil.lm.prompt import PromptTokenizer
+from fournil.lm.sampling import SamplingConfig
 from fournil.tokenizer.gguf import read_metadata
 
 llama_cpp = pytest.importorskip("llama_cpp")

@@ -30,8 +30,8 @@ def test_generate_batch_json_equals_stream(tiny_dir, capsys):
 
 def test_chat_reads_stdin_with_reset_and_exit(tiny_dir, capsys, monkeypatch):
     from fournil.infer.chat import chat_loop
-    from fournil.infer.config import SamplingConfig
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
+    from fournil.lm.sampling import SamplingConfig
 
     engine = Engine.load(tiny_dir)
     out = io.StringIO()
@@ -115,3 +115,43 @@ def test_bad_input_exits_2_naming_the_culprit(tiny_dir, tmp_path, capsys, monkey
         code, err = exc.code, capsys.readouterr().err
     assert code == 2 and message in err.replace("\n", " ")
     assert not (tmp_path / "out" / "fournil.json").exists() and not (tmp_path / "x.gguf").exists()
+
+
+def test_a_backend_that_cannot_run_exits_2_naming_the_option(tiny_dir, tmp_path, capsys, monkeypatch):
+    from fournil.infer.quantize import quantize
+    from fournil.lm import kernels
+
+    int4 = quantize(tiny_dir, tmp_path / "int4", 4)  # the fused step runs all-int8 or all-float32 models only
+    code, _, err = run(capsys, "generate", str(int4), "Bonjour", "--max-tokens", "2", "--backend", "fused")
+    assert code == 2 and "--backend fused: it runs models whose matrices are all int8 or all float32" in err
+    monkeypatch.setattr(kernels, "_available", False)  # a machine where the kernels do not build
+    code, _, err = run(capsys, "generate", str(tiny_dir), "Bonjour", "--max-tokens", "2", "--backend", "fused")
+    assert code == 2 and "--backend fused: fournil's CPU kernels did not load" in err
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    code, _, err = run(capsys, "generate", str(tiny_dir), "Bonjour", "--max-tokens", "2", "--backend", "inductor")
+    assert code == 2 and "--backend inductor: torch.compile needs a C++ compiler" in err
+
+
+@pytest.mark.parametrize("verb", ["generate", "chat", "translate", "serve", "eval run"])
+def test_compile_is_gone_and_names_backend(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([*verb.split(), "MODEL", "--compile"])
+    assert exit_.value.code == 2 and "--compile is gone: choose how decoding runs with --backend" in \
+        capsys.readouterr().err
+
+
+def test_auto_and_eager_generate_the_same_greedy_text(tiny_dir, capsys):
+    outputs = {}
+    for backend in ("auto", "eager"):
+        code, out, _ = run(capsys, "generate", str(tiny_dir), "Bonjour", "Hello, my name is", "--max-tokens", "8",
+                           "--json", "-q", "--backend", backend)
+        assert code == 0
+        outputs[backend] = [r["tokens"] for r in json.loads(out)]
+    assert outputs["auto"] == outputs["eager"]
+
+
+def test_serve_takes_no_inductor_backend(capsys):
+    """Inductor's graphs decode one shared cache length; the server's slots each have their own."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "MODEL", "--backend", "inductor"])
+    assert exit_.value.code == 2 and "--backend: invalid choice: 'inductor'" in capsys.readouterr().err

@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fournil.infer.config import SamplingConfig
-from fournil.infer.generate import Engine
-from fournil.infer.quantize import (
-    dequantize_int4,
-    load_quantized,
-    quantize,
-    quantize_int4,
-    quantize_int8,
-    report,
-    sample_text,
-)
+from fournil.infer.quantize import quantize, quantize_int4, quantize_int8, report, sample_text
+from fournil.lm.generate import Engine
 from fournil.lm.hf import load_model
+from fournil.lm.quantized import dequantize_int4, load_quantized
+from fournil.lm.sampling import SamplingConfig
 
 
 def test_int8_and_int4_error_bounds():

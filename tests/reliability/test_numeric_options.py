@@ -361,7 +361,7 @@ def _quantised_variant(small_model: Path, tmp_path: Path, bits: int, change) -> 
 ], ids=["int8-scale-shape", "int8-float-weight", "int8-missing-scale", "int4-cut-matrix", "norm-shape", "nan-scale"])
 def test_hostile_quantised_tensors_are_named(small_model, tmp_path, bits, change, needle):
     from fournil.console import UsageError
-    from fournil.infer.quantize import load_quantized
+    from fournil.lm.quantized import load_quantized
 
     directory = _quantised_variant(small_model, tmp_path, bits, change)
     with pytest.raises(UsageError) as info:

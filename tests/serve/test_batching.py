@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fournil.infer.config import SamplingConfig
-from fournil.infer.generate import Engine
+from fournil.lm.generate import Engine
+from fournil.lm.sampling import SamplingConfig
 from fournil.serve.batching import Request, Scheduler
 
 PROMPTS = ["The capital of France is", "Bonjour", "Il était une fois, dans un pays lointain, une princesse qui",
@@ -145,23 +145,21 @@ def test_real_model_in_a_changing_batch_equals_engine(smol_engine):
 def test_int8_rows_decode_through_the_fused_step_as_one_operator_at_a_time(tiny_dir, tmp_path, monkeypatch):
     """The server's decode step for an int8 model is the fused one (each row its own cache row and column, lengths
     differing and changing as requests come and go), with the tokens of the same model one operator at a time."""
-    from fournil.infer import kernels
-    from fournil.infer.fused import fused_decoder
     from fournil.infer.quantize import quantize
+    from fournil.lm import kernels
+    from fournil.lm.backends import choose
 
     if not kernels.available():
         pytest.skip("fournil's kernels need x86-64 AVX2 and a compiler")
     int8 = Engine.load(quantize(tiny_dir, tmp_path / "int8", 8))
     texts, calls = {}, []
-    decoder = fused_decoder(int8.model)  # the one every Scheduler of this model gets
+    decoder = choose(int8.model, "fused")  # the one every Scheduler of this model gets
     rows = decoder.rows
     monkeypatch.setattr(decoder, "rows", lambda *args: calls.append(len(args[0])) or rows(*args))
     for fused in (True, False):
-        scheduler = Scheduler(int8.model, int8.tokenizer, slots=3, context=96)
-        assert scheduler.fused is not None
+        scheduler = Scheduler(int8.model, int8.tokenizer, slots=3, context=96, backend="auto" if fused else "eager")
+        assert scheduler.backend.name == ("fused" if fused else "eager")
         calls.clear()
-        if not fused:
-            scheduler.fused = None
         sinks = []
         for i, prompt in enumerate(PROMPTS):
             sinks.append(submit(scheduler, int8, prompt, SamplingConfig(max_tokens=6 + 3 * i, ignore_eos=True))[1])

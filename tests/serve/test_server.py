@@ -114,8 +114,8 @@ def test_health_models_and_page_are_served(server, client):
 
 
 def test_chat_completion_equals_engine(client, tiny_dir):
-    from fournil.infer.config import SamplingConfig
-    from fournil.infer.generate import Engine
+    from fournil.lm.generate import Engine
+    from fournil.lm.sampling import SamplingConfig
 
     reply = client.post("/v1/chat/completions", json=chat_body("Bonjour !", max_tokens=12)).json()
     engine = Engine.load(tiny_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import random
 
-from fournil.infer.prompt import PromptTokenizer, StreamDecoder
+from fournil.lm.prompt import PromptTokenizer, StreamDecoder
 
 
 def test_streamed_text_equals_the_whole_decode(tok_dir):

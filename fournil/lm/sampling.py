@@ -1,9 +1,14 @@
-"""Decoding knobs: a flat, kw-only dataclass (pure data), checked before any model is loaded."""
+"""Sampling: the decoding knobs (a flat, kw-only dataclass, checked before any model is loaded) and the functions
+that apply them to a step's logits, shared by the decode loop and the server."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+import torch
+
+from fournil.lm import kernels
 
 
 @dataclass(kw_only=True)
@@ -53,3 +58,32 @@ class SamplingConfig:
 
             raise UsageError("invalid sampling options: " + "; ".join(f"{k}: {m}" for k, m in problems))
         return self
+
+
+def process_logits(logits: torch.Tensor, seen: torch.Tensor | None, s: SamplingConfig) -> torch.Tensor:
+    """(B, V) float32 logits → logits with penalty and filters applied (-inf = never sampled)."""
+    if seen is not None and s.repetition_penalty != 1.0:
+        penalized = torch.where(logits > 0, logits / s.repetition_penalty, logits * s.repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    if s.greedy:
+        return logits
+    logits = logits / s.temperature
+    if 0 < s.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if s.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= s.top_p  # mass before this token already reaches top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    if s.min_p > 0.0:
+        probs = logits.softmax(-1)
+        logits = logits.masked_fill(probs < s.min_p * probs.max(-1, keepdim=True).values, float("-inf"))
+    return logits
+
+
+def pick(logits: torch.Tensor, s: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) processed logits → (B,) token ids."""
+    if s.greedy:
+        return kernels.argmax(logits)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]

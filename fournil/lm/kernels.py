@@ -1,10 +1,10 @@
 """fournil's own CPU decode kernels (csrc/, built as one library): an int8 matrix-vector product (matvec.cpp),
 one-query attention (attention.cpp), and a whole decode step with greedy decoding's argmax (decode_step.cpp, used
-by fournil.infer.fused); the headers hold what they share.
+by fournil.lm.fused); the headers hold what they share.
 
 Why: at batch 1 decoding is bound by how fast the weights stream from memory, and ATen's and inductor's int8
 weight-only kernels read them at about half the speed the machine can (benchmarks/RESULTS.md). They are x86-64
-AVX2 C++, compiled with the C++ compiler torch's own `torch.compile` needs, once per machine (about 40 s; cached
+AVX2 C++, compiled with the C++ compiler torch's own `torch.compile` needs, once per machine (cached
 under torch's extensions directory).
 
 Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, CUDA tensors, or
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 CSRC = Path(__file__).with_name("csrc")
 MAX_ROWS = 32  # int8_linear serves decode steps (a server's batch too); longer prefills use torch's GEMM
-STALE_LOCK_S = 300  # a build lock this old belongs to a killed build (a live one takes about 40 s)
+STALE_LOCK_S = 300  # a build lock this old belongs to a killed build (a live one takes well under a minute)
 _available: bool | None = None
 
 
@@ -66,7 +66,7 @@ def load_library(prefix: str, sources: list[Path], what: str) -> None:
     try:
         build = Path(cpp_extension._get_build_directory(name, verbose=False))
         if not (build / f"{name}.so").exists():
-            log.warning("building %s (once per machine, about 40 s)", what)
+            log.warning("building %s (once per machine, under a minute)", what)
         _clear_stale_lock(build / "lock")
     except OSError:
         pass
@@ -124,7 +124,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 
 
 def argmax(logits: torch.Tensor) -> torch.Tensor:
-    """logits.argmax(-1) of (M, V) logits, the same index on ties and NaN, ~10x faster on a CPU float32 row (one
+    """logits.argmax(-1) of (M, V) logits, the same index on ties and NaN, much faster on a CPU float32 row (one
     token's greedy pick); torch's own for anything else."""
     if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and available():
         return torch.ops.fournil.argmax_rows(logits.contiguous())

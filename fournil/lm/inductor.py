@@ -1,14 +1,14 @@
 """A compiled decode step: one new token per row, a fixed-size KV cache, everything static, through inductor.
 
 Why: at batch 1 a decoder is a chain of matrix-vector products, bound by memory bandwidth, plus a few hundred
-small elementwise ops. Eager PyTorch loses on both counts on a CPU: MKL's fp32 GEMV reaches ~40 % of the
+small elementwise ops. Eager PyTorch loses on both counts on a CPU: MKL's fp32 GEMV reaches a fraction of the
 machine's bandwidth on AMD processors, and each eager op costs microseconds of dispatch. Inductor with
 `freezing` + `max_autotune` generates its own C++ GEMV micro-kernels, fuses the elementwise ops, and `cpp_wrapper`
 calls them from C++ instead of Python. int8 matrices and attention go to fournil's own kernels
-(fournil.infer.kernels) when the CPU has them. Measured in `benchmarks/bench_infer.py`.
+(fournil.lm.kernels) when the CPU has them.
 
-The price is a one-time compile (one to three minutes on 2 cores) per (batch, cache size), so this is opt-in
-(`--compile`); the server and long generations amortise it. Shapes are static: the cache length is rounded up
+The price is a one-time compile (a minute or more) per (batch, cache size), so this backend is opt-in
+(`--backend inductor`); long generations amortise it. Shapes are static: the cache length is rounded up
 to a power of two (≥ 256), attention reads the whole cache under a mask of the filled positions, and the new
 keys/values are written at a position given as a tensor, so one compiled graph serves every step.
 """
@@ -22,9 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fournil.infer import kernels
-from fournil.infer.quantize import Int4Linear, Int8Linear
+from fournil.lm import kernels
+from fournil.lm.backends import Backend, MaskedState, step
 from fournil.lm.llama import KVCache, Llama, apply_rope, rope_cos_sin
+from fournil.lm.quantized import Int4Linear, Int8Linear
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ class DecodeStep(nn.Module):
     def __init__(self, model: Llama):
         super().__init__()
         self.model = model
-        # fournil's decode kernels (fournil.infer.kernels, CPU only), else torch ops
+        # fournil's decode kernels (fournil.lm.kernels, CPU only), else torch ops
         self.kernels = next(model.parameters()).is_cpu and kernels.available()
 
     def forward(self, ids: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor, key_mask: torch.Tensor,
@@ -98,28 +99,36 @@ class DecodeStep(nn.Module):
         return [lin(h) for lin in linears]
 
 
-class CompiledDecoder:
+class CompiledDecoder(Backend):
     """Owns the compiled step of one model; compiles a graph per (batch, cache size) the first time it is met."""
 
     def __init__(self, model: Llama):
+        self.model = model
         step = DecodeStep(model).eval()
-        self.step = torch.compile(step, fullgraph=True)
+        self.graph = torch.compile(step, fullgraph=True)
         self.shapes: set[tuple[int, int]] = set()
         self.options = dict(INDUCTOR_OPTIONS)
         if step.kernels and not any(isinstance(m, (nn.Linear, Int4Linear)) for m in model.modules()):
             # every matrix product is fournil's kernel (threaded on its own); what inductor generates is only
-            # elementwise work on a few thousand numbers, where starting threads costs more than it saves
-            # (1.5 ms per token of 13 on SmolLM2-135M int8), and there is no GEMM template left to autotune
+            # elementwise work on a few thousand numbers, where starting threads costs more than it saves, and
+            # there is no GEMM template left to autotune
             self.options.update({"cpp.threads": 1, "max_autotune": False})
 
+    name = "inductor"
     prefill_tokens = 16  # a batch-1 prompt this short is cheaper fed to the step token by token than prefilled
 
-    @staticmethod
-    def accepts(batch: int) -> bool:
-        return True
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, max_len: int) -> MaskedState:
+        return MaskedState(self, self.model, ids, mask, cache_size(max_len, self.model.config.max_seq_len))
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, slot: int, key_mask: torch.Tensor,
-                 cache: KVCache) -> torch.Tensor:
+    def prefill(self, ids: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
+                cache: KVCache) -> torch.Tensor:
+        """A short prompt (1, T), token by token through the step → the float32 logits (1, V) of its last token."""
+        for column in range(ids.shape[1]):
+            logits = step(self, ids[:, column:column + 1], positions[:, column:column + 1], key_mask, cache)
+        return logits
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, slot: int, key_mask: torch.Tensor,
+             cache: KVCache) -> torch.Tensor:
         shape = (ids.shape[0], cache.max_len)
         # fresh (B, 1) tensors: a slice of a wider one has other strides and offsets, which the guards would
         # tell apart from what was compiled
@@ -130,24 +139,14 @@ class CompiledDecoder:
             # every shape met so far has its graph: skip re-checking guards on each step (a millisecond per token)
             try:
                 with torch.compiler.set_stance("default", skip_guard_eval_unsafe=True):
-                    return self.step(*args)
+                    return self.graph(*args)
             except RuntimeError as exc:  # an input the guards tell apart after all: compile for it below
                 if "Recompilation" not in str(exc):
                     raise
         start = time.perf_counter()
         log.warning("compiling the decode step for batch %d, cache %d (once per shape; a minute or more)", *shape)
         with torch._inductor.config.patch(self.options):
-            logits = self.step(*args)
+            logits = self.graph(*args)
         self.shapes.add(shape)
         log.info("compiled in %.0f s", time.perf_counter() - start)
         return logits
-
-
-def compiled_decoder(model: Llama) -> CompiledDecoder:
-    """The model's CompiledDecoder, created once and kept on the model (its graphs live as long as it does)."""
-    decoder = getattr(model, "_fournil_compiled", None)
-    if decoder is None:
-        decoder = CompiledDecoder(model)
-        object.__setattr__(model, "_fournil_compiled", decoder)  # not a submodule: keep state_dict() unchanged
-    return decoder
-

@@ -86,7 +86,7 @@ class PromptTokenizer:
         return self.hf.decode(list(ids), skip_special_tokens=True)
 
     def alone(self, token: int) -> str:
-        """decode([token]), remembered: streaming asks it for every token it prints (~10 us a call from Python)."""
+        """decode([token]), remembered: streaming asks it for every token it prints (a Python call each)."""
         text = self._alone.get(token)
         if text is None:
             text = self._alone[token] = self.decode([token])
@@ -128,7 +128,7 @@ class StreamDecoder:
         self.text = ""  # everything decoded so far (stop string excluded once found)
         self.emitted = 0
         self.stopped = False
-        # decoding all ids at every token costs O(length) (0.3 ms a token at 1000 tokens): decode a window that
+        # decoding all ids at every token costs O(length) a token, O(length²) a reply: decode a window that
         # starts at the last plain token instead, and keep what it adds to that token's own text (the same
         # leading-space rule then applies to both; special and byte tokens read differently in context)
         self._done = ""  # the text of ids[:_start + 1]

@@ -9,7 +9,7 @@ import time
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fournil.infer.prompt import PromptTokenizer, StopScanner, StreamDecoder
+from fournil.lm.prompt import PromptTokenizer, StopScanner, StreamDecoder
 
 TEXT = ("Le fournil sent le levain et la farine. The bakery smells of sourdough and flour. " * 12).strip()
 

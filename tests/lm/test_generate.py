@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fournil.infer.config import SamplingConfig
-from fournil.infer.generate import Engine, decode_steps, process_logits
-from fournil.infer.prompt import PromptTokenizer, StreamDecoder
+from fournil.lm.generate import Engine, decode_steps, process_logits
 from fournil.lm.hf import load_model
+from fournil.lm.prompt import PromptTokenizer, StreamDecoder
+from fournil.lm.sampling import SamplingConfig
 
 PROMPTS = ["The capital of France is", "Il était une fois, dans un petit village", "def add(a, b):"]
 

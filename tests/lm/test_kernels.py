@@ -8,8 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fournil.infer import kernels
-from fournil.infer.quantize import Int8Linear, quantize_int8
+from fournil.infer.quantize import quantize_int8
+from fournil.lm import kernels
+from fournil.lm.quantized import Int8Linear
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="fournil's kernels need x86-64 AVX2 and a compiler")
 
@@ -111,7 +112,7 @@ def test_attention_softmax_holds_for_scores_far_apart():
 
 _PRODUCTS = """
 import sys, torch
-from fournil.infer import kernels
+from fournil.lm import kernels
 from fournil.infer.quantize import quantize_int8
 assert kernels.available()
 torch.manual_seed(3)

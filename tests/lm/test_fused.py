@@ -1,4 +1,4 @@
-"""The fused int8 decode step (fournil.infer.fused) against the same int8 model run one operator at a time:
+"""The fused int8 decode step (fournil.lm.fused) against the same int8 model run one operator at a time:
 logits step by step (a batch with left padding, grouped-query heads), tokens on SmolLM2, the same numbers with one
 thread or two, what it refuses, and which models and batches it leaves to the other paths."""
 
@@ -9,12 +9,15 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from fournil.infer import kernels
-from fournil.infer.config import SamplingConfig
-from fournil.infer.fused import FusedDecoder, fused_decoder
-from fournil.infer.generate import Engine, decode_steps
-from fournil.infer.quantize import load_quantized, quantize
+from fournil.console import UsageError
+from fournil.infer.quantize import quantize
+from fournil.lm import kernels
+from fournil.lm.backends import MaskedState, choose
+from fournil.lm.fused import FusedDecoder
+from fournil.lm.generate import Engine, decode_steps
 from fournil.lm.llama import KVCache
+from fournil.lm.quantized import load_quantized
+from fournil.lm.sampling import SamplingConfig
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason="fournil's kernels need x86-64 AVX2 and a compiler")
 
@@ -47,7 +50,7 @@ def _steps(model, step, prompts: list[list[int]], n: int) -> list[torch.Tensor]:
             logits = model(ids_t, position_ids=pos_t, attention_mask=key_mask[:, 0, 0, :col + 1].long(),
                            cache=cache)[:, -1].float()
         else:
-            logits = step(ids_t, pos_t, col, key_mask, cache)
+            logits = step.step(ids_t, pos_t, col, key_mask, cache)
             cache.length += 1
         out.append(logits[[r for r in range(B) if key_mask[r, 0, 0, col]]])
     return out
@@ -58,7 +61,7 @@ def _load(kind: str, tiny_dir, tiny_int8):
     from fournil.lm.hf import load_model
 
     model = load_quantized(tiny_int8) if kind == "int8" else load_model(tiny_dir, dtype="float32").eval()
-    return model, fused_decoder(model, floats=True)
+    return model, choose(model, "fused")
 
 
 @torch.inference_mode()
@@ -82,7 +85,7 @@ def test_one_thread_or_more_give_the_same_numbers(tiny_int8):
     import os
 
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -100,43 +103,53 @@ def test_one_thread_or_more_give_the_same_numbers(tiny_int8):
 @torch.inference_mode()
 def test_fused_step_refuses_bad_input_with_a_message(tiny_int8):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     cache = KVCache(model.config, 1, 8, torch.float32)
     mask = torch.ones((1, 1, 1, 8), dtype=torch.bool)
     one = torch.tensor([[1]])
     with pytest.raises(RuntimeError, match="outside the vocabulary"):
-        fused(torch.tensor([[model.config.vocab_size]]), one, 0, mask, cache)
+        fused.step(torch.tensor([[model.config.vocab_size]]), one, 0, mask, cache)
     with pytest.raises(RuntimeError, match="slot 8 outside the cache of 8"):
-        fused(one, one, 8, mask, cache)
+        fused.step(one, one, 8, mask, cache)
     with pytest.raises(RuntimeError, match="past the rotary table"):
-        fused(one, torch.tensor([[model.config.max_seq_len]]), 0, mask, cache)
+        fused.step(one, torch.tensor([[model.config.max_seq_len]]), 0, mask, cache)
     wrong = torch.zeros(model.config.n_layers, 1, model.config.kv_heads + 1, 8, model.config.head_dim)
     with pytest.raises(RuntimeError, match="caches are"):
-        fused(one, one, 0, mask, SimpleNamespace(keys=wrong, values=wrong))
+        fused.step(one, one, 0, mask, SimpleNamespace(keys=wrong, values=wrong))
     with pytest.raises(RuntimeError, match="caches are"):  # one layer short
-        fused(one, one, 0, mask, SimpleNamespace(keys=cache.keys[1:], values=cache.values[1:]))
+        fused.step(one, one, 0, mask, SimpleNamespace(keys=cache.keys[1:], values=cache.values[1:]))
 
 
-def test_engine_picks_the_fused_step_only_where_it_applies(tiny_dir, tiny_int8, tmp_path, monkeypatch):
-    from fournil.infer.compiled import CompiledDecoder
-
-    assert isinstance(Engine.load(tiny_int8).compiled, FusedDecoder)
-    assert isinstance(Engine.load(tiny_int8, compile=True).compiled, FusedDecoder)  # no compile needed
-    assert Engine.load(tiny_int8, dtype="bfloat16").compiled is None  # it computes in float32 only
-    assert Engine.load(tiny_dir).compiled is None  # a float model decodes eagerly unless asked to be fast
-    assert isinstance(Engine.load(tiny_dir, compile=True).compiled, FusedDecoder)
-    assert isinstance(Engine.load(tiny_dir, dtype="bfloat16", compile=True).compiled, CompiledDecoder)
-    assert Engine.load(quantize(tiny_dir, tmp_path / "int4", 4)).compiled is None
+def test_auto_picks_the_fused_step_where_it_runs(tiny_dir, tiny_int8, tmp_path, monkeypatch):
+    assert Engine.load(tiny_int8).backend.name == "fused"
+    assert Engine.load(tiny_dir).backend.name == "fused"  # float32 too: no compile to wait for
+    assert Engine.load(tiny_int8, dtype="bfloat16").backend.name == "eager"  # it computes in float32 only
+    assert Engine.load(tiny_dir, dtype="bfloat16").backend.name == "eager"
+    assert Engine.load(tiny_dir, dtype="bfloat16", backend="inductor").backend.name == "inductor"  # only when asked
+    int4 = quantize(tiny_dir, tmp_path / "int4", 4)
+    assert Engine.load(int4).backend.name == "eager"
+    with pytest.raises(UsageError, match="--backend fused: it runs models whose matrices are all int8"):
+        Engine.load(int4, backend="fused")
     monkeypatch.setattr(kernels, "_available", False)  # a machine without the kernels
-    assert fused_decoder(load_quantized(tiny_int8)) is None
+    assert Engine.load(tiny_int8).backend.name == "eager"
+    with pytest.raises(UsageError, match="--backend fused: fournil's CPU kernels did not load"):
+        Engine.load(tiny_dir, backend="fused")
+
+
+def test_eager_and_fused_give_the_same_greedy_tokens(tiny_dir):
+    sampling = SamplingConfig(max_tokens=16, ignore_eos=True)
+    prompts = ["Bonjour", "The capital of France is"]
+    eager, fused = Engine.load(tiny_dir, backend="eager"), Engine.load(tiny_dir, backend="fused")
+    for batch in (prompts[:1], prompts):  # batch 1 (the token call) and a left-padded batch
+        assert [c.tokens for c in fused.complete(batch, sampling)] == [c.tokens for c in eager.complete(batch, sampling)]
 
 
 def test_a_batch_wider_than_the_kernels_decodes_one_operator_at_a_time(tiny_int8):
     engine = Engine.load(tiny_int8)
     sampling = SamplingConfig(max_tokens=3, ignore_eos=True)
     prompts = [[1, 100 + i] for i in range(kernels.MAX_ROWS + 1)]
-    assert not engine.compiled.accepts(len(prompts))
-    wide = [t for t, _ in decode_steps(engine.model, prompts, sampling, compiled=engine.compiled)]
+    assert not engine.backend.accepts(len(prompts))
+    wide = [t for t, _ in decode_steps(engine.model, prompts, sampling, backend=engine.backend)]
     eager = [t for t, _ in decode_steps(engine.model, prompts, sampling)]
     assert wide == eager
 
@@ -144,13 +157,12 @@ def test_a_batch_wider_than_the_kernels_decodes_one_operator_at_a_time(tiny_int8
 @pytest.mark.slow
 def test_smollm2_int8_greedy_tokens_are_those_of_the_model_one_operator_at_a_time(smol_dir, tmp_path):
     fused = Engine.load(quantize(smol_dir, tmp_path / "int8", 8))
-    ops = Engine.load(tmp_path / "int8")
-    ops.compiled = None
+    ops = Engine.load(tmp_path / "int8", backend="eager")
     sampling = SamplingConfig(max_tokens=24, ignore_eos=True)
     prompts = ["The capital of France is", "La recette de la pâte à crêpes :"]
     long = ("Le Québec est une province du Canada dont la seule langue officielle est le français ; sa capitale, "
             "la ville de Québec, fut fondée en 1608 par Samuel de Champlain.")
-    assert len(fused.encode(long)) > fused.compiled.prefill_tokens  # this one gets the eager prefill
+    assert len(fused.encode(long)) > fused.backend.prefill_tokens  # this one gets the eager prefill
     # batch 1: the prompt prefilled in one fused call (up to 32 tokens), then fused steps
     for prompt in ["Bonjour", *prompts, long]:
         assert fused.complete([prompt], sampling)[0].tokens == ops.complete([prompt], sampling)[0].tokens
@@ -159,7 +171,7 @@ def test_smollm2_int8_greedy_tokens_are_those_of_the_model_one_operator_at_a_tim
 
 
 def test_int8_matrices_move_to_one_aligned_copy_with_the_same_numbers(tiny_int8):
-    from fournil.infer.fused import HUGE_PAGE, move_to_huge_pages
+    from fournil.lm.fused import HUGE_PAGE, move_to_huge_pages
 
     model = load_quantized(tiny_int8)
     linears = [model.model.layers[0].self_attn.q_proj, model.model.layers[0].mlp.down_proj, model.lm_head]
@@ -193,7 +205,7 @@ def test_a_prompt_prefilled_in_one_call_leaves_the_logits_and_cache_of_the_model
 @torch.inference_mode()
 def test_two_rows_may_not_store_keys_in_one_cache_cell(tiny_int8):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     cache = KVCache(model.config, 1, 8, torch.float32)
     two = torch.tensor([1, 2])
     with pytest.raises(RuntimeError, match="rows 0 and 1 would store their keys in the same cache cell"):
@@ -215,7 +227,7 @@ def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
                          max_seq_len=64, init_std=0.1, tie_embeddings=True)
     model = Llama(config).eval()
     before = model.lm_head.weight.clone()
-    fused = fused_decoder(model, floats=True)
+    fused = choose(model, "fused")
     assert fused.kind == "float32"
     assert model.lm_head.weight is model.model.embed_tokens.weight
     assert torch.equal(model.model.embed_tokens.weight, before)
@@ -227,14 +239,14 @@ def test_a_tied_float_head_stays_tied_to_the_embeddings_when_moved():
 @torch.inference_mode()
 def test_a_token_step_with_plain_integers_is_decode_step_and_its_argmax(tiny_int8):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     S = 8
     caches = [KVCache(model.config, 1, S, torch.float32) for _ in range(2)]
     masks = [torch.zeros((1, 1, 1, S), dtype=torch.bool) for _ in range(2)]
     logits = torch.empty(1, model.config.vocab_size)
     for slot, token in enumerate([5, 17, 300, 2]):
         masks[0][0, 0, 0, slot] = True
-        ref = fused(torch.tensor([[token]]), torch.tensor([[slot]]), slot, masks[0], caches[0])
+        ref = fused.step(torch.tensor([[token]]), torch.tensor([[slot]]), slot, masks[0], caches[0])
         picked = fused.token(token, slot, slot, masks[1], caches[1], logits)
         assert torch.equal(masks[1], masks[0])  # the step sets its own column
         assert torch.equal(logits, ref) and picked == int(ref.argmax())
@@ -248,16 +260,14 @@ def test_a_token_step_with_plain_integers_is_decode_step_and_its_argmax(tiny_int
 
 
 class _NotFused:
-    """The same fused step seen from outside FusedDecoder: batch 1 then goes through decode_step each token."""
+    """The fused backend without its batch-1 `token` call: every step through `step`."""
 
-    def __init__(self, fused: FusedDecoder):
+    def __init__(self, fused):
         self.fused, self.prefill_tokens, self.accepts = fused, fused.prefill_tokens, fused.accepts
+        self.step, self.prefill = fused.step, fused.prefill
 
-    def __call__(self, *args):
-        return self.fused(*args)
-
-    def prefill(self, *args):
-        return self.fused.prefill(*args)
+    def start(self, ids, mask, max_len):
+        return MaskedState(self, self.fused.model, ids, mask, max_len)
 
 
 @pytest.mark.parametrize("sampling", [
@@ -267,8 +277,8 @@ class _NotFused:
 ], ids=["greedy", "repetition-penalty", "sampled"])
 def test_batch_one_decodes_the_same_tokens_through_token_steps(tiny_int8, sampling):
     model = load_quantized(tiny_int8)
-    fused = fused_decoder(model)
+    fused = choose(model, "fused")
     prompt = [[1, 50, 60, 70]]
-    got = [t for t, _ in decode_steps(model, prompt, sampling, compiled=fused)]
-    ref = [t for t, _ in decode_steps(model, prompt, sampling, compiled=_NotFused(fused))]
+    got = [t for t, _ in decode_steps(model, prompt, sampling, backend=fused)]
+    ref = [t for t, _ in decode_steps(model, prompt, sampling, backend=_NotFused(fused))]
     assert got == ref and len(got) == 12

@@ -6,9 +6,8 @@ starts its threads and a cold memory stream, and streams well below the bandwidt
 reaches (benchmarks/RESULTS.md). The fused step keeps its threads for the whole token, each one streaming its
 share of every matrix straight into its share of the next, and needs no compile. It applies to models whose block
 matrices and lm_head are all int8 (`fournil quantize --bits 8`) or all float32, float32 elsewhere, on an x86 CPU
-with AVX2, for up to 32 rows a step; `fused_decoder` returns None for anything else. `Engine` uses it for int8
-models always, for float32 ones with `--compile` (plain decoding of a float model stays eager: the reference
-whose greedy tokens equal transformers').
+with AVX2, for up to 32 rows a step; `unfit` says why not for anything else. It is the `fused` DecodeBackend
+(fournil.lm.backends), the one `--backend auto` picks where it runs.
 """
 
 from __future__ import annotations
@@ -18,26 +17,26 @@ import mmap
 import torch
 from torch import nn
 
-from fournil.infer import kernels
-from fournil.infer.quantize import Int8Linear
+from fournil.lm import kernels
+from fournil.lm.backends import Backend, MaskedState
 from fournil.lm.llama import KVCache, Llama, rope_cos_sin
+from fournil.lm.quantized import Int8Linear
 
 
-def eligible(model: Llama) -> str | None:
-    """"int8" or "float32" when the fused step can run the model (every block matrix and lm_head of that kind,
-    float32 norms and embeddings, on the CPU, widths multiples of 16, the kernels built); None otherwise."""
+def unfit(model: Llama) -> str | None:
+    """Why the fused step cannot run the model here, or None when it can: every block matrix and lm_head int8
+    (or every one float32), float32 norms and embeddings, on the CPU, widths multiples of 16, the kernels built."""
     matrices = _matrices(model)
-    if all(isinstance(m, Int8Linear) for m in matrices):
-        kind = "int8"
-    elif all(type(m) is nn.Linear and m.weight.dtype == torch.float32 for m in matrices):
-        kind = "float32"
-    else:
-        return None
+    if not (all(isinstance(m, Int8Linear) for m in matrices) or
+            all(type(m) is nn.Linear and m.weight.dtype == torch.float32 for m in matrices)):
+        return "it runs models whose matrices are all int8 or all float32"
     widths = (model.config.dim, model.config.n_heads * model.config.head_dim, model.config.ffn_dim)
     embed = model.model.embed_tokens.weight
-    if embed.dtype != torch.float32 or not embed.is_cpu or any(w % 16 for w in widths):
-        return None
-    return kind if kernels.available() else None
+    if embed.dtype != torch.float32 or not embed.is_cpu:
+        return "it runs float32 embeddings on the CPU"
+    if any(w % 16 for w in widths):
+        return f"it needs widths that are multiples of 16, not {widths}"
+    return None if kernels.available() else "fournil's CPU kernels did not load (see the log for why)"
 
 
 def _matrices(model: Llama) -> list[nn.Module]:
@@ -83,14 +82,16 @@ def move_to_huge_pages(model: Llama, linears: list[nn.Module]) -> None:
         embed.weight = model.lm_head.weight
 
 
-class FusedDecoder:
+class FusedDecoder(Backend):
     """Called like CompiledDecoder: one new token per row, keys/values written at `slot`, float32 logits back."""
 
-    def __init__(self, model: Llama, kind: str):
-        """kind: what `eligible(model)` said, "int8" or "float32"."""
-        config = model.config
+    name = "fused"
+
+    def __init__(self, model: Llama):
+        """A model `unfit` finds nothing against."""
+        config, self.model = model.config, model
         matrices = _matrices(model)
-        self.kind = kind
+        self.kind = "int8" if isinstance(matrices[0], Int8Linear) else "float32"
         norms = [n.weight.float().contiguous() for b in model.model.layers
                  for n in (b.input_layernorm, b.post_attention_layernorm)] + [model.model.norm.weight.float()]
         # rotary tables for every position: the same float32 numbers the eager model computes per step
@@ -116,8 +117,12 @@ class FusedDecoder:
     def accepts(batch: int) -> bool:
         return batch <= kernels.MAX_ROWS
 
-    def __call__(self, ids: torch.Tensor, positions: torch.Tensor, slot: int, key_mask: torch.Tensor,
-                 cache: KVCache) -> torch.Tensor:
+    def start(self, ids: torch.Tensor, mask: torch.Tensor, max_len: int) -> MaskedState:
+        # any cache length: unlike inductor's graphs, the step is not specialised to one
+        return _FusedState(self, self.model, ids, mask, max_len)
+
+    def step(self, ids: torch.Tensor, positions: torch.Tensor, slot: int, key_mask: torch.Tensor,
+             cache: KVCache) -> torch.Tensor:
         """ids/positions (B, 1), key_mask (B, 1, 1, S) bool with `slot` set → float32 logits (B, V)."""
         B = ids.shape[0]
         return self._step(self.plan, ids.reshape(B).contiguous(), positions.reshape(B).contiguous(), torch.arange(B),
@@ -130,11 +135,14 @@ class FusedDecoder:
         argmax (the greedy pick) comes back."""
         return self._token(self.plan, token, position, slot, key_mask, cache.keys, cache.values, logits)
 
-    def rows(self, ids: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """One new token for each of the first n rows of a cache whose rows have lengths of their own (the server's
+    def rows(self, ids: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+             ) -> torch.Tensor | None:
+        """One new token for each of the first n ≤ MAX_ROWS rows of a cache whose rows have lengths of their own (the server's
         slots): row i's token ids[i] at position and cache column positions[i], attending to columns 0..positions[i].
         ids/positions (n,), k/v (layers, slots, Hkv, S, D) → float32 logits (n, V)."""
         n, S = ids.shape[0], k.shape[3]
+        if not self.accepts(n):
+            return None
         mask = torch.arange(S) <= positions[:, None]
         return self._step(self.plan, ids, positions, torch.arange(n), positions, mask, k, v, False)
 
@@ -160,15 +168,20 @@ class FusedDecoder:
         return logits
 
 
-def fused_decoder(model: Llama, floats: bool = False) -> FusedDecoder | None:
-    """The model's FusedDecoder (kept on the model), or None when the model or machine does not qualify; a
-    float32 model only with `floats` (Engine asks for it under --compile)."""
-    decoder = getattr(model, "_fournil_fused", None)
-    if decoder is None:
-        kind = eligible(model)
-        if kind is None or (kind == "float32" and not floats):
-            return None
-        decoder = FusedDecoder(model, kind)
-        object.__setattr__(model, "_fournil_fused", decoder)  # not a submodule: state_dict() unchanged
-    # a float32 model's step, made for an earlier --compile engine, is not handed to one that did not ask
-    return decoder if decoder.kind == "int8" or floats else None
+class _FusedState(MaskedState):
+    """Batch 1 steps as one call with plain integers (FusedDecoder.token), which also hands back the greedy pick."""
+
+    def __init__(self, backend: FusedDecoder, model: Llama, ids: torch.Tensor, mask: torch.Tensor, max_len: int):
+        super().__init__(backend, model, ids, mask, max_len)
+        self.single, self.position = ids.shape[0] == 1, int(self.next_pos[0, 0])
+        self.buffer = torch.empty_like(self.logits)
+
+    def advance(self, tokens: list[int]) -> int | None:
+        if not self.single:
+            return super().advance(tokens)
+        picked = self.backend.token(tokens[0], self.position, self.cache.length, self.key_mask, self.cache,
+                                    self.buffer)
+        self.logits = self.buffer
+        self.position += 1
+        self.cache.length += 1
+        return picked
