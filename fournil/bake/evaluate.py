@@ -40,14 +40,9 @@ def language_preference(model, tokenizer, pairs: list[dict], limit: int = 100) -
     for pair in pairs:
         if len(requests) == len(keys) * limit:
             break
-        halves = {}
-        for language in ("fr", "en"):
-            words = pair[language].split()
-            if len(words) < 6:
-                break
-            cut = len(words) // 2
-            halves[language] = (" ".join(words[:cut]), " " + " ".join(words[cut:]))
-        if len(halves) == 2:
+        words = {language: pair[language].split() for language in ("fr", "en")}
+        if min(map(len, words.values())) >= 6:
+            halves = {lang: (" ".join(w[:len(w) // 2]), " " + " ".join(w[len(w) // 2:])) for lang, w in words.items()}
             requests += [(halves[p][0], halves[c][1]) for c, p in keys]
     if not requests:
         return {"pairs": 0}

@@ -69,15 +69,13 @@ class Engine:
 
     # ---- log-likelihood ----
 
-    def loglikelihood(self, requests: Sequence[tuple[str, str]],
-                      progress: Callable[[int], None] | None = None) -> list[tuple[float, bool]]:
+    def loglikelihood(self, requests: Sequence[tuple[str, str]]) -> list[tuple[float, bool]]:
         """(sum of log-probabilities, whether greedy decoding gives the continuation) per (context, continuation)."""
-        return self._scorer().loglikelihood([self.encode_pair(*r) for r in requests], progress)
+        return self._scorer().loglikelihood([self.encode_pair(*r) for r in requests])
 
-    def loglikelihood_rolling(self, texts: Sequence[str],
-                              progress: Callable[[int], None] | None = None) -> list[float]:
+    def loglikelihood_rolling(self, texts: Sequence[str]) -> list[float]:
         """Log-likelihood of whole texts in disjoint windows of `max_length` tokens (lm-eval's rolling windows)."""
-        return self._scorer().rolling([[self.prefix_id, *self.encode(t)] for t in texts], progress)
+        return self._scorer().rolling([[self.prefix_id, *self.encode(t)] for t in texts])
 
     def _scorer(self) -> Scorer:
         return Scorer(self.model, batch_tokens=self.batch_tokens, max_length=self.max_length)

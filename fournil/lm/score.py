@@ -1,22 +1,11 @@
-"""One scorer for every stage: log-likelihoods of token ids, whole streams in windows, and bits per byte.
+"""One scorer for every stage: log-likelihoods of token ids, of whole streams in windows, and bits per byte.
 
-`Scorer` takes a model (fournil's `Llama`, float or quantised, loaded from any directory `lm` reads) and token
-ids; it never tokenises, so each caller keeps its own rules (lm-eval's for `fournil eval`, the bake's for its
-language check). Two questions, one machinery:
-- `loglikelihood`: per (context, continuation), the summed log-probability of the continuation and whether greedy
-  decoding gives it;
-- `rolling`: the log-likelihood of a stream's tokens after its first, in disjoint windows of `max_length`
-  predicted tokens, each window seeing the token before it (lm-eval's rolling windows; perplexity).
-
-Requests that share a context (the choices of one multiple-choice question) run the context once, with all its
-continuations in the same row, each attending to the context and to itself only, positions restarting after the
-context: exactly the computation of separate rows, done once per context instead of once per choice. Contexts
-that start with the same long prefix (few-shot examples repeated for every document) share one prefill of it.
-Rows are sorted by length and packed under a token budget so padding stays small, and only the positions that
-score a continuation go through the vocabulary projection.
-
-`window_nats` computes `rolling`'s windows through the plain `model(ids)` call alone, for a model wrapped for
-training (DDP, FSDP, compiled blocks), whose output projection cannot be called on its own.
+`Scorer` takes a loaded model (fournil's `Llama`, float or quantised) and token ids; it never tokenises, so each
+caller keeps its own rules (lm-eval's for `fournil eval`, the bake's for its language check). It computes what one
+plain row per request would, for less: a context runs once for all its continuations, a few-shot prefix once for
+all the documents that repeat it, short requests share packed rows, and only the scored positions reach the
+output projection. `window_nats` computes `rolling`'s windows through the plain `model(ids)` call alone, for a
+model wrapped for training (DDP, FSDP, compiled blocks), whose output projection cannot be called on its own.
 """
 
 from __future__ import annotations
@@ -52,37 +41,28 @@ class Scorer:
         embeddings = model.model.embed_tokens.weight  # a quantised model's linears hold int8 or packed weights
         self.device, self.dtype = embeddings.device, embeddings.dtype
 
-    def loglikelihood(self, pairs: Sequence[tuple[Ids, Ids]], progress: Callable[[int], None] | None = None
-                      ) -> list[tuple[float, bool]]:
+    def loglikelihood(self, pairs: Sequence[tuple[Ids, Ids]]) -> list[tuple[float, bool]]:
         """(sum of log-probabilities, whether greedy decoding gives the continuation) per (context, continuation);
         a context is never empty (score a text from its start after a BOS or EOS token)."""
-        groups: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
-        keys = []
-        for context, continuation in pairs:
-            key, cont = tuple(context), tuple(continuation)
-            choices = groups.setdefault(key, [])
-            if cont not in choices:
-                choices.append(cont)
-            keys.append((key, cont))
-        scored = self.score_groups([Group(k, tuple(v)) for k, v in groups.items()], progress)
+        keys = [(tuple(context), tuple(continuation)) for context, continuation in pairs]
+        groups: dict[tuple[int, ...], dict[tuple[int, ...], None]] = {}  # a context's continuations, in order
+        for context, continuation in keys:
+            groups.setdefault(context, {})[continuation] = None
+        scored = self.score_groups([Group(k, tuple(v)) for k, v in groups.items()])
         return [scored[k] for k in keys]
 
-    def rolling(self, streams: Sequence[Ids], progress: Callable[[int], None] | None = None) -> list[float]:
+    def rolling(self, streams: Sequence[Ids]) -> list[float]:
         """Log-likelihood of each stream's tokens after its first, in disjoint windows of `max_length` tokens."""
-        groups, owners = [], []
-        for i, ids in enumerate(streams):
-            for start in range(1, len(ids), self.max_length):
-                groups.append(Group((ids[start - 1],), (tuple(ids[start:start + self.max_length]),)))
-                owners.append(i)
-        scored = self.score_groups(groups, progress)
+        windows = [(i, Group((ids[start - 1],), (tuple(ids[start:start + self.max_length]),)))
+                   for i, ids in enumerate(streams) for start in range(1, len(ids), self.max_length)]
+        scored = self.score_groups([g for _, g in windows])
         totals = [0.0] * len(streams)
-        for owner, group in zip(owners, groups, strict=True):
-            totals[owner] += scored[(group.context, group.continuations[0])][0]
+        for i, g in windows:
+            totals[i] += scored[(g.context, g.continuations[0])][0]
         return totals
 
     @torch.inference_mode()
-    def score_groups(self, groups: Sequence[Group], progress: Callable[[int], None] | None = None
-                     ) -> dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, bool]]:
+    def score_groups(self, groups: Sequence[Group]) -> dict[tuple[tuple[int, ...], tuple[int, ...]], tuple[float, bool]]:
         """Score every (context, continuation) of every group, many groups per forward pass.
 
         Three layouts, all computing what separate (context + continuation) rows would: contexts sharing a long
@@ -94,18 +74,17 @@ class Scorer:
         for prefix, members in shared_prefixes(list(dict.fromkeys(truncated.values())), MIN_SHARED):
             long = [] if prefix else [g for g in members if len(g.context) >= max(MIN_SHARED, 2 * _inputs(g))]
             if long:
-                self._batched(long, lambda g: len(g.context), self._score_two_pass, results, progress, pack=False)
+                self._batched(long, lambda g: len(g.context), self._score_two_pass, results, pack=False)
                 members = [g for g in members if len(g.context) < max(MIN_SHARED, 2 * _inputs(g))]
             kv = self._prefill(prefix) if prefix else None
             skip = len(prefix)
             self._batched(members, lambda g, skip=skip: len(g.context) - skip + _inputs(g),
                           lambda rows, out, skip=skip, kv=kv: self._score_rows(rows, skip, kv, out), results,
-                          progress, pack=True)
+                          pack=True)
         return {(g.context, c): results[(t.context, c)] for g, t in truncated.items() for c in g.continuations}
 
     def _batched(self, groups: list[Group], width: Callable[[Group], int],
-                 score: Callable[[list[list[Group]], dict], None], results: dict,
-                 progress: Callable[[int], None] | None, pack: bool) -> None:
+                 score: Callable[[list[list[Group]], dict], None], results: dict, pack: bool) -> None:
         """Rows widest first, as many per pass as the token budget allows. With `pack`, short groups share a row
         (best fit into rows as wide as the widest group; the mask keeps them apart), so little is padding."""
         rows = pack_rows(groups, width) if pack else [[g] for g in groups]
@@ -116,8 +95,6 @@ class Scorer:
             batch = rows[start:start + max(1, self.batch_tokens // max(fill[id(rows[start])], 1))]
             score(batch, results)
             start += len(batch)
-            if progress:
-                progress(sum(len(g.continuations) for row in batch for g in row))
 
     def _truncate(self, group: Group) -> Group:
         """lm-eval's left truncation: context + longest continuation fit in max_length + 1 tokens."""
@@ -136,9 +113,7 @@ class Scorer:
         groups = [g for row in rows for g in row]
         assert len(groups) == len(rows), "two-pass rows hold one group each"  # `last` and `visible` are per row
         lengths = torch.tensor([len(g.context) for g in groups])
-        ids = torch.zeros(len(groups), int(lengths.max()), dtype=torch.long)
-        for b, g in enumerate(groups):
-            ids[b, :len(g.context)] = torch.tensor(g.context)
+        ids = _padded([g.context for g in groups], 0)
         capture = _Capture()
         hidden = self.model(ids.to(self.device), cache=capture, hidden_only=True)
         last = hidden[torch.arange(len(groups)), lengths - 1]
@@ -155,7 +130,7 @@ class Scorer:
         the context; nothing sees another group of the row. Only the positions that predict a continuation token
         reach the output projection."""
         device = self.device
-        rows, segments, owners_t, positions = [], [], [], []
+        columns = []  # per row: token ids, positions, segments (0 context, j continuation j), group in the row
         placed = []  # (row, group, index of its last context token in the row, index of its first input after)
         for b, row_groups in enumerate(packed):
             row, seg, own, pos = [], [], [], []
@@ -171,23 +146,12 @@ class Scorer:
                     seg += [j] * len(body)
                     pos += range(len(g.context), len(g.context) + len(body))
                 own += [k] * (len(row) - len(own))
-            rows.append(row)
-            segments.append(seg)
-            owners_t.append(own)
-            positions.append(pos)
-        B, T = len(rows), max(len(r) for r in rows)
+            columns.append((row, pos, seg, own))
+        B, T = len(columns), max(len(c[0]) for c in columns)
         hidden = torch.zeros(B, T, self.model.config.dim, device=device, dtype=self.dtype)
         if T:
-            ids = torch.zeros(B, T, dtype=torch.long)
-            pos_t = torch.zeros(B, T, dtype=torch.long)
-            seg_t = torch.full((B, T), -1, dtype=torch.long)
-            own_t = torch.full((B, T), -1, dtype=torch.long)
-            for b, (row, seg, own, pos) in enumerate(zip(rows, segments, owners_t, positions, strict=True)):
-                ids[b, :len(row)] = torch.tensor(row, dtype=torch.long)
-                pos_t[b, :len(row)] = torch.tensor(pos, dtype=torch.long)
-                seg_t[b, :len(row)] = torch.tensor(seg, dtype=torch.long)
-                own_t[b, :len(row)] = torch.tensor(own, dtype=torch.long)
-            seg_t, own_t = seg_t.to(device), own_t.to(device)
+            ids, pos_t, seg_t, own_t = (_padded([c[i] for c in columns], fill).to(device)
+                                        for i, fill in enumerate((0, 0, -1, -1)))
             index = torch.arange(T, device=device)
             key, query = seg_t[:, None, :], seg_t[:, :, None]
             same_group = (own_t[:, None, :] == own_t[:, :, None]) & (own_t[:, None, :] >= 0)
@@ -198,7 +162,7 @@ class Scorer:
             elif skip:  # the shared prefix is visible to every token
                 mask = torch.cat([torch.ones(B, T, skip, dtype=torch.bool, device=device), mask], dim=-1)
             past = _Prefix(past_kv, B) if past_kv else None
-            hidden = self.model(ids.to(device), position_ids=pos_t.to(device), attention_mask=mask[:, None],
+            hidden = self.model(ids, position_ids=pos_t, attention_mask=mask[:, None],
                                 cache=past, hidden_only=True)
         states = hidden.reshape(B * T, hidden.shape[-1])
         if last is not None:
@@ -213,7 +177,7 @@ class Scorer:
                 offset += len(cont) - 1
                 targets += cont
                 owners += [(g.context, cont)] * len(cont)
-        sums: dict = {(g.context, c): [0.0, True] for _, g, _, _ in placed for c in g.continuations}
+        results.update({(g.context, c): (0.0, True) for _, g, _, _ in placed for c in g.continuations})
         if picks:
             token_lp, greedy = [], []
             pick_t, target_t = torch.tensor(picks, device=device), torch.tensor(targets, device=device)
@@ -223,11 +187,9 @@ class Scorer:
                 # log p(target) = logit - logsumexp: no second block as log_softmax would make
                 token_lp += (logits.gather(1, target[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
                 greedy += (logits.argmax(-1) == target).tolist()
-            for key_, lp, is_greedy in zip(owners, token_lp, greedy, strict=True):
-                sums[key_][0] += lp
-                sums[key_][1] = sums[key_][1] and is_greedy
-        for key_, (total, is_greedy) in sums.items():
-            results[key_] = (total, bool(is_greedy))
+            for key, lp, is_greedy in zip(owners, token_lp, greedy, strict=True):
+                total, all_greedy = results[key]
+                results[key] = (total + lp, all_greedy and is_greedy)
 
 
 PICK_CHUNK = 1024  # scored positions per output-projection block (8000 picks × a 32k vocab would be 1 GB)
@@ -297,6 +259,14 @@ def pack_rows(groups: Sequence[Group], width: Callable[[Group], int]) -> list[li
         if free - w > 0:
             bisect.insort(room, (free - w, index))
     return rows
+
+
+def _padded(rows: Sequence[Sequence[int]], fill: int) -> torch.Tensor:
+    """Rows of integers right-padded with `fill` into one (rows, longest) tensor."""
+    out = torch.full((len(rows), max(len(r) for r in rows)), fill, dtype=torch.long)
+    for b, row in enumerate(rows):
+        out[b, :len(row)] = torch.tensor(row, dtype=torch.long)
+    return out
 
 
 def _inputs(group: Group) -> int:
