@@ -162,8 +162,7 @@ class Scorer:
             elif skip:  # the shared prefix is visible to every token
                 mask = torch.cat([torch.ones(B, T, skip, dtype=torch.bool, device=device), mask], dim=-1)
             past = _Prefix(past_kv, B) if past_kv else None
-            hidden = self.model(ids, position_ids=pos_t, attention_mask=mask[:, None],
-                                cache=past, hidden_only=True)
+            hidden = self.model(ids, position_ids=pos_t, attention_mask=mask[:, None], cache=past, hidden_only=True)
         states = hidden.reshape(B * T, hidden.shape[-1])
         if last is not None:
             states = torch.cat([states, last.to(states.dtype)])
