@@ -11,61 +11,46 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
-
 from fournil import artifacts
+from fournil.lm.score import Scorer, bits_per_byte
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
-def continuation_bits_per_byte(model, tokenizer, prompt: str, continuation: str) -> float:
-    """−log2 p(continuation | prompt) ÷ UTF-8 bytes of the continuation."""
-    prompt_ids = [tokenizer.bos_id, *tokenizer.encode(prompt)]
-    ids = tokenizer.encode(prompt + continuation)
-    ids = [tokenizer.bos_id, *ids]
-    start = len(prompt_ids) - 1 if ids[: len(prompt_ids)] == prompt_ids else len(prompt_ids) - 2
-    tokens = torch.tensor([ids])
-    logits = model(tokens[:, :-1]).float()
-    nats = F.cross_entropy(logits[0, start:], tokens[0, start + 1 :], reduction="sum").item()
-    return nats / math.log(2) / max(1, len(continuation.encode()))
+def continuation_bits_per_byte(model, tokenizer, requests: list[tuple[str, str]]) -> list[float]:
+    """−log2 p(continuation | prompt) ÷ UTF-8 bytes of the continuation, for each (prompt, continuation)."""
+    pairs = []
+    for prompt, continuation in requests:
+        prompt_ids, ids = tokenizer.encode(prompt, bos=True), tokenizer.encode(prompt + continuation, bos=True)
+        # where the prompt's last token merges with the continuation, scoring starts after the token before it
+        start = len(prompt_ids) - (1 if ids[: len(prompt_ids)] == prompt_ids else 2)
+        pairs.append((ids[: start + 1], ids[start + 1 :]))
+    scores = Scorer(model).loglikelihood(pairs)
+    return [bits_per_byte(-ll, max(1, len(c.encode()))) for (ll, _), (_, c) in zip(scores, requests, strict=True)]
 
 
 def language_preference(model, tokenizer, pairs: list[dict], limit: int = 100) -> dict:
     """Per continuation language: the share of pairs where it is cheaper after a prompt in its own language, and
     the mean bits per byte of continuations (rows) after prompts (columns) of each language."""
-    wins = {"fr": 0, "en": 0}
-    bits = {(c, p): 0.0 for c in ("fr", "en") for p in ("fr", "en")}
-    used = 0
+    keys = [(c, p) for c in ("fr", "en") for p in ("fr", "en")]  # (continuation, prompt) languages
+    requests = []
     for pair in pairs:
-        if used == limit:
+        if len(requests) == len(keys) * limit:
             break
-        halves = {}
-        for language in ("fr", "en"):
-            words = pair[language].split()
-            if len(words) < 6:
-                break
-            cut = len(words) // 2
-            halves[language] = (" ".join(words[:cut]), " " + " ".join(words[cut:]))
-        if len(halves) < 2:
-            continue
-        used += 1
-        for language, other in (("fr", "en"), ("en", "fr")):
-            continuation = halves[language][1]
-            same = continuation_bits_per_byte(model, tokenizer, halves[language][0], continuation)
-            switched = continuation_bits_per_byte(model, tokenizer, halves[other][0], continuation)
-            wins[language] += same < switched
-            bits[(language, language)] += same
-            bits[(language, other)] += switched
-    if not used:
+        words = {language: pair[language].split() for language in ("fr", "en")}
+        if min(map(len, words.values())) >= 6:
+            halves = {lang: (" ".join(w[:len(w) // 2]), " " + " ".join(w[len(w) // 2:])) for lang, w in words.items()}
+            requests += [(halves[p][0], halves[c][1]) for c, p in keys]
+    if not requests:
         return {"pairs": 0}
-    return {"pairs": used, "fr_prefers_fr_prompt": wins["fr"] / used, "en_prefers_en_prompt": wins["en"] / used,
-            "bits_per_byte": {f"{c}_after_{p}": round(v / used, 4) for (c, p), v in bits.items()}}
+    scores = continuation_bits_per_byte(model, tokenizer, requests)
+    rows = [dict(zip(keys, scores[i:i + len(keys)], strict=True)) for i in range(0, len(scores), len(keys))]
+    share = {c: sum(r[(c, c)] < r[(c, o)] for r in rows) / len(rows) for c, o in (("fr", "en"), ("en", "fr"))}
+    return {"pairs": len(rows), "fr_prefers_fr_prompt": share["fr"], "en_prefers_en_prompt": share["en"],
+            "bits_per_byte": {f"{c}_after_{p}": round(sum(r[(c, p)] for r in rows) / len(rows), 4) for c, p in keys}}
 
 
 FIXTURES = Path(__file__).parents[1] / "eval" / "fixtures"  # small FrenchBench-schema sets shipped with fournil

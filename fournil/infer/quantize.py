@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from fournil import artifacts
 from fournil.console import UsageError
 from fournil.lm.hf import check_weights, read_config, read_state_dict, to_hf_config, weight_files
-from fournil.lm.llama import Llama
 from fournil.lm.quantized import METHOD, is_quantized, load_quantized, quantizable
 
 log = logging.getLogger(__name__)
@@ -57,18 +55,6 @@ def quantize_state(state: dict[str, torch.Tensor], bits: int, group_size: int) -
     return out
 
 
-@torch.inference_mode()
-def perplexity(model: Llama, ids: list[int], window: int = 512) -> float:
-    """exp(mean next-token NLL) over non-overlapping windows of `window` tokens."""
-    total, count = 0.0, 0
-    for start in range(0, len(ids) - 1, window):
-        chunk = torch.tensor(ids[start:start + window + 1])[None]
-        if chunk.shape[1] < 2:
-            break
-        logits = model(chunk[:, :-1]).float()
-        total += F.cross_entropy(logits[0], chunk[0, 1:], reduction="sum").item()
-        count += chunk.shape[1] - 1
-    return math.exp(total / count)
 
 
 def sample_text(max_chars: int = 6000) -> str:
@@ -134,12 +120,13 @@ def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 3
 
 
 def report(source: str | Path, quantized: str | Path, text: str, window: int = 512) -> dict[str, Any]:
-    """Perplexity of both models on the same tokens; the change in percent."""
+    """Perplexity of both models on the same tokens (windows of `window`); the change in percent."""
     from fournil.lm.hf import load_model
     from fournil.lm.prompt import PromptTokenizer
+    from fournil.lm.score import Scorer
 
     ids = PromptTokenizer.load(source).encode(text)
-    base = perplexity(load_model(source, dtype=torch.float32).eval(), ids, window)
-    quant = perplexity(load_quantized(quantized), ids, window)
+    base, quant = (math.exp(-Scorer(model, max_length=window).rolling([ids])[0] / (len(ids) - 1))
+                   for model in (load_model(source, dtype=torch.float32).eval(), load_quantized(quantized)))
     return {"tokens": len(ids), "perplexity_fp32": base, "perplexity_quantized": quant,
             "change_percent": 100 * (quant / base - 1)}

@@ -25,6 +25,7 @@ from fournil.console import FournilError, UsageError, progress_bar
 from fournil.corpus.shards import Shards
 from fournil.lm.info import flops_per_token
 from fournil.lm.llama import Llama
+from fournil.lm.score import bits_per_byte, window_nats
 from fournil.recipe import Recipe, to_dict
 from fournil.train import checkpoint, device, parallel
 from fournil.train.config import TrainConfig
@@ -121,7 +122,6 @@ def check_data(recipe: Recipe, shards: Shards) -> None:
         raise UsageError(f"{shards.directory}: " + "; ".join(problems))
 
 
-@torch.no_grad()
 def validation_bpb(model: torch.nn.Module, shards: Shards, max_tokens: int, seq_len: int, batch_size: int,
                    device: torch.device | None = None) -> dict[str, float]:
     """Bits per byte per language: mean next-token loss (nats) × tokens per UTF-8 byte of the stream ÷ ln 2."""
@@ -133,18 +133,8 @@ def validation_bpb(model: torch.nn.Module, shards: Shards, max_tokens: int, seq_
         if len(stream) < 2 or n_bytes == 0:
             continue
         tokens = torch.from_numpy(stream[: max_tokens + 1].astype("int64")).to(device)
-        n_full = (len(tokens) - 1) // seq_len
-        full = tokens[: n_full * seq_len + 1].unfold(0, seq_len + 1, seq_len)  # (n_full, seq_len + 1) windows
-        batches = list(full.split(batch_size)) if n_full else []
-        if len(tokens) - 1 > n_full * seq_len:  # the shorter last window
-            batches.append(tokens[n_full * seq_len :][None])
-        total_nats, total_predicted = 0.0, 0
-        for batch in batches:
-            logits = model(batch[:, :-1])
-            total_nats += F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten(), reduction="sum").item()
-            total_predicted += batch[:, 1:].numel()
-        tokens_per_byte = len(stream) / n_bytes
-        results[language] = total_nats / total_predicted * tokens_per_byte / math.log(2)
+        nats, predicted = window_nats(model, tokens, seq_len, batch_size)
+        results[language] = bits_per_byte(nats / predicted * len(stream), n_bytes)  # the sample's rate, whole stream
     model.train(was_training)
     return results
 

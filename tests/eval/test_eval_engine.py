@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from fournil.console import UsageError
-from fournil.eval.engine import Group, pack_rows
 from fournil.lm import kernels
 
 
@@ -214,12 +213,6 @@ def test_a_chat_translation_run_takes_no_shots_and_is_not_mistaken_for_a_few_sho
     chat = evaluate(engine, task, DATA, tmp_path, limit=2, max_gen_tokens=4, chat=True)
     assert few["num_fewshot"] == 5 and not few["chat"]
     assert chat["num_fewshot"] == 0 and chat["chat"] and chat["key"] != few["key"]
-
-
-def test_pack_rows_fills_the_ends_of_long_rows_with_short_groups():
-    widths = [3, 10, 4, 6, 3]
-    rows = pack_rows([Group((i,), ()) for i in range(5)], lambda g: widths[g.context[0]])
-    assert [[widths[g.context[0]] for g in row] for row in rows] == [[10], [6, 4], [3, 3]]
 
 
 def test_short_groups_share_a_row_and_score_as_alone(engine):
