@@ -1,4 +1,5 @@
-"""Supervised fine-tuning data: ChatML conversations and EN↔FR translation instructions, loss on answers only.
+"""Supervised fine-tuning data: ChatML conversations, EN↔FR translation and same-language continuation
+instructions, loss on answers only.
 
 A conversation is rendered with the tokenizer's chat template (`<s><|im_start|>role\\ncontent<|im_end|>\\n`…) and
 tokenised in one piece; character offsets then tell which tokens belong to assistant turns (their content and the
@@ -33,6 +34,9 @@ TRANSLATE = {
     ("en", "fr"): ("Translate this text into French:\n{text}", "Traduis ce texte en français :\n{text}"),
     ("fr", "en"): ("Traduis ce texte en anglais :\n{text}", "Translate this text into English:\n{text}"),
 }
+# Same-language tasks from the same pairs: without them half the French instructions a model sees are answered in
+# English (translations into English), and a small chat model learns to reply in either language.
+CONTINUE = {"en": "Continue this text:\n{text}", "fr": "Continue ce texte :\n{text}"}
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -76,6 +80,21 @@ def translation_conversations(pairs: Iterable[dict], seed: int) -> list[list[dic
         source, target = ("en", "fr") if rng.random() < 0.5 else ("fr", "en")
         prompt = rng.choice(TRANSLATE[(source, target)]).format(text=pair[source])
         out.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": pair[target]}])
+    return out
+
+
+def continuation_conversations(pairs: Iterable[dict], seed: int, min_words: int = 6) -> list[list[dict[str, str]]]:
+    """Each pair side of `min_words` words or more, in a random language per pair, becomes an instruction to
+    continue its first half; the answer is the second half, in the same language."""
+    rng = random.Random(seed)
+    out = []
+    for pair in pairs:
+        language = "fr" if rng.random() < 0.5 else "en"
+        words = pair[language].split()
+        if len(words) >= min_words:
+            half = len(words) // 2
+            out.append([{"role": "user", "content": CONTINUE[language].format(text=" ".join(words[:half]))},
+                        {"role": "assistant", "content": " ".join(words[half:])}])
     return out
 
 
@@ -182,15 +201,16 @@ def finetune(
         bad = [i for i, r in enumerate(records) if not (isinstance(r.get("en"), str) and isinstance(r.get("fr"), str))]
         if bad:
             raise UsageError(f"{path}: {len(bad)} pair(s) lack string 'en' and 'fr' fields (first: record {bad[0] + 1})")
-        translations += translation_conversations(records, t.seed)
-    # every chat example is kept; translation pairs only as many as the schedule can use (plus 5 % validation),
-    # so 50 k pairs are not tokenised for a 60-step run
+        translations += translation_conversations(records, t.seed) + continuation_conversations(records, t.seed)
+    # every chat example is kept; pair tasks only as many as the schedule can use (plus 5 % validation), so 50 k
+    # pairs are not tokenised for a 60-step run
     needed = round(t.steps * (t.batch_tokens // t.seq_len) * (1 - t.replay) * 21 / 20)
     random.Random(t.seed).shuffle(translations)
     used = min(len(translations), max(0, needed - len(conversations)))
     conversations += translations[:used]
     if used < len(translations):
-        log.info("sft: %d of %d translation pairs used (what %d steps consume)", used, len(translations), t.steps)
+        log.info("sft: %d of %d translation and continuation tasks used (what %d steps consume)", used,
+                 len(translations), t.steps)
     random.Random(t.seed).shuffle(conversations)
     n_val = max(1, len(conversations) // 20)
     train_set = SFTDataset(conversations[n_val:], tokenizer, t.seq_len, name="sft-train")

@@ -8,7 +8,15 @@ import torch
 
 from fournil.console import UsageError
 from fournil.recipe import load_recipe
-from fournil.train.sft import IGNORE, SFTDataset, encode_conversation, finetune, translation_conversations
+from fournil.train.sft import (
+    CONTINUE,
+    IGNORE,
+    SFTDataset,
+    continuation_conversations,
+    encode_conversation,
+    finetune,
+    translation_conversations,
+)
 
 TOKENIZER_DATA = Path(__file__).parents[1] / "tokenizer" / "data"
 CHAT = [{"role": "user", "content": "Bonjour, comment vas-tu ?"}, {"role": "assistant", "content": "Très bien, merci !"}]
@@ -68,6 +76,21 @@ def test_translation_instructions_go_both_ways():
     assert all(c[0]["content"].endswith(p["en"] if c[1]["content"] == p["fr"] else p["fr"])
                for c, p in zip(conversations, pairs, strict=True))
     assert translation_conversations(pairs, seed=0) == conversations
+
+
+def test_continuations_answer_in_the_language_asked():
+    pairs = [{"en": f"the house number {i} is on the hill", "fr": f"la maison numéro {i} est sur la colline"}
+             for i in range(200)] + [{"en": "too short", "fr": "trop court"}]
+    conversations = continuation_conversations(pairs, seed=0)
+    assert len(conversations) == 200  # a side under six words is no task
+    french = 0
+    for (user, assistant), pair in zip(conversations, pairs, strict=False):
+        language = "fr" if user["content"].startswith("Continue ce texte") else "en"
+        french += language == "fr"
+        head = user["content"].removeprefix(CONTINUE[language].format(text=""))
+        assert f"{head} {assistant['content']}" == pair[language]  # the answer is the rest, same language
+    assert 70 < french < 130
+    assert continuation_conversations(pairs, seed=0) == conversations
 
 
 def test_finetune_learns_the_answers(tokenizer_dir, tokenizer, tmp_path):
