@@ -274,12 +274,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import verb
 
-    parser = verb(
-        subparsers, common, "bake", cmd_bake, epilog=EPILOG,
-        help="the whole recipe: corpus → tokenizer → pretrain → SFT → eval → export",
-        description="Run every stage of a recipe into one output directory. Steps whose inputs are unchanged "
-        "are skipped, so a killed bake resumes where it stopped.",
-    )
+    parser = verb(subparsers, common, "bake", cmd_bake, epilog=EPILOG)
     parser.add_argument("recipe", nargs="?", default="demo", help="recipe file or preset name")
     parser.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
     parser.add_argument("--force", choices=STEPS, help="rerun this step and every later one")
@@ -301,6 +296,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_bake(args: argparse.Namespace) -> None:
+    """the whole recipe: corpus → tokenizer → pretrain → SFT → eval → export
+
+    Run every stage of a recipe into one output directory. Steps whose inputs are unchanged are skipped,
+    so a killed bake resumes where it stopped.
+    """
     from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.cli import parse_overrides

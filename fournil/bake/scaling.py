@@ -215,14 +215,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     stage = Stage(subparsers, common, "scaling", epilog=EPILOG, description=__doc__.split("\n\n")[0],
                   help="scaling ladder: train small models on the same data, fit loss vs compute")
-    run = stage.verb("run", cmd_run, help="bake the ladder recipe's rungs and fit them",
-                     description="Build corpus, tokenizer and shards once, pretrain each rung for "
-                     "tokens_per_param × its parameters (killed runs resume), then fit and plot.")
+    run = stage.verb("run", cmd_run)
     run.add_argument("recipe", help="recipe file or preset name with a `ladder` section")
     run.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
-    fit = stage.verb("fit", cmd_fit, help="fit bits per byte vs training FLOPs over finished runs",
-                     description="Read each run's final model config and metrics.jsonl, fit "
-                     "L = E + A·C^(−α) and write scaling.json and scaling.png.")
+    fit = stage.verb("fit", cmd_fit)
     fit.add_argument("runs", nargs="+", type=Path, help="finished pretraining run directories (≥ 2)")
     fit.add_argument("--out", type=Path, required=True, help="directory for scaling.json and scaling.png")
 
@@ -243,6 +239,11 @@ def _print(result: dict, as_json: bool) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    """bake the ladder recipe's rungs and fit them
+
+    Build corpus, tokenizer and shards once, pretrain each rung for tokens_per_param × its parameters
+    (killed runs resume), then fit and plot.
+    """
     from fournil.bake.pipeline import MARKERS, recipe_inputs
     from fournil.recipe import load_recipe
 
@@ -254,4 +255,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    """fit bits per byte vs training FLOPs over finished runs
+
+    Read each run's final model config and metrics.jsonl, fit L = E + A·C^(−α) and write scaling.json and
+    scaling.png.
+    """
     _print(fit_runs(args.runs, args.out), args.json)

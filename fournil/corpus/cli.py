@@ -45,12 +45,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.",
         epilog=EPILOG,
     )
-    run = stage.verb(
-        "run", cmd_run, force="discard a previous run in --out and start over",
-        help="run the whole chain from sources to a corpus directory",
-        description="Read every source, clean, route by language, filter, decontaminate, deduplicate, and write "
-        "docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes.",
-    )
+    run = stage.verb("run", cmd_run, force="discard a previous run in --out and start over")
     run.add_argument("config", nargs="?", help="corpus recipe YAML (or a recipe with a `corpus:` section)")
     run.add_argument("--out", type=Path, required=True, help="corpus directory to write")
     run.add_argument("--sample", action="store_true", help="use the embedded sample corpus as the sources")
@@ -66,12 +61,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--max-errors", type=integer(-1), default=100,
                      help="bad input records tolerated before the run stops (-1: no limit)")
 
-    pack = stage.verb(
-        "pack", cmd_pack, force=True,
-        help="tokenise a corpus directory and write shuffled, packed training shards",
-        description="Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream "
-        "per language, apply the mix (repeats per source), shuffle by seed and write shards the train stage reads.",
-    )
+    pack = stage.verb("pack", cmd_pack, force=True)
     pack.add_argument("corpus", type=Path, help="corpus directory written by `fournil corpus run`")
     pack.add_argument("tokenizer", type=Path, help="tokenizer directory (or its tokenizer.json)")
     pack.add_argument("--out", type=Path, required=True, help="shards directory to write")
@@ -81,12 +71,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pack.add_argument("--tokens-per-shard", type=POSITIVE, default=1 << 24,
                       help="tokens per shard file (more than --seq-len)")
 
-    report = stage.verb(
-        "report", cmd_report,
-        help="write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory",
-        description="Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix, upsampling factor, "
-        "rejects by reason, language-ID confusion, length histograms, input errors, decontamination.",
-    )
+    report = stage.verb("report", cmd_report)
     report.add_argument("corpus", type=Path, help="corpus directory")
     report.add_argument("--shards", type=Path, help="shards directory: adds the mixed token counts from its index")
     report.add_argument("--tokenizer", type=Path,
@@ -94,6 +79,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    """run the whole chain from sources to a corpus directory
+
+    Read every source, clean, route by language, filter, decontaminate, deduplicate, and write
+    docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes.
+    """
     import dataclasses
 
     from fournil.console import UsageError, print_json, print_table
@@ -125,6 +115,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
+    """tokenise a corpus directory and write shuffled, packed training shards
+
+    Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream per language,
+    apply the mix (repeats per source), shuffle by seed and write shards the train stage reads.
+    """
     from fournil.artifacts import claim_output
     from fournil.console import print_json
     from fournil.corpus.pack import pack
@@ -137,6 +132,12 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    """write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory
+
+    Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix,
+    upsampling factor, rejects by reason, language-ID confusion, length histograms, input errors,
+    decontamination.
+    """
     from fournil.console import print_json
     from fournil.corpus.report import write_report
 

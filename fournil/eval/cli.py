@@ -27,12 +27,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         description="Evaluate model directories offline from local data in the hub datasets' schemas, with "
         "the prompts and metrics of lm-eval's french_bench tasks.", epilog=EPILOG,
     )
-    run = stage.verb(
-        "run", cmd_run, dtype="weights dtype (default: saved)",
-        help="score one model on tasks; JSON per task in the results directory (resumable)",
-        description="Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document "
-        "outputs to OUT/samples/; rerunning the same command continues a killed run.",
-    )
+    run = stage.verb("run", cmd_run, dtype="weights dtype (default: saved)")
     run.add_argument("model", help="model directory (or a hub id when online)")
     run.add_argument("--tasks", required=True, help="comma-separated task or group names (see `fournil eval list`)")
     run.add_argument("--data", type=Path, default=Path("data/eval"), help="local data directory")
@@ -48,32 +43,24 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     backend_option(run)
 
-    report = stage.verb(
-        "report", cmd_report,
-        help="Markdown + PNG comparing results directories side by side, with FR/EN parity",
-        description="Write OUT/REPORT.md and OUT/report.png from one or more results directories.",
-    )
+    report = stage.verb("report", cmd_report)
     report.add_argument("results", nargs="+", type=Path, help="results directories (from `fournil eval run`)")
     report.add_argument("--out", type=Path, help="report directory (default: the first results directory)")
 
-    fetch = stage.verb(
-        "fetch", cmd_fetch,
-        help="(online) download the tasks' datasets into a local data directory",
-        description="Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, "
-        "lists what is missing and where it comes from.",
-    )
+    fetch = stage.verb("fetch", cmd_fetch)
     fetch.add_argument("--out", type=Path, default=Path("data/eval"), help="data directory")
     fetch.add_argument("--tasks", default="all", help="task or group names")
 
-    listing = stage.verb(
-        "list", cmd_list,
-        help="tasks, groups, metrics and the data files each reads",
-        description="Every task with its language, metrics, data folder and splits; every group.",
-    )
+    listing = stage.verb("list", cmd_list)
     listing.add_argument("--data", type=Path, default=Path("data/eval"), help="mark which files are present")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    """score one model on tasks; JSON per task in the results directory (resumable)
+
+    Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document outputs
+    to OUT/samples/; rerunning the same command continues a killed run.
+    """
     from fournil.artifacts import claim_output
     from fournil.console import print_json
     from fournil.eval.runner import run
@@ -110,6 +97,10 @@ def _print_results(results: list[dict]) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    """Markdown + PNG comparing results directories side by side, with FR/EN parity
+
+    Write OUT/REPORT.md and OUT/report.png from one or more results directories.
+    """
     from fournil.console import print_json
     from fournil.eval.report import load_results, parity, write_report
 
@@ -122,6 +113,11 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
+    """(online) download the tasks' datasets into a local data directory
+
+    Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, lists what is
+    missing and where it comes from.
+    """
     from fournil.console import print_json
     from fournil.eval.fetch import fetch
     from fournil.eval.tasks import resolve_tasks
@@ -132,6 +128,10 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    """tasks, groups, metrics and the data files each reads
+
+    Every task with its language, metrics, data folder and splits; every group.
+    """
     from fournil.console import print_json
     from fournil.eval.data import split_file
     from fournil.eval.tasks import GROUPS, TASKS

@@ -5,13 +5,6 @@ Public API: `quantize`, `import_gguf`, `export_gguf`.
 Imported lazily so that `fournil --help` does not pay for torch.
 """
 
-from fournil.lazy import lazy_getattr
+from fournil.lazy import lazy_api
 
-_API = {
-    "quantize": "fournil.infer.quantize",
-    "import_gguf": "fournil.infer.gguf_io",
-    "export_gguf": "fournil.infer.gguf_io",
-}
-__all__ = sorted(_API)
-
-__getattr__ = lazy_getattr(__name__, _API)
+__all__, __getattr__ = lazy_api(__name__, {".quantize": "quantize", ".gguf_io": "import_gguf export_gguf"})

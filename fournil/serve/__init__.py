@@ -4,13 +4,6 @@ its connection handling (connections.py) and a web chat page (static/chat.html).
 Public API: `Scheduler`, `create_app`, `serve`. Imported lazily so that `fournil --help` does not pay for torch.
 """
 
-from fournil.lazy import lazy_getattr
+from fournil.lazy import lazy_api
 
-_API = {
-    "Scheduler": "fournil.serve.batching",
-    "create_app": "fournil.serve.server",
-    "serve": "fournil.serve.server",
-}
-__all__ = sorted(_API)
-
-__getattr__ = lazy_getattr(__name__, _API)
+__all__, __getattr__ = lazy_api(__name__, {".batching": "Scheduler", ".server": "create_app serve"})

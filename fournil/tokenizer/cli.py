@@ -35,13 +35,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "Hugging Face directory and an equivalent SentencePiece model.", epilog=EPILOG,
     )
 
-    train = stage.verb(
-        "train", cmd_train, force=True,
-        help="learn a tokenizer from text per category and write a tokenizer directory",
-        description="Sample documents per category to the given weights (by characters), learn BPE pieces and "
-        "write tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, "
-        "tokenizer.model (SentencePiece) and fournil.json.",
-    )
+    train = stage.verb("train", cmd_train, force=True)
     train.add_argument("out", type=Path, help="output tokenizer directory")
     train.add_argument("--text", nargs="+", action="extend", default=[], metavar="CATEGORY=PATH",
                        help="training text per category (repeatable)")
@@ -62,13 +56,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument("--seed", type=SEED, help="document sampling seed (default 0)")
     train.add_argument("--no-sentencepiece", action="store_true", help="do not write tokenizer.model")
 
-    report = stage.verb(
-        "report", cmd_report,
-        help="fertility (tokens/word, bytes/token, FR/EN ratio) of tokenizers on the same text",
-        description="Tokens per whitespace-separated word and bytes per token per language, and the FR/EN "
-        "parity ratio, for a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, "
-        "SentencePiece .model, .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2.",
-    )
+    report = stage.verb("report", cmd_report)
     report.add_argument("tokenizer", help="our tokenizer directory (or any tokenizer spec)")
     report.add_argument("--compare", nargs="+", action="extend", default=[], metavar="OTHER",
                         help="tokenizers to compare with")
@@ -76,36 +64,30 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="evaluation text per language; use text not seen in training")
     report.add_argument("--png", type=Path, help="write a bar chart of tokens per word here")
 
-    encode = stage.verb(
-        "encode", cmd_encode,
-        help="print the ids (or pieces) of some text",
-        description="Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text.",
-    )
+    encode = stage.verb("encode", cmd_encode)
     encode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
     encode.add_argument("texts", nargs="+", metavar="TEXT", help="text to encode; '-' reads stdin")
     encode.add_argument("--pieces", action="store_true", help="print pieces instead of ids")
     encode.add_argument("--bos", action="store_true", help="prepend <s>")
     encode.add_argument("--eos", action="store_true", help="append </s>")
 
-    decode = stage.verb(
-        "decode", cmd_decode,
-        help="print the text of some ids", description="Decode ids back to text.",
-    )
+    decode = stage.verb("decode", cmd_decode)
     decode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
     decode.add_argument("ids", nargs="+", type=NON_NEGATIVE, metavar="ID", help="token ids")
     decode.add_argument("--skip-special", action="store_true", help="drop special tokens")
 
-    verify = stage.verb(
-        "verify", cmd_verify,
-        help="check that transformers and SentencePiece give our ids, and that text round-trips",
-        description="Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the "
-        "SentencePiece model; count documents whose ids differ and documents that do not decode back.",
-    )
+    verify = stage.verb("verify", cmd_verify)
     verify.add_argument("tokenizer", type=Path, help="tokenizer directory")
     verify.add_argument("--text", nargs="+", action="extend", required=True, metavar="LANG=PATH")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    """learn a tokenizer from text per category and write a tokenizer directory
+
+    Sample documents per category to the given weights (by characters), learn BPE pieces and write
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, tokenizer.model
+    (SentencePiece) and fournil.json.
+    """
     import dataclasses
 
     from fournil.artifacts import claim_output, sha256_file
@@ -155,6 +137,12 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
+    """fertility (tokens/word, bytes/token, FR/EN ratio) of tokenizers on the same text
+
+    Tokens per whitespace-separated word and bytes per token per language, and the FR/EN parity ratio, for
+    a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, SentencePiece .model,
+    .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2.
+    """
     from rich.console import Console
     from rich.table import Table
 
@@ -188,6 +176,10 @@ def _load(path: str):
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
+    """print the ids (or pieces) of some text
+
+    Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text.
+    """
     from fournil.console import print_json
 
     tok = _load(args.tokenizer)
@@ -204,6 +196,10 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
+    """print the text of some ids
+
+    Decode ids back to text.
+    """
     from fournil.console import UsageError, print_json
 
     tok = _load(args.tokenizer)
@@ -218,6 +214,11 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    """check that transformers and SentencePiece give our ids, and that text round-trips
+
+    Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the SentencePiece
+    model; count documents whose ids differ and documents that do not decode back.
+    """
     from fournil.console import print_json, print_table
     from fournil.tokenizer.report import read_texts
     from fournil.tokenizer.verify import compare

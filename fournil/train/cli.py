@@ -31,13 +31,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
         "`fournil train pretrain RECIPE …`.", epilog=EPILOG,
     )
 
-    pretrain = stage.verb(
-        "pretrain", cmd_pretrain,
-        help="pretrain (the default action)",
-        description="Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to "
-        "train.batch_tokens, warmup + cosine/WSD schedule, per-language validation in bits per byte, and "
-        "atomic checkpoints. --resume continues bit for bit from the newest complete checkpoint.",
-    )
+    pretrain = stage.verb("pretrain", cmd_pretrain)
     pretrain.add_argument("recipe", help="recipe file or preset name")
     pretrain.add_argument("--shards", type=Path, required=True, help="shards directory (from the corpus stage)")
     pretrain.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, metrics, model")
@@ -47,14 +41,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe value, e.g. train.lr=1e-3 (repeatable; YAML syntax for values)")
 
-    sft = stage.verb(
-        "sft", cmd_sft,
-        help="supervised fine-tuning on chat data and translation pairs",
-        description="Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with "
-        "`messages`) and EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into "
-        "translation instructions in both directions. Loss on assistant answers only; same checkpoints and "
-        "exact resume as pretraining; the final model directory carries the tokenizer and chat template.",
-    )
+    sft = stage.verb("sft", cmd_sft)
     sft.add_argument("recipe", help="recipe file or preset name (needs an `sft` section)")
     sft.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory of the model")
     sft.add_argument("--init-from", required=True, help="model directory to fine-tune")
@@ -66,19 +53,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sft.add_argument("--max-steps", type=POSITIVE, help="stop after this step (the schedule keeps its length)")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
 
-    plot = stage.verb(
-        "plot", cmd_plot,
-        help="loss, learning-rate, throughput and validation PNGs of a run",
-        description="Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png.",
-    )
+    plot = stage.verb("plot", cmd_plot)
     plot.add_argument("run", type=Path, help="run directory")
 
-    export = stage.verb(
-        "export", cmd_export, dtype="cast floating weights", force=True,
-        help="a checkpoint of a run as a Hugging Face model directory",
-        description="Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally "
-        "cast; works while the run is still training.",
-    )
+    export = stage.verb("export", cmd_export, dtype="cast floating weights", force=True)
     export.add_argument("run", type=Path, help="run directory")
     export.add_argument("out", type=Path, help="output model directory")
     export.add_argument("--step", type=NON_NEGATIVE, help="checkpoint step (default: the newest complete one)")
@@ -112,6 +90,12 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    """pretrain (the default action)
+
+    Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to train.batch_tokens,
+    warmup + cosine/WSD schedule, per-language validation in bits per byte, and atomic checkpoints.
+    --resume continues bit for bit from the newest complete checkpoint.
+    """
     from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.loop import train
@@ -129,6 +113,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
+    """supervised fine-tuning on chat data and translation pairs
+
+    Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with `messages`) and
+    EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into translation
+    instructions in both directions. Loss on assistant answers only; same checkpoints and exact resume as
+    pretraining; the final model directory carries the tokenizer and chat template.
+    """
     from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.sft import finetune
@@ -146,6 +137,10 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    """loss, learning-rate, throughput and validation PNGs of a run
+
+    Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png.
+    """
     from fournil.train.plot import plot_run
 
     for path in plot_run(args.run):
@@ -153,6 +148,11 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
+    """a checkpoint of a run as a Hugging Face model directory
+
+    Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally cast;
+    works while the run is still training.
+    """
     from fournil.artifacts import claim_output
     from fournil.console import UsageError
     from fournil.lm.hf import convert
