@@ -299,8 +299,7 @@ def cmd_bake(args: argparse.Namespace) -> None:
     """the whole recipe: corpus → tokenizer → pretrain → SFT → eval → export
 
     Run every stage of a recipe into one output directory. Steps whose inputs are unchanged are skipped,
-    so a killed bake resumes where it stopped.
-    """
+    so a killed bake resumes where it stopped."""
     from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.cli import parse_overrides

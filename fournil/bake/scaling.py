@@ -155,11 +155,7 @@ def plot_fit(points: list[dict], law: PowerLaw, path: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="validation bits per byte (mean FR/EN)",
            title="scaling ladder")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return artifacts.write_png(fig, path, dpi=110)
 
 
 # ---- the ladder ----
@@ -242,8 +238,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """bake the ladder recipe's rungs and fit them
 
     Build corpus, tokenizer and shards once, pretrain each rung for tokens_per_param × its parameters
-    (killed runs resume), then fit and plot.
-    """
+    (killed runs resume), then fit and plot."""
     from fournil.bake.pipeline import MARKERS, recipe_inputs
     from fournil.recipe import load_recipe
 
@@ -258,6 +253,5 @@ def cmd_fit(args: argparse.Namespace) -> None:
     """fit bits per byte vs training FLOPs over finished runs
 
     Read each run's final model config and metrics.jsonl, fit L = E + A·C^(−α) and write scaling.json and
-    scaling.png.
-    """
+    scaling.png."""
     _print(fit_runs(args.runs, args.out), args.json)

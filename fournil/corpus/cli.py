@@ -82,8 +82,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """run the whole chain from sources to a corpus directory
 
     Read every source, clean, route by language, filter, decontaminate, deduplicate, and write
-    docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes.
-    """
+    docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes."""
     import dataclasses
 
     from fournil.console import UsageError, print_json, print_table
@@ -118,8 +117,7 @@ def cmd_pack(args: argparse.Namespace) -> None:
     """tokenise a corpus directory and write shuffled, packed training shards
 
     Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream per language,
-    apply the mix (repeats per source), shuffle by seed and write shards the train stage reads.
-    """
+    apply the mix (repeats per source), shuffle by seed and write shards the train stage reads."""
     from fournil.artifacts import claim_output
     from fournil.console import print_json
     from fournil.corpus.pack import pack
@@ -136,8 +134,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix,
     upsampling factor, rejects by reason, language-ID confusion, length histograms, input errors,
-    decontamination.
-    """
+    decontamination."""
     from fournil.console import print_json
     from fournil.corpus.report import write_report
 

@@ -59,8 +59,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     """score one model on tasks; JSON per task in the results directory (resumable)
 
     Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document outputs
-    to OUT/samples/; rerunning the same command continues a killed run.
-    """
+    to OUT/samples/; rerunning the same command continues a killed run."""
     from fournil.artifacts import claim_output
     from fournil.console import print_json
     from fournil.eval.runner import run
@@ -99,8 +98,7 @@ def _print_results(results: list[dict]) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     """Markdown + PNG comparing results directories side by side, with FR/EN parity
 
-    Write OUT/REPORT.md and OUT/report.png from one or more results directories.
-    """
+    Write OUT/REPORT.md and OUT/report.png from one or more results directories."""
     from fournil.console import print_json
     from fournil.eval.report import load_results, parity, write_report
 
@@ -116,8 +114,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
     """(online) download the tasks' datasets into a local data directory
 
     Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, lists what is
-    missing and where it comes from.
-    """
+    missing and where it comes from."""
     from fournil.console import print_json
     from fournil.eval.fetch import fetch
     from fournil.eval.tasks import resolve_tasks
@@ -130,8 +127,7 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 def cmd_list(args: argparse.Namespace) -> None:
     """tasks, groups, metrics and the data files each reads
 
-    Every task with its language, metrics, data folder and splits; every group.
-    """
+    Every task with its language, metrics, data folder and splits; every group."""
     from fournil.console import print_json
     from fournil.eval.data import split_file
     from fournil.eval.tasks import GROUPS, TASKS

@@ -126,8 +126,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     """continue a prompt (streamed), or a batch of prompts
 
     Greedy or sampled continuation with a KV cache. One prompt streams token by token; several prompts run
-    as one left-padded batch.
-    """
+    as one left-padded batch."""
     from dataclasses import asdict
 
     from fournil.console import print_json
@@ -153,8 +152,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
     """interactive chat with the model's chat template
 
     A terminal chat: the history is rendered with the model's chat template (ChatML for fournil models)
-    every turn and replies stream. /reset clears the history, /exit or end of input leaves.
-    """
+    every turn and replies stream. /reset clears the history, /exit or end of input leaves."""
     from fournil.infer.chat import HELP, chat_loop
 
     sampling = _sampling(args)
@@ -168,8 +166,7 @@ def cmd_translate(args: argparse.Namespace) -> None:
     """translate files or stdin line by line (en↔fr)
 
     One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / 'French:
-    …' pairs); --chat sends each line as a user turn through the chat template instead.
-    """
+    …' pairs); --chat sends each line as a user turn through the chat template instead."""
     from fournil.console import UsageError
     from fournil.infer.translate import check_pair, translate_lines
 
@@ -204,8 +201,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     """weight-only int8 (per channel) or 4-bit (group-wise) model directory
 
     Quantise the blocks' linear weights; our engine runs the result directly. --report measures perplexity
-    before and after on a text (default: the embedded EN+FR sample corpus).
-    """
+    before and after on a text (default: the embedded EN+FR sample corpus)."""
     from fournil.artifacts import claim_output
     from fournil.console import UsageError, print_json, print_table, status
     from fournil.infer.quantize import quantize, report, sample_text
@@ -237,8 +233,7 @@ def cmd_export_gguf(args: argparse.Namespace) -> None:
     """a model directory → one GGUF file for llama.cpp
 
     Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template in one GGUF
-    file that llama.cpp loads.
-    """
+    file that llama.cpp loads."""
     from fournil.artifacts import claim_output
     from fournil.console import status
     from fournil.infer.gguf_io import export_gguf
@@ -253,8 +248,7 @@ def cmd_import_gguf(args: argparse.Namespace) -> None:
     """a GGUF Llama → a model directory transformers and fournil load
 
     Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json from the GGUF
-    vocabulary and merges, keep the chat template.
-    """
+    vocabulary and merges, keep the chat template."""
     from fournil.artifacts import claim_output
     from fournil.console import status
     from fournil.infer.gguf_io import import_gguf

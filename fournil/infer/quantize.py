@@ -55,8 +55,6 @@ def quantize_state(state: dict[str, torch.Tensor], bits: int, group_size: int) -
     return out
 
 
-
-
 def sample_text(max_chars: int = 6000) -> str:
     """Half English, half French from the embedded sample corpus: the default text for the perplexity report."""
     from fournil.corpus import iter_sample

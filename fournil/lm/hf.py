@@ -265,9 +265,8 @@ def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: s
     check_finite(state, source)
 
 
-def load_model(
-    source: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> Llama:
+def load_model(source: str | Path, dtype: str | torch.dtype | None = None,
+               device: str | torch.device = "cpu") -> Llama:
     """Load a fournil or transformers Llama directory (or a hub id when online) into our `Llama`."""
     directory = resolve(source)
     config = read_config(directory)
@@ -305,13 +304,9 @@ def resolve(source: str | Path, config_only: bool = False) -> Path:
     raise UsageError(f"{source}: no such model directory")
 
 
-def save_model(
-    model: Llama,
-    directory: str | Path,
-    dtype: str | None = None,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    manifest: dict[str, Any] | None = None,
-) -> Path:
+def save_model(model: Llama, directory: str | Path, dtype: str | None = None,
+               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+               manifest: dict[str, Any] | None = None) -> Path:
     """Write config.json, generation_config.json and safetensors weights (sharded above `max_shard_bytes`)."""
     config = model.config
     if dtype is not None:
@@ -322,13 +317,9 @@ def save_model(
     return save_state_dict(state, config, directory, max_shard_bytes, manifest)
 
 
-def save_state_dict(
-    state: dict[str, torch.Tensor],
-    config: ModelConfig,
-    directory: str | Path,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    manifest: dict[str, Any] | None = None,
-) -> Path:
+def save_state_dict(state: dict[str, torch.Tensor], config: ModelConfig, directory: str | Path,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                    manifest: dict[str, Any] | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.iterdir():  # a re-save must not leave stale shards that an index could pick up
@@ -357,13 +348,8 @@ def save_state_dict(
     return directory
 
 
-def convert(
-    source: str | Path,
-    destination: str | Path,
-    dtype: str | None = None,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    plain: bool = False,
-) -> Path:
+def convert(source: str | Path, destination: str | Path, dtype: str | None = None,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, plain: bool = False) -> Path:
     """Copy a model directory, optionally casting dtype and (re)sharding; `plain` leaves out fournil.json.
 
     Tensors are checked against the config (names and shapes) before anything is written. Tokenizer and other

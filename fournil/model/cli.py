@@ -65,8 +65,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     """parameters, FLOPs per token, training memory of a recipe or model directory
 
     Parameter count, FLOPs per token and single-device training memory (weights, gradients, AdamW state,
-    activations) at a given batch. Nothing is allocated: it is arithmetic on the config.
-    """
+    activations) at a given batch. Nothing is allocated: it is arithmetic on the config."""
     from fournil.console import print_json, print_table
     from fournil.lm.info import describe, human
 
@@ -98,8 +97,7 @@ def cmd_info(args: argparse.Namespace) -> None:
 def cmd_init(args: argparse.Namespace) -> None:
     """write a randomly initialised model directory from a recipe
 
-    Build the recipe's model with N(0, init_std) weights and save it as a transformers directory.
-    """
+    Build the recipe's model with N(0, init_std) weights and save it as a transformers directory."""
     import torch
 
     from fournil.artifacts import claim_output, sha256_json
@@ -123,8 +121,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     """copy a model directory with a dtype cast, resharding, or as plain transformers layout
 
     Convert between fournil model directories and plain transformers layout (which differ only by the
-    fournil.json manifest), cast dtype, and reshard. Only safetensors are read.
-    """
+    fournil.json manifest), cast dtype, and reshard. Only safetensors are read."""
     from fournil.artifacts import claim_output
     from fournil.console import status
     from fournil.lm.hf import convert, parse_size
@@ -139,8 +136,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """load a directory in fournil and in transformers and compare logits
 
     Proves a directory is HF-identical: the same random tokens go through fournil's Llama and
-    transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported.
-    """
+    transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported."""
     from fournil.console import print_json, print_table
     from fournil.model.parity import compare_with_transformers
 

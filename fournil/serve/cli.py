@@ -49,8 +49,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 
     FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and a
     chat page at /. Concurrent requests share one decode batch (they join and leave it between steps).
-    SIGTERM stops accepting, finishes running generations and exits 0.
-    """
+    SIGTERM stops accepting, finishes running generations and exits 0."""
     from fournil.infer.cli import huge_pages
 
     huge_pages()

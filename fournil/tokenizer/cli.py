@@ -86,8 +86,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     Sample documents per category to the given weights (by characters), learn BPE pieces and write
     tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, tokenizer.model
-    (SentencePiece) and fournil.json.
-    """
+    (SentencePiece) and fournil.json."""
     import dataclasses
 
     from fournil.artifacts import claim_output, sha256_file
@@ -141,8 +140,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     Tokens per whitespace-separated word and bytes per token per language, and the FR/EN parity ratio, for
     a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, SentencePiece .model,
-    .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2.
-    """
+    .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2."""
     from rich.console import Console
     from rich.table import Table
 
@@ -178,8 +176,7 @@ def _load(path: str):
 def cmd_encode(args: argparse.Namespace) -> None:
     """print the ids (or pieces) of some text
 
-    Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text.
-    """
+    Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text."""
     from fournil.console import print_json
 
     tok = _load(args.tokenizer)
@@ -198,8 +195,7 @@ def cmd_encode(args: argparse.Namespace) -> None:
 def cmd_decode(args: argparse.Namespace) -> None:
     """print the text of some ids
 
-    Decode ids back to text.
-    """
+    Decode ids back to text."""
     from fournil.console import UsageError, print_json
 
     tok = _load(args.tokenizer)
@@ -217,8 +213,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """check that transformers and SentencePiece give our ids, and that text round-trips
 
     Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the SentencePiece
-    model; count documents whose ids differ and documents that do not decode back.
-    """
+    model; count documents whose ids differ and documents that do not decode back."""
     from fournil.console import print_json, print_table
     from fournil.tokenizer.report import read_texts
     from fournil.tokenizer.verify import compare

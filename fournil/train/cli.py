@@ -94,8 +94,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to train.batch_tokens,
     warmup + cosine/WSD schedule, per-language validation in bits per byte, and atomic checkpoints.
-    --resume continues bit for bit from the newest complete checkpoint.
-    """
+    --resume continues bit for bit from the newest complete checkpoint."""
     from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.loop import train
@@ -118,8 +117,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
     Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with `messages`) and
     EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into translation
     instructions in both directions. Loss on assistant answers only; same checkpoints and exact resume as
-    pretraining; the final model directory carries the tokenizer and chat template.
-    """
+    pretraining; the final model directory carries the tokenizer and chat template."""
     from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.sft import finetune
@@ -139,8 +137,7 @@ def cmd_sft(args: argparse.Namespace) -> None:
 def cmd_plot(args: argparse.Namespace) -> None:
     """loss, learning-rate, throughput and validation PNGs of a run
 
-    Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png.
-    """
+    Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png."""
     from fournil.train.plot import plot_run
 
     for path in plot_run(args.run):
@@ -151,8 +148,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     """a checkpoint of a run as a Hugging Face model directory
 
     Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally cast;
-    works while the run is still training.
-    """
+    works while the run is still training."""
     from fournil.artifacts import claim_output
     from fournil.console import UsageError
     from fournil.lm.hf import convert

@@ -139,14 +139,8 @@ def validation_bpb(model: torch.nn.Module, shards: Shards, max_tokens: int, seq_
     return results
 
 
-def train(
-    recipe: Recipe,
-    shards_dir: str | Path,
-    run_dir: str | Path,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    max_steps: int | None = None,
-) -> Summary:
+def train(recipe: Recipe, shards_dir: str | Path, run_dir: str | Path, resume: bool = False,
+          init_from: str | Path | None = None, max_steps: int | None = None) -> Summary:
     """Pretrain `recipe.model` on `shards_dir`, writing checkpoints, metrics and a final model to `run_dir`.
 
     Launched by torchrun, every rank runs this function (DDP or FSDP2 per train.parallel). max_steps stops
@@ -175,17 +169,9 @@ def tokenizer_files(directory: Path) -> tuple[Path, ...]:
                         if p.is_file() and p.name.startswith(("tokenizer", "special_tokens", "chat_template"))))
 
 
-def run(
-    recipe: Recipe,
-    t: TrainConfig,
-    dataset,
-    validate,
-    run_dir: str | Path,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    max_steps: int | None = None,
-    model_files: tuple[Path, ...] = (),
-) -> Summary:
+def run(recipe: Recipe, t: TrainConfig, dataset, validate, run_dir: str | Path, resume: bool = False,
+        init_from: str | Path | None = None, max_steps: int | None = None,
+        model_files: tuple[Path, ...] = ()) -> Summary:
     """The loop shared by pretraining and fine-tuning: `dataset` has `__len__` and `collate(indices)`;
     `validate(model, device)` returns {metric: {name: value}} for the log; `model_files` (tokenizer files, say)
     are copied into the final model directory."""
