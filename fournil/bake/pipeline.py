@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fournil import artifacts
-from fournil.console import UsageError, is_quiet
+from fournil.console import UsageError, is_quiet, print_json
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ def _tokenizer(recipe, out: Path) -> None:
 
 def _fertility(tokenizer) -> list[dict]:
     """Ours vs the reference tokenizers that are installed, on the held-out test pairs (never trained on)."""
-    from fournil.console import UsageError
     from fournil.corpus import iter_sample
     from fournil.tokenizer.report import fertility, from_tokenizer, load_encoder
 
@@ -300,7 +299,6 @@ def cmd_bake(args: argparse.Namespace) -> None:
 
     Run every stage of a recipe into one output directory. Steps whose inputs are unchanged are skipped,
     so a killed bake resumes where it stopped."""
-    from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.cli import parse_overrides
 

@@ -18,6 +18,7 @@ parameters; with two, E is held at 0 (a pure power law).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fournil import artifacts
-from fournil.console import UsageError
+from fournil.console import UsageError, print_json, print_table
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def run_point(run_dir: str | Path) -> dict:
 
 def _seq_len(run_dir: Path, default: int) -> int:
     """The training sequence length from the recipe.json every run writes, else the model's context."""
-    import json
-
     try:
         return int(json.loads((run_dir / "recipe.json").read_text())["train"]["seq_len"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -220,15 +219,13 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def _print(result: dict, as_json: bool) -> None:
-    from fournil.console import print_json, print_table
-
     if as_json:
         print_json(result)
         return
     f = result["fit"]
     rows = [[Path(p["run"]).name, f"{p['params'] / 1e6:.2f} M", f"{p['tokens']:,}", f"{p['flops']:.3g}",
              f"{p['mean_bits_per_byte']:.4f}"] for p in result["points"]]
-    print_table(["run", "params", "tokens", "FLOPs", "bits/byte"], rows)
+    print_table("scaling ladder", rows, header=("run", "params", "tokens", "FLOPs", "bits/byte"))
     print(f"bits/byte = {f['E']:.4f} + {f['A']:.4g} · FLOPs^-{f['alpha']:.4f}   (R² on log L: {f['r2']:.4f})")
     for name, p in result["predictions"].items():
         print(f"  extrapolated to {name} ({p['flops']:.3g} FLOPs): {p['bits_per_byte']:.4f} bits/byte")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
+
+from fournil.artifacts import claim_output
+from fournil.console import UsageError, print_json, print_table
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +87,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     Read every source, clean, route by language, filter, decontaminate, deduplicate, and write
     docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes."""
-    import dataclasses
-
-    from fournil.console import UsageError, print_json, print_table
     from fournil.corpus.pipeline import load_config, run, sample_config, submit
 
     if bool(args.config) == bool(args.sample):
@@ -118,8 +119,6 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
     Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream per language,
     apply the mix (repeats per source), shuffle by seed and write shards the train stage reads."""
-    from fournil.artifacts import claim_output
-    from fournil.console import print_json
     from fournil.corpus.pack import pack
 
     claim_output(args.out, "fournil.corpus.shards", inputs=[args.corpus, args.tokenizer], force=args.force)
@@ -135,7 +134,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix,
     upsampling factor, rejects by reason, language-ID confusion, length histograms, input errors,
     decontamination."""
-    from fournil.console import print_json
     from fournil.corpus.report import write_report
 
     data = write_report(args.corpus, shards=args.shards, tokenizer=args.tokenizer)

@@ -8,6 +8,7 @@ DATATROVE-OFFLINE.md: 0.06 MB/s/core for the stock chain on French).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -177,8 +178,6 @@ def eval_ngrams(eval_sets: dict[str, str], n: int) -> tuple[dict[int, str], dict
 
     A benchmark is a file or folder: .jsonl (every string value is a text) or plain text (one text per line).
     """
-    import json
-
     grams: dict[int, str] = {}
     texts_read: dict[str, int] = {}
     for name, spec in sorted(eval_sets.items()):

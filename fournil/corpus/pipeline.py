@@ -35,7 +35,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fournil import artifacts
@@ -56,8 +56,6 @@ def load_config(path: str | Path) -> CorpusConfig:
 
     Relative source and eval-set paths are resolved against the file's folder.
     """
-    import dataclasses
-
     import yaml
 
     from fournil.recipe import RecipeError, _key_lines, build
@@ -95,8 +93,6 @@ def sample_config(**overrides) -> CorpusConfig:
 
 def config_hash(config: CorpusConfig) -> str:
     """What the corpus is made of; `executor` (where it runs) is left out, so a run can move between executors."""
-    from dataclasses import asdict
-
     return artifacts.sha256_json({k: v for k, v in asdict(config).items() if k != "executor"})
 
 
@@ -272,8 +268,6 @@ def submit(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks
 def complete(config: CorpusConfig, out: Path, max_errors: int) -> dict:
     """The last stage (a pipeline step, so it runs where the others ran): the bad-input budget, exact dedup,
     docs/, stats.json, the datasheet, and the manifest last."""
-    from dataclasses import asdict
-
     from fournil.corpus.report import write_report
 
     _raise_input_errors(out / "work" / "errors", max_errors)

@@ -6,6 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from fournil.artifacts import claim_output
+from fournil.console import print_json, print_table
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -60,8 +63,6 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document outputs
     to OUT/samples/; rerunning the same command continues a killed run."""
-    from fournil.artifacts import claim_output
-    from fournil.console import print_json
     from fournil.eval.runner import run
     from fournil.eval.tasks import resolve_tasks
 
@@ -79,17 +80,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _print_results(results: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="fournil eval", title_justify="left")
-    for column in ("task", "n", "shots", "metric", "value"):
-        table.add_column(column, justify="right" if column in ("n", "shots", "value") else "left")
-    for r in results:
-        for i, (metric, value) in enumerate(r["metrics"].items()):
-            table.add_row(r["task"] if i == 0 else "", str(r["n"]) if i == 0 else "",
-                          str(r["num_fewshot"]) if i == 0 else "", metric, f"{value:.4f}")
-    Console().print(table)
+    rows = [((r["task"], str(r["n"]), str(r["num_fewshot"])) if i == 0 else ("", "", "")) + (metric, f"{value:.4f}")
+            for r in results for i, (metric, value) in enumerate(r["metrics"].items())]
+    print_table("fournil eval", rows, header=("task", "n", "shots", "metric", "value"), right=(1, 2, 4))
     for r in results:
         if "signature" in r:
             print(f"{r['task']}: BLEU {r['signature']['bleu']}\n{r['task']}: chrF {r['signature']['chrf']}")
@@ -99,7 +92,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     """Markdown + PNG comparing results directories side by side, with FR/EN parity
 
     Write OUT/REPORT.md and OUT/report.png from one or more results directories."""
-    from fournil.console import print_json
     from fournil.eval.report import load_results, parity, write_report
 
     path = write_report(args.results, args.out or args.results[0])
@@ -115,7 +107,6 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
     Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, lists what is
     missing and where it comes from."""
-    from fournil.console import print_json
     from fournil.eval.fetch import fetch
     from fournil.eval.tasks import resolve_tasks
 
@@ -128,7 +119,6 @@ def cmd_list(args: argparse.Namespace) -> None:
     """tasks, groups, metrics and the data files each reads
 
     Every task with its language, metrics, data folder and splits; every group."""
-    from fournil.console import print_json
     from fournil.eval.data import split_file
     from fournil.eval.tasks import GROUPS, TASKS
 
@@ -142,15 +132,9 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.json:
         print_json({"tasks": rows, "groups": GROUPS})
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"tasks (data: {args.data})", title_justify="left")
-    for column in ("task", "lang", "kind", "metrics", "data folder", "splits (✓ present)"):
-        table.add_column(column)
-    for r in rows:
-        splits = " ".join(f"{s}{'✓' if ok else '✗'}" for s, ok in r["splits"].items())
-        table.add_row(r["task"], r["language"], r["kind"], ", ".join(r["metrics"]), r["dataset"], splits)
-    Console().print(table)
+    print_table(f"tasks (data: {args.data})", [
+        (r["task"], r["language"], r["kind"], ", ".join(r["metrics"]), r["dataset"],
+         " ".join(f"{s}{'✓' if ok else '✗'}" for s, ok in r["splits"].items())) for r in rows],
+        header=("task", "lang", "kind", "metrics", "data folder", "splits (✓ present)"), right=())
     for name, members in GROUPS.items():
         print(f"{name}: {', '.join(members)}" if name != "all" else "all: every task")

@@ -19,11 +19,6 @@ from fournil.eval.data import split_file
 from fournil.eval.tasks import Task
 
 
-def runs_offline(task: Task) -> bool:
-    """Whether lm-eval can score this task here (ROUGE included, through `LocalRouge`)."""
-    return task.upstream is not None
-
-
 class LocalRouge:
     """What `evaluate.load("rouge")` returns, without the hub: HF evaluate's `rouge` metric (evaluate 0.4.x,
     `metrics/rouge/rouge.py`) rebuilt on `rouge_score`, with the same defaults.

@@ -7,7 +7,11 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
+
+from fournil.artifacts import claim_output
+from fournil.console import UsageError, print_json, print_table, status
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,6 @@ def huge_pages() -> None:
 
 def _engine(args: argparse.Namespace):
     huge_pages()
-    from fournil.console import status
     from fournil.lm.generate import Engine
 
     with status(f"loading {args.model}"):
@@ -127,10 +130,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     Greedy or sampled continuation with a KV cache. One prompt streams token by token; several prompts run
     as one left-padded batch."""
-    from dataclasses import asdict
-
-    from fournil.console import print_json
-
     sampling = _sampling(args)
     prompts = [sys.stdin.read() if p == "-" else p for p in args.prompts]
     engine = _engine(args)
@@ -167,7 +166,6 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
     One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / 'French:
     …' pairs); --chat sends each line as a user turn through the chat template instead."""
-    from fournil.console import UsageError
     from fournil.infer.translate import check_pair, translate_lines
 
     check_pair(args.source, args.target)
@@ -202,8 +200,6 @@ def cmd_quantize(args: argparse.Namespace) -> None:
 
     Quantise the blocks' linear weights; our engine runs the result directly. --report measures perplexity
     before and after on a text (default: the embedded EN+FR sample corpus)."""
-    from fournil.artifacts import claim_output
-    from fournil.console import UsageError, print_json, print_table, status
     from fournil.infer.quantize import quantize, report, sample_text
 
     claim_output(args.out, "fournil.infer.quantize", inputs=[args.model, args.text], force=args.force, option="OUT")
@@ -234,8 +230,6 @@ def cmd_export_gguf(args: argparse.Namespace) -> None:
 
     Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template in one GGUF
     file that llama.cpp loads."""
-    from fournil.artifacts import claim_output
-    from fournil.console import status
     from fournil.infer.gguf_io import export_gguf
 
     claim_output(args.out, "GGUF", inputs=[args.model], force=args.force, option="OUT", magic=b"GGUF")
@@ -249,8 +243,6 @@ def cmd_import_gguf(args: argparse.Namespace) -> None:
 
     Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json from the GGUF
     vocabulary and merges, keep the chat template."""
-    from fournil.artifacts import claim_output
-    from fournil.console import status
     from fournil.infer.gguf_io import import_gguf
 
     claim_output(args.out, "fournil.model", inputs=[args.file], force=args.force, option="OUT")

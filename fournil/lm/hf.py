@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,8 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     if model_type != "llama" or (archs and archs[0] not in SUPPORTED_ARCHITECTURES):
-        raise UsageError(
-            f"{source}: unsupported architecture {archs or model_type!r}; "
-            f"fournil runs {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')"
-        )
+        raise UsageError(f"{source}: unsupported architecture {archs or model_type!r}; "
+                         f"fournil runs {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')")
     problems = []
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={hf['hidden_act']!r} (only 'silu')")
@@ -188,10 +187,8 @@ def weight_files(directory: str | Path) -> list[Path]:
         return [directory / SINGLE_FILE]
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES) if directory.is_dir() else []
     if pickles:
-        raise UsageError(
-            f"{directory}: only pickled weights found ({', '.join(pickles)}); fournil never unpickles files "
-            "(they can run code). Convert them to safetensors with a tool you trust."
-        )
+        raise UsageError(f"{directory}: only pickled weights found ({', '.join(pickles)}); fournil never unpickles "
+                         "files (they can run code). Convert them to safetensors with a tool you trust.")
     raise UsageError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
@@ -240,10 +237,8 @@ def check_state_dict(model: Llama, state: dict[str, torch.Tensor], source: str) 
     not_float = sorted(f"{k}: {state[k].dtype}" for k in set(expected) & set(given) if not state[k].is_floating_point())
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {list(given[k])} vs model {list(expected[k])}"
-        for k in set(expected) & set(given) if given[k] != expected[k]
-    )
+    mismatched = sorted(f"{k}: checkpoint {list(given[k])} vs model {list(expected[k])}"
+                        for k in set(expected) & set(given) if given[k] != expected[k])
     if missing or unexpected or mismatched or not_float:
         parts = []
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
@@ -392,8 +387,6 @@ def _finite(value: Any, key: str, source: str) -> float:
 def _with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:
     if dtype not in DTYPES:
         raise UsageError(f"dtype {dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
-    from dataclasses import replace
-
     return replace(config, dtype=dtype)
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
+
+from fournil.artifacts import claim_output, sha256_json
+from fournil.console import print_json, print_table, status
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +53,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def _load_config(source: str):
     """A model directory, a recipe (file or preset name), or a hub id like croissantllm/CroissantLLMBase."""
-    import re
-
     from fournil.lm.hf import read_config, resolve
     from fournil.recipe import load_recipe
 
@@ -66,7 +68,6 @@ def cmd_info(args: argparse.Namespace) -> None:
 
     Parameter count, FLOPs per token and single-device training memory (weights, gradients, AdamW state,
     activations) at a given batch. Nothing is allocated: it is arithmetic on the config."""
-    from fournil.console import print_json, print_table
     from fournil.lm.info import describe, human
 
     config = _load_config(args.source)
@@ -100,8 +101,6 @@ def cmd_init(args: argparse.Namespace) -> None:
     Build the recipe's model with N(0, init_std) weights and save it as a transformers directory."""
     import torch
 
-    from fournil.artifacts import claim_output, sha256_json
-    from fournil.console import status
     from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
     from fournil.recipe import load_recipe, to_dict
@@ -122,8 +121,6 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
     Convert between fournil model directories and plain transformers layout (which differ only by the
     fournil.json manifest), cast dtype, and reshard. Only safetensors are read."""
-    from fournil.artifacts import claim_output
-    from fournil.console import status
     from fournil.lm.hf import convert, parse_size
 
     claim_output(args.destination, "fournil.model", inputs=[args.source], force=args.force, option="DESTINATION")
@@ -137,7 +134,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     Proves a directory is HF-identical: the same random tokens go through fournil's Llama and
     transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported."""
-    from fournil.console import print_json, print_table
     from fournil.model.parity import compare_with_transformers
 
     result = compare_with_transformers(args.source, seq_len=args.seq_len)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
+
+from fournil.artifacts import claim_output, sha256_file
+from fournil.console import UsageError, print_json, print_table
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +91,6 @@ def cmd_train(args: argparse.Namespace) -> None:
     Sample documents per category to the given weights (by characters), learn BPE pieces and write
     tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, tokenizer.model
     (SentencePiece) and fournil.json."""
-    import dataclasses
-
-    from fournil.artifacts import claim_output, sha256_file
-    from fournil.console import UsageError, print_json
     from fournil.tokenizer.config import TokenizerConfig
     from fournil.tokenizer.export import save
     from fournil.tokenizer.train import parse_inputs, train
@@ -141,11 +141,6 @@ def cmd_report(args: argparse.Namespace) -> None:
     Tokens per whitespace-separated word and bytes per token per language, and the FR/EN parity ratio, for
     a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, SentencePiece .model,
     .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from fournil.artifacts import claim_output
-    from fournil.console import print_json
     from fournil.tokenizer.report import plot, read_texts, report, table_rows
 
     if args.png:  # a chart replaces a chart, never another file
@@ -159,12 +154,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         print_json(results)
         return
     header, rows = table_rows(results)
-    table = Table(title="fertility (tokens per word: lower is better; FR/EN: 1.0 is parity)", title_justify="left")
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
+    print_table("fertility (tokens per word: lower is better; FR/EN: 1.0 is parity)", rows, header)
 
 
 def _load(path: str):
@@ -177,8 +167,6 @@ def cmd_encode(args: argparse.Namespace) -> None:
     """print the ids (or pieces) of some text
 
     Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text."""
-    from fournil.console import print_json
-
     tok = _load(args.tokenizer)
     texts = [sys.stdin.read() if t == "-" else t for t in args.texts]
     out = []
@@ -196,8 +184,6 @@ def cmd_decode(args: argparse.Namespace) -> None:
     """print the text of some ids
 
     Decode ids back to text."""
-    from fournil.console import UsageError, print_json
-
     tok = _load(args.tokenizer)
     bad = [i for i in args.ids if not 0 <= i < tok.vocab_size]
     if bad:
@@ -214,7 +200,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the SentencePiece
     model; count documents whose ids differ and documents that do not decode back."""
-    from fournil.console import print_json, print_table
     from fournil.tokenizer.report import read_texts
     from fournil.tokenizer.verify import compare
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
+
+from fournil.artifacts import claim_output
+from fournil.console import UsageError, print_json
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +69,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def claim_run(args: argparse.Namespace, *inputs) -> None:
     """The run directory must be new, empty or a run of this verb (`--resume`); under torchrun only rank 0 looks,
     since the others would see the files rank 0 has started to write."""
-    import os
-
-    from fournil.artifacts import claim_output
-
     if os.environ.get("RANK", "0") == "0":
         claim_output(args.out, f"fournil.train.{args.action}", resume=args.resume,
                      inputs=[*inputs, Path(args.recipe) if Path(args.recipe).is_file() else None],
@@ -77,8 +77,6 @@ def claim_run(args: argparse.Namespace, *inputs) -> None:
 
 def parse_overrides(pairs: list[str]) -> dict:
     import yaml
-
-    from fournil.console import UsageError
 
     overrides = {}
     for pair in pairs:
@@ -95,7 +93,6 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to train.batch_tokens,
     warmup + cosine/WSD schedule, per-language validation in bits per byte, and atomic checkpoints.
     --resume continues bit for bit from the newest complete checkpoint."""
-    from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.loop import train
 
@@ -118,7 +115,6 @@ def cmd_sft(args: argparse.Namespace) -> None:
     EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into translation
     instructions in both directions. Loss on assistant answers only; same checkpoints and exact resume as
     pretraining; the final model directory carries the tokenizer and chat template."""
-    from fournil.console import print_json
     from fournil.recipe import load_recipe
     from fournil.train.sft import finetune
 
@@ -149,8 +145,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally cast;
     works while the run is still training."""
-    from fournil.artifacts import claim_output
-    from fournil.console import UsageError
     from fournil.lm.hf import convert
     from fournil.train import checkpoint
 

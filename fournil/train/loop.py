@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,6 @@ def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad
 
 def continued_pretraining_recipe(recipe: Recipe, init_from: Path, shards: Shards) -> Recipe:
     """The recipe with the starting model's own architecture, after checking the shards speak its tokenizer."""
-    from dataclasses import replace
-
     from fournil.lm.hf import read_config, resolve
 
     directory = resolve(init_from)
