@@ -18,17 +18,9 @@ from rich.text import Text
 from fournil import __version__
 from fournil.console import EXIT_FAILURE, FournilError, setup, stderr
 
-STAGES = (
-    "fournil.corpus.cli",
-    "fournil.tokenizer.cli",
-    "fournil.model.cli",
-    "fournil.train.cli",
-    "fournil.eval.cli",
-    "fournil.infer.cli",
-    "fournil.serve.cli",
-    "fournil.bake.pipeline",
-    "fournil.bake.scaling",
-)
+STAGES = ("fournil.corpus.cli", "fournil.tokenizer.cli", "fournil.model.cli", "fournil.train.cli",
+          "fournil.eval.cli", "fournil.infer.cli", "fournil.serve.cli", "fournil.bake.pipeline",
+          "fournil.bake.scaling")
 
 EPILOG = """\
 stages (data flows left to right):

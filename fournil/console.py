@@ -64,17 +64,9 @@ def is_quiet() -> bool:
 
 def progress_bar(transient: bool = True) -> Progress:
     """A rich progress bar on stderr (disabled under `--quiet`) with count, rate and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=transient,
-        disable=_quiet,
-    )
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr,
+                    transient=transient, disable=_quiet)
 
 
 def track(items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:

@@ -1,9 +1,6 @@
-"""Eval stage: FrenchBench, Belebele, an English sanity set and translation, offline, in agreement with lm-eval.
-
-Public API: `Engine` (batched log-likelihoods, greedy generation), `TASKS`/`GROUPS`/`resolve_tasks`, `evaluate`
-(one task), `run` (a results directory), `write_report`, `EvalConfig`. Imported lazily so that `fournil --help`
-does not pay for torch and transformers.
-"""
+"""Eval stage: FrenchBench, Belebele, an English sanity set and translation, offline, in agreement with lm-eval:
+`Engine` (batched log-likelihoods, greedy generation), `evaluate` (one task), `run` (a results directory).
+Imported lazily so that `fournil --help` does not pay for torch and transformers."""
 
 from fournil.lazy import lazy_api
 

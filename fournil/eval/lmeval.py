@@ -119,11 +119,10 @@ def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, *, num_f
     entries = [task_entry(t, data_dir, max_gen_tokens) for t in tasks if t.upstream]
     group = {"group": "fournil_local", "task": entries}
     with local_hub_metrics():
-        results = simple_evaluate(
-            model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"}, tasks=[group],
-            num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device, task_manager=task_manager(),
-            log_samples=samples is not None, random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-        )
+        results = simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"},
+                                  tasks=[group], num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                                  device=device, task_manager=task_manager(), log_samples=samples is not None,
+                                  random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
     if samples is not None:
         for name, rows in results.get("samples", {}).items():
             samples[name] = [_first(row["filtered_resps"]) if len(row["filtered_resps"]) == 1

@@ -1,9 +1,6 @@
 """Infer stage: the generate, chat and translate verbs, weight-only quantisation, GGUF import/export. The decoding
 they run (sampling, the decode loop, its backends) is the runtime's, `fournil.lm`; the HTTP server is `fournil.serve`.
-
-Public API: `quantize`, `import_gguf`, `export_gguf`.
-Imported lazily so that `fournil --help` does not pay for torch.
-"""
+Imported lazily so that `fournil --help` does not pay for torch."""
 
 from fournil.lazy import lazy_api
 

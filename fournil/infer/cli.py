@@ -84,16 +84,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     quant.add_argument("--text", type=Path, help="text file for --report")
 
     exp = stage.group("export", help="write a model as another format (gguf)", dest="format").verb(
-        "gguf", cmd_export_gguf, force="replace an existing GGUF file at OUT"
-    )
+        "gguf", cmd_export_gguf, force="replace an existing GGUF file at OUT")
     exp.add_argument("model", type=Path, help="floating-point model directory")
     exp.add_argument("out", type=Path, help="output .gguf file")
     exp.add_argument("--type", dest="qtype", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),
                      help="tensor type of the matrices (norms stay f32)")
 
     imp = stage.group("import", help="read another format (gguf) into a model directory", dest="format").verb(
-        "gguf", cmd_import_gguf, force=True
-    )
+        "gguf", cmd_import_gguf, force=True)
     imp.add_argument("file", type=Path, help="GGUF file (architecture llama)")
     imp.add_argument("out", type=Path, help="output model directory")
     imp.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
@@ -218,11 +216,9 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         print_json(result)
     else:
         print_table(f"perplexity, {args.bits}-bit vs float32", [
-            ("tokens", f"{result['tokens']:,}"),
-            ("float32", f"{result['perplexity_fp32']:.4f}"),
+            ("tokens", f"{result['tokens']:,}"), ("float32", f"{result['perplexity_fp32']:.4f}"),
             (f"{args.bits}-bit", f"{result['perplexity_quantized']:.4f}"),
-            ("change", f"{result['change_percent']:+.3f} %"),
-        ])
+            ("change", f"{result['change_percent']:+.3f} %")])
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> None:

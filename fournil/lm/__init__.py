@@ -2,11 +2,7 @@
 quantised layers and CPU kernels, decode backends, sampling, prompt text and the decode loop.
 
 It sits below the stages (corpus … serve) and imports none of them, so training, evaluation, inference and the
-server all run the same code. Public API: `ModelConfig`, `Llama`, `KVCache`, `load_model`, `save_model`,
-`read_config`, `param_counts`, `load`, `load_quantized`, `SamplingConfig`, `PromptTokenizer`, `StreamDecoder`,
-`decode_steps`, `Engine`.
-Imported lazily so that `fournil --help` does not pay for torch.
-"""
+server all run the same code. Imported lazily so that `fournil --help` does not pay for torch."""
 
 from fournil.lazy import lazy_api
 

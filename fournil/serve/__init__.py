@@ -1,8 +1,6 @@
 """Serve stage: an OpenAI-compatible HTTP server (server.py) over a continuous-batching scheduler (batching.py),
-its connection handling (connections.py) and a web chat page (static/chat.html). It runs an infer `Engine`.
-
-Public API: `Scheduler`, `create_app`, `serve`. Imported lazily so that `fournil --help` does not pay for torch.
-"""
+its connection handling (connections.py) and a web chat page (static/chat.html), running a runtime `Engine`
+(fournil.lm). Imported lazily so that `fournil --help` does not pay for torch."""
 
 from fournil.lazy import lazy_api
 

@@ -1,8 +1,5 @@
 """Tokenizer stage: a bilingual byte-fallback BPE tokenizer, trained, measured and exported (HF, SentencePiece, GGUF).
-
-Public API: `TokenizerConfig`, `Tokenizer`, `train`, `save`, `fertility`, `gguf_metadata`. Imported lazily so that
-`fournil --help` and recipe validation do not pay for `tokenizers`.
-"""
+Imported lazily so that `fournil --help` and recipe validation do not pay for `tokenizers`."""
 
 from fournil.lazy import lazy_api
 

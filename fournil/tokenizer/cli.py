@@ -157,17 +157,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     print_table("fertility (tokens per word: lower is better; FR/EN: 1.0 is parity)", rows, header)
 
 
-def _load(path: str):
-    from fournil.tokenizer.bpe import Tokenizer
-
-    return Tokenizer.load(path)
-
-
 def cmd_encode(args: argparse.Namespace) -> None:
     """print the ids (or pieces) of some text
 
     Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text."""
-    tok = _load(args.tokenizer)
+    from fournil.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
     texts = [sys.stdin.read() if t == "-" else t for t in args.texts]
     out = []
     for text in texts:
@@ -184,7 +180,9 @@ def cmd_decode(args: argparse.Namespace) -> None:
     """print the text of some ids
 
     Decode ids back to text."""
-    tok = _load(args.tokenizer)
+    from fournil.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
     bad = [i for i in args.ids if not 0 <= i < tok.vocab_size]
     if bad:
         raise UsageError(f"ids out of range [0, {tok.vocab_size}): {', '.join(map(str, bad))}")
