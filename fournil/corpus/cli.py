@@ -41,14 +41,11 @@ clean run, on any executor. docs/cluster.md walks through Slurm and Ray.
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage, integer
 
-    stage = Stage(
-        subparsers, common, "corpus",
-        help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
-        description="The corpus stage on datatrove: readers for jsonl(.gz/.zst), parquet, text, parallel pairs "
-        "(x.en/x.fr, TSV, .po), NFC and boilerplate clean-up, PII scrubbing, FR/EN language routing, "
-        "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.",
-        epilog=EPILOG,
-    )
+    stage = Stage(subparsers, common, "corpus", epilog=EPILOG,
+                  help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
+                  description="The corpus stage on datatrove: readers for jsonl(.gz/.zst), parquet, text, parallel "
+                  "pairs (x.en/x.fr, TSV, .po), NFC and boilerplate clean-up, PII scrubbing, FR/EN language routing, "
+                  "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.")
     run = stage.verb("run", cmd_run, force="discard a previous run in --out and start over")
     run.add_argument("config", nargs="?", help="corpus recipe YAML (or a recipe with a `corpus:` section)")
     run.add_argument("--out", type=Path, required=True, help="corpus directory to write")

@@ -25,11 +25,10 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage, backend_option
 
-    stage = Stage(
-        subparsers, common, "eval", help="FrenchBench, English sanity tasks and translation; side-by-side reports",
-        description="Evaluate model directories offline from local data in the hub datasets' schemas, with "
-        "the prompts and metrics of lm-eval's french_bench tasks.", epilog=EPILOG,
-    )
+    stage = Stage(subparsers, common, "eval", epilog=EPILOG,
+                  help="FrenchBench, English sanity tasks and translation; side-by-side reports",
+                  description="Evaluate model directories offline from local data in the hub datasets' schemas, "
+                  "with the prompts and metrics of lm-eval's french_bench tasks.")
     run = stage.verb("run", cmd_run, dtype="weights dtype (default: saved)")
     run.add_argument("model", help="model directory (or a hub id when online)")
     run.add_argument("--tasks", required=True, help="comma-separated task or group names (see `fournil eval list`)")

@@ -33,12 +33,10 @@ field (or "fr" and "en" fields for parallel pairs), or a folder of those.
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Keyed, Stage, real
 
-    stage = Stage(
-        subparsers, common, "tokenizer", help="train, measure and use a bilingual FR/EN tokenizer",
-        description="A byte-fallback BPE tokenizer trained on a weighted French/English/code mix, exported as a "
-        "Hugging Face directory and an equivalent SentencePiece model.", epilog=EPILOG,
-    )
-
+    stage = Stage(subparsers, common, "tokenizer", epilog=EPILOG,
+                  help="train, measure and use a bilingual FR/EN tokenizer",
+                  description="A byte-fallback BPE tokenizer trained on a weighted French/English/code mix, exported "
+                  "as a Hugging Face directory and an equivalent SentencePiece model.")
     train = stage.verb("train", cmd_train, force=True)
     train.add_argument("out", type=Path, help="output tokenizer directory")
     train.add_argument("--text", nargs="+", action="extend", default=[], metavar="CATEGORY=PATH",

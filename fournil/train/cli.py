@@ -29,12 +29,10 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, Stage
 
-    stage = Stage(
-        subparsers, common, "train", help="pretraining with exact resume; plots of a run", default="pretrain",
-        description="Train a model on packed shards. `fournil train RECIPE …` is short for "
-        "`fournil train pretrain RECIPE …`.", epilog=EPILOG,
-    )
-
+    stage = Stage(subparsers, common, "train", epilog=EPILOG, default="pretrain",
+                  help="pretraining with exact resume; plots of a run",
+                  description="Train a model on packed shards. `fournil train RECIPE …` is short for "
+                  "`fournil train pretrain RECIPE …`.")
     pretrain = stage.verb("pretrain", cmd_pretrain)
     pretrain.add_argument("recipe", help="recipe file or preset name")
     pretrain.add_argument("--shards", type=Path, required=True, help="shards directory (from the corpus stage)")
