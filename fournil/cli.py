@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import math
 import sys
@@ -17,17 +18,9 @@ from rich.text import Text
 from fournil import __version__
 from fournil.console import EXIT_FAILURE, FournilError, setup, stderr
 
-STAGES = (
-    "fournil.corpus.cli",
-    "fournil.tokenizer.cli",
-    "fournil.model.cli",
-    "fournil.train.cli",
-    "fournil.eval.cli",
-    "fournil.infer.cli",
-    "fournil.serve.cli",
-    "fournil.bake.pipeline",
-    "fournil.bake.scaling",
-)
+STAGES = ("fournil.corpus.cli", "fournil.tokenizer.cli", "fournil.model.cli", "fournil.train.cli",
+          "fournil.eval.cli", "fournil.infer.cli", "fournil.serve.cli", "fournil.bake.pipeline",
+          "fournil.bake.scaling")
 
 EPILOG = """\
 stages (data flows left to right):
@@ -167,12 +160,14 @@ def backend_option(parser, choices: tuple[str, ...] = BACKENDS) -> None:
 FORCE = "replace a finished output of this verb there (nothing else is ever deleted)"
 
 
-def verb(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str, handler, *, help: str,
-         description: str, epilog: str, dtype: str | None = None, force: bool | str = False) -> argparse.ArgumentParser:
-    """Declare one verb: the common output flags, the stage's examples as epilog, its handler. The verb's own
-    arguments go on the returned parser; `dtype=HELP` adds the shared --dtype, `force=True` (or HELP) --force."""
+def verb(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser, name: str, handler, *,
+         epilog: str, dtype: str | None = None, force: bool | str = False) -> argparse.ArgumentParser:
+    """Declare one verb: the common output flags, the stage's examples as epilog, its handler, whose docstring
+    gives the help (first line) and the description (the rest, one paragraph). The verb's own arguments go on the
+    returned parser; `dtype=HELP` adds the shared --dtype, `force=True` (or HELP) --force."""
+    help, _, description = inspect.cleandoc(handler.__doc__).partition("\n")
     parser = subparsers.add_parser(name, parents=[common], formatter_class=HelpFormatter, epilog=epilog, help=help,
-                                   description=description)
+                                   description=" ".join(description.split()))
     parser.set_defaults(handler=handler)
     if dtype:
         parser.add_argument("--dtype", choices=DTYPES, help=dtype)

@@ -10,7 +10,7 @@ import contextlib
 import json
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -64,17 +64,9 @@ def is_quiet() -> bool:
 
 def progress_bar(transient: bool = True) -> Progress:
     """A rich progress bar on stderr (disabled under `--quiet`) with count, rate and ETA."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=stderr,
-        transient=transient,
-        disable=_quiet,
-    )
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=stderr,
+                    transient=transient, disable=_quiet)
 
 
 def track(items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
@@ -100,11 +92,14 @@ def print_json(data: Any) -> None:
     sys.stdout.write("\n")
 
 
-def print_table(title: str, rows: list[tuple[str, str]]) -> None:
-    """Human-readable key/value output on stdout."""
-    table = Table(title=title, show_header=False, title_justify="left")
-    table.add_column(style="bold")
-    table.add_column(justify="right")
-    for key, value in rows:
-        table.add_row(key, value)
+def print_table(title: str, rows: Iterable[Sequence[str]], header: Sequence[str] | None = None,
+                right: Container[int] | None = None) -> None:
+    """Human-readable output on stdout: key/value rows, or rows under `header` with the columns `right` (by
+    default all but the first) right-aligned."""
+    table = Table(title=title, show_header=header is not None, title_justify="left")
+    for i, name in enumerate(header or ("", "")):
+        table.add_column(name, justify="right" if (i > 0 if right is None else i in right) else "left",
+                         style="" if header or i else "bold")
+    for row in rows:
+        table.add_row(*row)
     Console().print(table)

@@ -7,12 +7,14 @@ from importlib import import_module
 from typing import Any
 
 
-def lazy_getattr(package: str, api: dict[str, str]) -> Callable[[str], Any]:
-    """A module-level `__getattr__` that imports each public name from its module on first use (PEP 562)."""
+def lazy_api(package: str, modules: dict[str, str]) -> tuple[list[str], Callable[[str], Any]]:
+    """`__all__` and a module-level `__getattr__` (PEP 562) for {module: "name name …"} (".mod": relative to
+    the package): each public name is imported from its module on first use."""
+    api = {name: module for module, names in modules.items() for name in names.split()}
 
     def __getattr__(name: str) -> Any:
         if name in api:
-            return getattr(import_module(api[name]), name)
+            return getattr(import_module(api[name], package), name)
         raise AttributeError(f"module {package!r} has no attribute {name!r}")
 
-    return __getattr__
+    return sorted(api), __getattr__

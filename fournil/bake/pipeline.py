@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from fournil import artifacts
-from fournil.console import UsageError, is_quiet
+from fournil.console import UsageError, is_quiet, print_json
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ def _tokenizer(recipe, out: Path) -> None:
 
 def _fertility(tokenizer) -> list[dict]:
     """Ours vs the reference tokenizers that are installed, on the held-out test pairs (never trained on)."""
-    from fournil.console import UsageError
     from fournil.corpus import iter_sample
     from fournil.tokenizer.report import fertility, from_tokenizer, load_encoder
 
@@ -274,12 +273,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import verb
 
-    parser = verb(
-        subparsers, common, "bake", cmd_bake, epilog=EPILOG,
-        help="the whole recipe: corpus → tokenizer → pretrain → SFT → eval → export",
-        description="Run every stage of a recipe into one output directory. Steps whose inputs are unchanged "
-        "are skipped, so a killed bake resumes where it stopped.",
-    )
+    parser = verb(subparsers, common, "bake", cmd_bake, epilog=EPILOG)
     parser.add_argument("recipe", nargs="?", default="demo", help="recipe file or preset name")
     parser.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
     parser.add_argument("--force", choices=STEPS, help="rerun this step and every later one")
@@ -301,7 +295,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_bake(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """the whole recipe: corpus → tokenizer → pretrain → SFT → eval → export
+
+    Run every stage of a recipe into one output directory. Steps whose inputs are unchanged are skipped,
+    so a killed bake resumes where it stopped."""
     from fournil.recipe import load_recipe
     from fournil.train.cli import parse_overrides
 

@@ -198,9 +198,4 @@ def _plot_languages(bpb: dict, preference: dict | None, path: Path) -> Path:
         right.set_ylim(low * 0.95, max(b.values()) * 1.02)
         right.set(title=f"language preference ({preference['pairs']} held-out pairs), bits/byte")
         right.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return artifacts.write_png(fig, path, dpi=110)

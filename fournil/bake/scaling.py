@@ -18,6 +18,7 @@ parameters; with two, E is held at 0 (a pure power law).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 from dataclasses import asdict, dataclass, replace
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from fournil import artifacts
-from fournil.console import UsageError
+from fournil.console import UsageError, print_json, print_table
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,6 @@ def run_point(run_dir: str | Path) -> dict:
 
 def _seq_len(run_dir: Path, default: int) -> int:
     """The training sequence length from the recipe.json every run writes, else the model's context."""
-    import json
-
     try:
         return int(json.loads((run_dir / "recipe.json").read_text())["train"]["seq_len"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -155,11 +154,7 @@ def plot_fit(points: list[dict], law: PowerLaw, path: Path) -> Path:
     ax.set(xscale="log", yscale="log", xlabel="training FLOPs", ylabel="validation bits per byte (mean FR/EN)",
            title="scaling ladder")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return artifacts.write_png(fig, path, dpi=110)
 
 
 # ---- the ladder ----
@@ -215,34 +210,32 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     stage = Stage(subparsers, common, "scaling", epilog=EPILOG, description=__doc__.split("\n\n")[0],
                   help="scaling ladder: train small models on the same data, fit loss vs compute")
-    run = stage.verb("run", cmd_run, help="bake the ladder recipe's rungs and fit them",
-                     description="Build corpus, tokenizer and shards once, pretrain each rung for "
-                     "tokens_per_param × its parameters (killed runs resume), then fit and plot.")
+    run = stage.verb("run", cmd_run)
     run.add_argument("recipe", help="recipe file or preset name with a `ladder` section")
     run.add_argument("--out", type=Path, help="output directory (default: out/<recipe name>)")
-    fit = stage.verb("fit", cmd_fit, help="fit bits per byte vs training FLOPs over finished runs",
-                     description="Read each run's final model config and metrics.jsonl, fit "
-                     "L = E + A·C^(−α) and write scaling.json and scaling.png.")
+    fit = stage.verb("fit", cmd_fit)
     fit.add_argument("runs", nargs="+", type=Path, help="finished pretraining run directories (≥ 2)")
     fit.add_argument("--out", type=Path, required=True, help="directory for scaling.json and scaling.png")
 
 
 def _print(result: dict, as_json: bool) -> None:
-    from fournil.console import print_json, print_table
-
     if as_json:
         print_json(result)
         return
     f = result["fit"]
     rows = [[Path(p["run"]).name, f"{p['params'] / 1e6:.2f} M", f"{p['tokens']:,}", f"{p['flops']:.3g}",
              f"{p['mean_bits_per_byte']:.4f}"] for p in result["points"]]
-    print_table(["run", "params", "tokens", "FLOPs", "bits/byte"], rows)
+    print_table("scaling ladder", rows, header=("run", "params", "tokens", "FLOPs", "bits/byte"))
     print(f"bits/byte = {f['E']:.4f} + {f['A']:.4g} · FLOPs^-{f['alpha']:.4f}   (R² on log L: {f['r2']:.4f})")
     for name, p in result["predictions"].items():
         print(f"  extrapolated to {name} ({p['flops']:.3g} FLOPs): {p['bits_per_byte']:.4f} bits/byte")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
+    """bake the ladder recipe's rungs and fit them
+
+    Build corpus, tokenizer and shards once, pretrain each rung for tokens_per_param × its parameters
+    (killed runs resume), then fit and plot."""
     from fournil.bake.pipeline import MARKERS, recipe_inputs
     from fournil.recipe import load_recipe
 
@@ -254,4 +247,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
+    """fit bits per byte vs training FLOPs over finished runs
+
+    Read each run's final model config and metrics.jsonl, fit L = E + A·C^(−α) and write scaling.json and
+    scaling.png."""
     _print(fit_runs(args.runs, args.out), args.json)

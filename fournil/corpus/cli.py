@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
+
+from fournil.artifacts import claim_output
+from fournil.console import UsageError, print_json, print_table
 
 log = logging.getLogger(__name__)
 
@@ -37,20 +41,12 @@ clean run, on any executor. docs/cluster.md walks through Slurm and Ray.
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage, integer
 
-    stage = Stage(
-        subparsers, common, "corpus",
-        help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
-        description="The corpus stage on datatrove: readers for jsonl(.gz/.zst), parquet, text, parallel pairs "
-        "(x.en/x.fr, TSV, .po), NFC and boilerplate clean-up, PII scrubbing, FR/EN language routing, "
-        "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.",
-        epilog=EPILOG,
-    )
-    run = stage.verb(
-        "run", cmd_run, force="discard a previous run in --out and start over",
-        help="run the whole chain from sources to a corpus directory",
-        description="Read every source, clean, route by language, filter, decontaminate, deduplicate, and write "
-        "docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes.",
-    )
+    stage = Stage(subparsers, common, "corpus", epilog=EPILOG,
+                  help="clean, filter, deduplicate and mix FR/EN/code/parallel text; pack it into shards",
+                  description="The corpus stage on datatrove: readers for jsonl(.gz/.zst), parquet, text, parallel "
+                  "pairs (x.en/x.fr, TSV, .po), NFC and boilerplate clean-up, PII scrubbing, FR/EN language routing, "
+                  "French-aware quality filters, MinHash and exact dedup, decontamination, mixing, packed shards.")
+    run = stage.verb("run", cmd_run, force="discard a previous run in --out and start over")
     run.add_argument("config", nargs="?", help="corpus recipe YAML (or a recipe with a `corpus:` section)")
     run.add_argument("--out", type=Path, required=True, help="corpus directory to write")
     run.add_argument("--sample", action="store_true", help="use the embedded sample corpus as the sources")
@@ -66,12 +62,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--max-errors", type=integer(-1), default=100,
                      help="bad input records tolerated before the run stops (-1: no limit)")
 
-    pack = stage.verb(
-        "pack", cmd_pack, force=True,
-        help="tokenise a corpus directory and write shuffled, packed training shards",
-        description="Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream "
-        "per language, apply the mix (repeats per source), shuffle by seed and write shards the train stage reads.",
-    )
+    pack = stage.verb("pack", cmd_pack, force=True)
     pack.add_argument("corpus", type=Path, help="corpus directory written by `fournil corpus run`")
     pack.add_argument("tokenizer", type=Path, help="tokenizer directory (or its tokenizer.json)")
     pack.add_argument("--out", type=Path, required=True, help="shards directory to write")
@@ -81,12 +72,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pack.add_argument("--tokens-per-shard", type=POSITIVE, default=1 << 24,
                       help="tokens per shard file (more than --seq-len)")
 
-    report = stage.verb(
-        "report", cmd_report,
-        help="write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory",
-        description="Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix, upsampling factor, "
-        "rejects by reason, language-ID confusion, length histograms, input errors, decontamination.",
-    )
+    report = stage.verb("report", cmd_report)
     report.add_argument("corpus", type=Path, help="corpus directory")
     report.add_argument("--shards", type=Path, help="shards directory: adds the mixed token counts from its index")
     report.add_argument("--tokenizer", type=Path,
@@ -94,9 +80,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    import dataclasses
+    """run the whole chain from sources to a corpus directory
 
-    from fournil.console import UsageError, print_json, print_table
+    Read every source, clean, route by language, filter, decontaminate, deduplicate, and write
+    docs/<category>.jsonl.gz, rejects/, stats.json and the datasheet. Killed and rerun, it resumes."""
     from fournil.corpus.pipeline import load_config, run, sample_config, submit
 
     if bool(args.config) == bool(args.sample):
@@ -125,8 +112,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_pack(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import print_json
+    """tokenise a corpus directory and write shuffled, packed training shards
+
+    Tokenise docs/ with a tokenizer directory's tokenizer.json, hold out a validation stream per language,
+    apply the mix (repeats per source), shuffle by seed and write shards the train stage reads."""
     from fournil.corpus.pack import pack
 
     claim_output(args.out, "fournil.corpus.shards", inputs=[args.corpus, args.tokenizer], force=args.force)
@@ -137,7 +126,11 @@ def cmd_pack(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """write DATASHEET.md, datasheet.json and datasheet.png for a corpus directory
+
+    Per source and category: bytes, documents, tokens (with --tokenizer or --shards), share of the mix,
+    upsampling factor, rejects by reason, language-ID confusion, length histograms, input errors,
+    decontamination."""
     from fournil.corpus.report import write_report
 
     data = write_report(args.corpus, shards=args.shards, tokenizer=args.tokenizer)

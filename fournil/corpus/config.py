@@ -13,8 +13,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 CATEGORIES = ("fr", "en", "code", "parallel")
-FORMATS = ("auto", "jsonl", "parquet", "text", "pairs", "tsv", "po", "hf")
-EXECUTORS = ("local", "slurm", "ray")
 # Slurm's --time formats: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _SLURM_TIME = re.compile(r"(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)")
 # sbatch options fournil sets itself: the completion tracking and `--wait` rely on them

@@ -8,6 +8,7 @@ DATATROVE-OFFLINE.md: 0.06 MB/s/core for the stock chain on French).
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -25,14 +26,18 @@ _LOREM = re.compile(r"lorem ipsum", re.IGNORECASE)
 _NO_LETTER = re.compile(r"[\d_'’-]+")  # a word token with no letter: numbers, mostly
 
 
-class CleanText(BaseFilter):
-    """NFC, whitespace/control clean-up, boilerplate lines, PII placeholders; drops what is left empty."""
-
-    name = "🧽 fournil clean"
+class ConfigFilter(BaseFilter):
+    """A datatrove filter that reads the corpus config."""
 
     def __init__(self, config: CorpusConfig, exclusion_writer=None):
         super().__init__(exclusion_writer)
         self.config = config
+
+
+class CleanText(ConfigFilter):
+    """NFC, whitespace/control clean-up, boilerplate lines, PII placeholders; drops what is left empty."""
+
+    name = "🧽 fournil clean"
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         doc.metadata["raw_bytes"] = len(doc.text.encode("utf-8", "replace"))
@@ -49,14 +54,10 @@ class CleanText(BaseFilter):
         return (True, "") if text.strip() else (False, "empty")
 
 
-class LanguageRouter(BaseFilter):
+class LanguageRouter(ConfigFilter):
     """Detect the language (and code); a document that contradicts its source's category is rejected."""
 
     name = "🌍 fournil language"
-
-    def __init__(self, config: CorpusConfig, exclusion_writer=None):
-        super().__init__(exclusion_writer)
-        self.config = config
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         category = doc.metadata.get("category")
@@ -78,14 +79,10 @@ class LanguageRouter(BaseFilter):
         return True
 
 
-class QualityFilter(BaseFilter):
+class QualityFilter(ConfigFilter):
     """Gopher quality + repetition, C4 and FineWeb rules for French and English prose, from one word split."""
 
     name = "🥖 fournil quality"
-
-    def __init__(self, config: CorpusConfig, exclusion_writer=None):
-        super().__init__(exclusion_writer)
-        self.config = config
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if doc.metadata.get("category") not in ("fr", "en"):
@@ -181,8 +178,6 @@ def eval_ngrams(eval_sets: dict[str, str], n: int) -> tuple[dict[int, str], dict
 
     A benchmark is a file or folder: .jsonl (every string value is a text) or plain text (one text per line).
     """
-    import json
-
     grams: dict[int, str] = {}
     texts_read: dict[str, int] = {}
     for name, spec in sorted(eval_sets.items()):
@@ -207,15 +202,11 @@ def eval_ngrams(eval_sets: dict[str, str], n: int) -> tuple[dict[int, str], dict
     return grams, texts_read
 
 
-class Decontaminate(BaseFilter):
+class Decontaminate(ConfigFilter):
     """Drop documents sharing a word n-gram with an evaluation text; the reason names the benchmark."""
 
     name = "🧪 fournil decontaminate"
-
-    def __init__(self, config: CorpusConfig, exclusion_writer=None):
-        super().__init__(exclusion_writer)
-        self.config = config
-        self._grams: dict[int, str] | None = None
+    _grams: dict[int, str] | None = None
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if self._grams is None:  # built in the worker: a str hash differs between processes

@@ -28,14 +28,13 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
 import shutil
-import threading
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fournil import artifacts
@@ -56,8 +55,6 @@ def load_config(path: str | Path) -> CorpusConfig:
 
     Relative source and eval-set paths are resolved against the file's folder.
     """
-    import dataclasses
-
     import yaml
 
     from fournil.recipe import RecipeError, _key_lines, build
@@ -95,8 +92,6 @@ def sample_config(**overrides) -> CorpusConfig:
 
 def config_hash(config: CorpusConfig) -> str:
     """What the corpus is made of; `executor` (where it runs) is left out, so a run can move between executors."""
-    from dataclasses import asdict
-
     return artifacts.sha256_json({k: v for k, v in asdict(config).items() if k != "executor"})
 
 
@@ -272,8 +267,6 @@ def submit(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks
 def complete(config: CorpusConfig, out: Path, max_errors: int) -> dict:
     """The last stage (a pipeline step, so it runs where the others ran): the bad-input budget, exact dedup,
     docs/, stats.json, the datasheet, and the manifest last."""
-    from dataclasses import asdict
-
     from fournil.corpus.report import write_report
 
     _raise_input_errors(out / "work" / "errors", max_errors)
@@ -528,45 +521,38 @@ class _GzWriter(contextlib.AbstractContextManager):
     depend on how its input is cut, so the bytes are those of one `write` per line."""
 
     CHUNK = 64 << 10
+    AHEAD = 4  # chunks handed over and not yet compressed: memory holds a few, not the output
 
     def __init__(self, path: Path):
         self._atomic = artifacts.atomic_path(path)
-        self._tmp = self._atomic.__enter__()
-        self._raw = open(self._tmp, "wb")  # noqa: SIM115 (closed by __exit__)
+        self._raw = open(self._atomic.__enter__(), "wb")  # noqa: SIM115 (closed by __exit__)
         self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="")
         self._buffer = bytearray()
-        self._chunks: queue.Queue = queue.Queue(maxsize=4)  # bounded: memory holds a few chunks, not the output
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._deflate, daemon=True)
-        self._thread.start()
-
-    def _deflate(self) -> None:
-        while (chunk := self._chunks.get()) is not None:
-            if self._error is None:
-                try:
-                    self._gz.write(chunk)
-                except BaseException as exc:  # raised again by write or __exit__
-                    self._error = exc
+        self._deflate = ThreadPoolExecutor(1)  # one thread: chunks are compressed in the order they came
+        self._pending: deque[Future] = deque()
 
     def write(self, data: bytes) -> None:
-        if self._error is not None:
-            raise self._error
         self._buffer += data
         if len(self._buffer) >= self.CHUNK:
-            self._chunks.put(bytes(self._buffer))
-            self._buffer.clear()
+            self._hand_over()
+
+    def _hand_over(self) -> None:
+        self._pending.append(self._deflate.submit(self._gz.write, bytes(self._buffer)))
+        self._buffer.clear()
+        while len(self._pending) > self.AHEAD or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()  # raises a deflate error here
 
     def __enter__(self) -> _GzWriter:
         return self
 
     def __exit__(self, *exc) -> bool:
         try:
-            if self._buffer:
-                self._chunks.put(bytes(self._buffer))
-            self._chunks.put(None)
-            self._thread.join()
-            if self._error is not None and exc[0] is None:
-                raise self._error
+            if self._buffer and exc[0] is None:
+                self._hand_over()
+            self._deflate.shutdown()  # waits for the chunks handed over
+            if exc[0] is None:
+                for future in self._pending:
+                    future.result()
             self._gz.close()
             self._raw.close()
         except BaseException as error:

@@ -140,7 +140,4 @@ def _plot(stats: dict, path: Path) -> None:
     axes[2].set_title("document length (bytes)")
     axes[2].tick_params(axis="x", rotation=60)
     axes[2].legend()
-    fig.tight_layout()
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=80)
-    plt.close(fig)
+    artifacts.write_png(fig, path, dpi=80)

@@ -6,6 +6,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from fournil.artifacts import claim_output
+from fournil.console import print_json, print_table
+
 log = logging.getLogger(__name__)
 
 EPILOG = """\
@@ -22,17 +25,11 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Stage, backend_option
 
-    stage = Stage(
-        subparsers, common, "eval", help="FrenchBench, English sanity tasks and translation; side-by-side reports",
-        description="Evaluate model directories offline from local data in the hub datasets' schemas, with "
-        "the prompts and metrics of lm-eval's french_bench tasks.", epilog=EPILOG,
-    )
-    run = stage.verb(
-        "run", cmd_run, dtype="weights dtype (default: saved)",
-        help="score one model on tasks; JSON per task in the results directory (resumable)",
-        description="Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document "
-        "outputs to OUT/samples/; rerunning the same command continues a killed run.",
-    )
+    stage = Stage(subparsers, common, "eval", epilog=EPILOG,
+                  help="FrenchBench, English sanity tasks and translation; side-by-side reports",
+                  description="Evaluate model directories offline from local data in the hub datasets' schemas, "
+                  "with the prompts and metrics of lm-eval's french_bench tasks.")
+    run = stage.verb("run", cmd_run, dtype="weights dtype (default: saved)")
     run.add_argument("model", help="model directory (or a hub id when online)")
     run.add_argument("--tasks", required=True, help="comma-separated task or group names (see `fournil eval list`)")
     run.add_argument("--data", type=Path, default=Path("data/eval"), help="local data directory")
@@ -48,34 +45,23 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda when available)")
     backend_option(run)
 
-    report = stage.verb(
-        "report", cmd_report,
-        help="Markdown + PNG comparing results directories side by side, with FR/EN parity",
-        description="Write OUT/REPORT.md and OUT/report.png from one or more results directories.",
-    )
+    report = stage.verb("report", cmd_report)
     report.add_argument("results", nargs="+", type=Path, help="results directories (from `fournil eval run`)")
     report.add_argument("--out", type=Path, help="report directory (default: the first results directory)")
 
-    fetch = stage.verb(
-        "fetch", cmd_fetch,
-        help="(online) download the tasks' datasets into a local data directory",
-        description="Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, "
-        "lists what is missing and where it comes from.",
-    )
+    fetch = stage.verb("fetch", cmd_fetch)
     fetch.add_argument("--out", type=Path, default=Path("data/eval"), help="data directory")
     fetch.add_argument("--tasks", default="all", help="task or group names")
 
-    listing = stage.verb(
-        "list", cmd_list,
-        help="tasks, groups, metrics and the data files each reads",
-        description="Every task with its language, metrics, data folder and splits; every group.",
-    )
+    listing = stage.verb("list", cmd_list)
     listing.add_argument("--data", type=Path, default=Path("data/eval"), help="mark which files are present")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import print_json
+    """score one model on tasks; JSON per task in the results directory (resumable)
+
+    Score a fournil or transformers Llama directory. Results go to OUT/<task>.json, per-document outputs
+    to OUT/samples/; rerunning the same command continues a killed run."""
     from fournil.eval.runner import run
     from fournil.eval.tasks import resolve_tasks
 
@@ -93,24 +79,18 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def _print_results(results: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="fournil eval", title_justify="left")
-    for column in ("task", "n", "shots", "metric", "value"):
-        table.add_column(column, justify="right" if column in ("n", "shots", "value") else "left")
-    for r in results:
-        for i, (metric, value) in enumerate(r["metrics"].items()):
-            table.add_row(r["task"] if i == 0 else "", str(r["n"]) if i == 0 else "",
-                          str(r["num_fewshot"]) if i == 0 else "", metric, f"{value:.4f}")
-    Console().print(table)
+    rows = [((r["task"], str(r["n"]), str(r["num_fewshot"])) if i == 0 else ("", "", "")) + (metric, f"{value:.4f}")
+            for r in results for i, (metric, value) in enumerate(r["metrics"].items())]
+    print_table("fournil eval", rows, header=("task", "n", "shots", "metric", "value"), right=(1, 2, 4))
     for r in results:
         if "signature" in r:
             print(f"{r['task']}: BLEU {r['signature']['bleu']}\n{r['task']}: chrF {r['signature']['chrf']}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """Markdown + PNG comparing results directories side by side, with FR/EN parity
+
+    Write OUT/REPORT.md and OUT/report.png from one or more results directories."""
     from fournil.eval.report import load_results, parity, write_report
 
     path = write_report(args.results, args.out or args.results[0])
@@ -122,7 +102,10 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """(online) download the tasks' datasets into a local data directory
+
+    Snapshot the hub datasets of the chosen tasks as DIR/<dataset>/<split>.jsonl. Offline, lists what is
+    missing and where it comes from."""
     from fournil.eval.fetch import fetch
     from fournil.eval.tasks import resolve_tasks
 
@@ -132,7 +115,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """tasks, groups, metrics and the data files each reads
+
+    Every task with its language, metrics, data folder and splits; every group."""
     from fournil.eval.data import split_file
     from fournil.eval.tasks import GROUPS, TASKS
 
@@ -146,15 +131,9 @@ def cmd_list(args: argparse.Namespace) -> None:
     if args.json:
         print_json({"tasks": rows, "groups": GROUPS})
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"tasks (data: {args.data})", title_justify="left")
-    for column in ("task", "lang", "kind", "metrics", "data folder", "splits (✓ present)"):
-        table.add_column(column)
-    for r in rows:
-        splits = " ".join(f"{s}{'✓' if ok else '✗'}" for s, ok in r["splits"].items())
-        table.add_row(r["task"], r["language"], r["kind"], ", ".join(r["metrics"]), r["dataset"], splits)
-    Console().print(table)
+    print_table(f"tasks (data: {args.data})", [
+        (r["task"], r["language"], r["kind"], ", ".join(r["metrics"]), r["dataset"],
+         " ".join(f"{s}{'✓' if ok else '✗'}" for s, ok in r["splits"].items())) for r in rows],
+        header=("task", "lang", "kind", "metrics", "data folder", "splits (✓ present)"), right=())
     for name, members in GROUPS.items():
         print(f"{name}: {', '.join(members)}" if name != "all" else "all: every task")

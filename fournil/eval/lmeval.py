@@ -19,11 +19,6 @@ from fournil.eval.data import split_file
 from fournil.eval.tasks import Task
 
 
-def runs_offline(task: Task) -> bool:
-    """Whether lm-eval can score this task here (ROUGE included, through `LocalRouge`)."""
-    return task.upstream is not None
-
-
 class LocalRouge:
     """What `evaluate.load("rouge")` returns, without the hub: HF evaluate's `rouge` metric (evaluate 0.4.x,
     `metrics/rouge/rouge.py`) rebuilt on `rouge_score`, with the same defaults.
@@ -124,11 +119,10 @@ def run(model_dir: str | Path, tasks: list[Task], data_dir: str | Path, *, num_f
     entries = [task_entry(t, data_dir, max_gen_tokens) for t in tasks if t.upstream]
     group = {"group": "fournil_local", "task": entries}
     with local_hub_metrics():
-        results = simple_evaluate(
-            model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"}, tasks=[group],
-            num_fewshot=num_fewshot, limit=limit, batch_size=batch_size, device=device, task_manager=task_manager(),
-            log_samples=samples is not None, random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0,
-        )
+        results = simple_evaluate(model="hf", model_args={"pretrained": str(model_dir), "dtype": "float32"},
+                                  tasks=[group], num_fewshot=num_fewshot, limit=limit, batch_size=batch_size,
+                                  device=device, task_manager=task_manager(), log_samples=samples is not None,
+                                  random_seed=seed, fewshot_random_seed=seed, bootstrap_iters=0)
     if samples is not None:
         for name, rows in results.get("samples", {}).items():
             samples[name] = [_first(row["filtered_resps"]) if len(row["filtered_resps"]) == 1

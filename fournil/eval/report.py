@@ -109,12 +109,7 @@ def plot(runs: dict[str, dict[str, dict[str, Any]]], path: str | Path) -> Path:
     bx.set_xticks([0.4 - width / 2, 1.4 - width / 2])
     bx.set_xticklabels(["FR mean", "EN mean"])
     bx.set_title("FR / EN parity")
-    fig.tight_layout()
-    path = Path(path)
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return artifacts.write_png(fig, path, dpi=110)
 
 
 def write_report(directories: list[str | Path], out: str | Path, names: list[str] | None = None) -> Path:

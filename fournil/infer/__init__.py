@@ -1,17 +1,7 @@
 """Infer stage: the generate, chat and translate verbs, weight-only quantisation, GGUF import/export. The decoding
 they run (sampling, the decode loop, its backends) is the runtime's, `fournil.lm`; the HTTP server is `fournil.serve`.
+Imported lazily so that `fournil --help` does not pay for torch."""
 
-Public API: `quantize`, `import_gguf`, `export_gguf`.
-Imported lazily so that `fournil --help` does not pay for torch.
-"""
+from fournil.lazy import lazy_api
 
-from fournil.lazy import lazy_getattr
-
-_API = {
-    "quantize": "fournil.infer.quantize",
-    "import_gguf": "fournil.infer.gguf_io",
-    "export_gguf": "fournil.infer.gguf_io",
-}
-__all__ = sorted(_API)
-
-__getattr__ = lazy_getattr(__name__, _API)
+__all__, __getattr__ = lazy_api(__name__, {".quantize": "quantize", ".gguf_io": "import_gguf export_gguf"})

@@ -7,7 +7,11 @@ import argparse
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
+
+from fournil.artifacts import claim_output
+from fournil.console import UsageError, print_json, print_table, status
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +53,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                   help="generate, chat, translate and quantize models; GGUF export and import",
                   description="Use a model directory: generation, chat, translation, weight quantisation "
                   "and GGUF files. Each verb is also a top-level command: `fournil generate`.")
-    gen = stage.verb(
-        "generate", cmd_generate, help="continue a prompt (streamed), or a batch of prompts",
-        description="Greedy or sampled continuation with a KV cache. One prompt streams token by token; several "
-        "prompts run as one left-padded batch.")
+    gen = stage.verb("generate", cmd_generate)
     gen.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
     gen.add_argument("prompts", nargs="+", metavar="prompt", help="prompt text ('-' reads stdin)")
     gen.add_argument("--chat", action="store_true", help="wrap each prompt as a user turn in the chat template")
@@ -60,18 +61,12 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                      help="print tokens as they come (one prompt, no --json)")
     _sampling_flags(gen, 256)
 
-    chat = stage.verb(
-        "chat", cmd_chat, help="interactive chat with the model's chat template",
-        description="A terminal chat: the history is rendered with the model's chat template (ChatML for fournil "
-        "models) every turn and replies stream. /reset clears the history, /exit or end of input leaves.")
+    chat = stage.verb("chat", cmd_chat)
     chat.add_argument("model", type=Path, help="model directory with a chat template")
     chat.add_argument("--system", help="system message at the start of the conversation")
     _sampling_flags(chat, 512)
 
-    tr = stage.verb(
-        "translate", cmd_translate, help="translate files or stdin line by line (en↔fr)",
-        description="One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / "
-        "'French: …' pairs); --chat sends each line as a user turn through the chat template instead.")
+    tr = stage.verb("translate", cmd_translate)
     tr.add_argument("model", type=Path, help="model directory")
     tr.add_argument("files", nargs="*", type=Path, help="text files (default: stdin)")
     tr.add_argument("--from", dest="source", required=True, choices=("en", "fr"), help="source language")
@@ -80,10 +75,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     tr.add_argument("--batch-size", type=POSITIVE, default=8, help="lines per batch")
     _sampling_flags(tr, 128)
 
-    quant = stage.verb(
-        "quantize", cmd_quantize, force=True, help="weight-only int8 (per channel) or 4-bit (group-wise) model directory",
-        description="Quantise the blocks' linear weights; our engine runs the result directly. --report measures "
-        "perplexity before and after on a text (default: the embedded EN+FR sample corpus).")
+    quant = stage.verb("quantize", cmd_quantize, force=True)
     quant.add_argument("model", type=Path, help="floating-point model directory")
     quant.add_argument("out", type=Path, help="output directory")
     quant.add_argument("--bits", type=int, choices=(8, 4), default=8, help="8: int8 per channel; 4: 4-bit groups")
@@ -92,19 +84,14 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     quant.add_argument("--text", type=Path, help="text file for --report")
 
     exp = stage.group("export", help="write a model as another format (gguf)", dest="format").verb(
-        "gguf", cmd_export_gguf, force="replace an existing GGUF file at OUT",
-        help="a model directory → one GGUF file for llama.cpp",
-        description="Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template "
-        "in one GGUF file that llama.cpp loads.")
+        "gguf", cmd_export_gguf, force="replace an existing GGUF file at OUT")
     exp.add_argument("model", type=Path, help="floating-point model directory")
     exp.add_argument("out", type=Path, help="output .gguf file")
     exp.add_argument("--type", dest="qtype", default="f16", choices=("f32", "f16", "q8_0", "q4_0"),
                      help="tensor type of the matrices (norms stay f32)")
 
     imp = stage.group("import", help="read another format (gguf) into a model directory", dest="format").verb(
-        "gguf", cmd_import_gguf, force=True, help="a GGUF Llama → a model directory transformers and fournil load",
-        description="Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json "
-        "from the GGUF vocabulary and merges, keep the chat template.")
+        "gguf", cmd_import_gguf, force=True)
     imp.add_argument("file", type=Path, help="GGUF file (architecture llama)")
     imp.add_argument("out", type=Path, help="output model directory")
     imp.add_argument("--dtype", default="float32", choices=DTYPES, help="dtype of the saved weights")
@@ -130,7 +117,6 @@ def huge_pages() -> None:
 
 def _engine(args: argparse.Namespace):
     huge_pages()
-    from fournil.console import status
     from fournil.lm.generate import Engine
 
     with status(f"loading {args.model}"):
@@ -138,10 +124,10 @@ def _engine(args: argparse.Namespace):
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    from dataclasses import asdict
+    """continue a prompt (streamed), or a batch of prompts
 
-    from fournil.console import print_json
-
+    Greedy or sampled continuation with a KV cache. One prompt streams token by token; several prompts run
+    as one left-padded batch."""
     sampling = _sampling(args)
     prompts = [sys.stdin.read() if p == "-" else p for p in args.prompts]
     engine = _engine(args)
@@ -160,6 +146,10 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_chat(args: argparse.Namespace) -> None:
+    """interactive chat with the model's chat template
+
+    A terminal chat: the history is rendered with the model's chat template (ChatML for fournil models)
+    every turn and replies stream. /reset clears the history, /exit or end of input leaves."""
     from fournil.infer.chat import HELP, chat_loop
 
     sampling = _sampling(args)
@@ -170,7 +160,10 @@ def cmd_chat(args: argparse.Namespace) -> None:
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
-    from fournil.console import UsageError
+    """translate files or stdin line by line (en↔fr)
+
+    One output line per input line, batched. A base model gets a few-shot prompt ('English: …' / 'French:
+    …' pairs); --chat sends each line as a user turn through the chat template instead."""
     from fournil.infer.translate import check_pair, translate_lines
 
     check_pair(args.source, args.target)
@@ -201,8 +194,10 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import UsageError, print_json, print_table, status
+    """weight-only int8 (per channel) or 4-bit (group-wise) model directory
+
+    Quantise the blocks' linear weights; our engine runs the result directly. --report measures perplexity
+    before and after on a text (default: the embedded EN+FR sample corpus)."""
     from fournil.infer.quantize import quantize, report, sample_text
 
     claim_output(args.out, "fournil.infer.quantize", inputs=[args.model, args.text], force=args.force, option="OUT")
@@ -221,16 +216,16 @@ def cmd_quantize(args: argparse.Namespace) -> None:
         print_json(result)
     else:
         print_table(f"perplexity, {args.bits}-bit vs float32", [
-            ("tokens", f"{result['tokens']:,}"),
-            ("float32", f"{result['perplexity_fp32']:.4f}"),
+            ("tokens", f"{result['tokens']:,}"), ("float32", f"{result['perplexity_fp32']:.4f}"),
             (f"{args.bits}-bit", f"{result['perplexity_quantized']:.4f}"),
-            ("change", f"{result['change_percent']:+.3f} %"),
-        ])
+            ("change", f"{result['change_percent']:+.3f} %")])
 
 
 def cmd_export_gguf(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import status
+    """a model directory → one GGUF file for llama.cpp
+
+    Weights (f32, f16, q8_0 or q4_0 through gguf.quants), shape, tokenizer and chat template in one GGUF
+    file that llama.cpp loads."""
     from fournil.infer.gguf_io import export_gguf
 
     claim_output(args.out, "GGUF", inputs=[args.model], force=args.force, option="OUT", magic=b"GGUF")
@@ -240,8 +235,10 @@ def cmd_export_gguf(args: argparse.Namespace) -> None:
 
 
 def cmd_import_gguf(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import status
+    """a GGUF Llama → a model directory transformers and fournil load
+
+    Dequantise every tensor, undo llama.cpp's q/k row permutation, rebuild tokenizer.json from the GGUF
+    vocabulary and merges, keep the chat template."""
     from fournil.infer.gguf_io import import_gguf
 
     claim_output(args.out, "fournil.model", inputs=[args.file], force=args.force, option="OUT")

@@ -221,7 +221,6 @@ def import_gguf(file: str | Path, out: str | Path, dtype: str = "float32") -> Pa
     return out
 
 
-
 EXPORT_TYPES = ("f32", "f16", "q8_0", "q4_0")
 HF_TO_GGUF = {hf: gg for gg, hf in GLOBAL_NAMES.items()}
 BLOCK_TO_GGUF = {hf: gg for gg, hf in BLOCK_NAMES.items()}

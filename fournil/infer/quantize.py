@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,8 +56,6 @@ def quantize_state(state: dict[str, torch.Tensor], bits: int, group_size: int) -
     return out
 
 
-
-
 def sample_text(max_chars: int = 6000) -> str:
     """Half English, half French from the embedded sample corpus: the default text for the perplexity report."""
     from fournil.corpus import iter_sample
@@ -74,8 +73,6 @@ def sample_text(max_chars: int = 6000) -> str:
 
 def quantize(source: str | Path, out: str | Path, bits: int, group_size: int = 32) -> Path:
     """Write a quantised copy of a model directory (tokenizer files copied, manifest last)."""
-    import shutil
-
     from safetensors.torch import save_file
 
     source, out = Path(source), Path(out)

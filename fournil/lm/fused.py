@@ -73,10 +73,7 @@ def move_to_huge_pages(model: Llama, linears: list[nn.Module]) -> None:
     for lin, size in zip(linears, sizes, strict=True):
         view = arena[offset:offset + size].view(lin.weight.shape)
         view.copy_(lin.weight)
-        if isinstance(lin.weight, nn.Parameter):
-            lin.weight = nn.Parameter(view, requires_grad=False)
-        else:
-            lin.weight = view
+        lin.weight = nn.Parameter(view, requires_grad=False) if isinstance(lin.weight, nn.Parameter) else view
         offset += size
     if tied:
         embed.weight = model.lm_head.weight

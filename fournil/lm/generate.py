@@ -38,14 +38,9 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> tuple[tor
     return ids.to(device), mask.to(device)
 
 
-def decode_steps(
-    model: Llama,
-    prompts: Sequence[Sequence[int]],
-    sampling: SamplingConfig,
-    eos_ids: frozenset[int] | set[int] = frozenset(),
-    pad_id: int = 0,
-    backend: DecodeBackend | None = None,
-) -> Iterator[tuple[list[int], list[bool]]]:
+def decode_steps(model: Llama, prompts: Sequence[Sequence[int]], sampling: SamplingConfig,
+                 eos_ids: frozenset[int] | set[int] = frozenset(), pad_id: int = 0,
+                 backend: DecodeBackend | None = None) -> Iterator[tuple[list[int], list[bool]]]:
     """Yield (tokens, done) once per step, one entry per prompt. The caller may set `done[i] = True` (a stop
     string) to end row i; the loop ends when every row is done or after `sampling.max_tokens` steps.
     `backend` runs the steps (fournil.lm.backends; eager when None or when it does not take this batch)."""

@@ -12,6 +12,7 @@ import logging
 import math
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -107,10 +108,8 @@ def from_hf_config(hf: dict[str, Any], source: str = "config.json") -> ModelConf
     archs = hf.get("architectures") or []
     model_type = hf.get("model_type")
     if model_type != "llama" or (archs and archs[0] not in SUPPORTED_ARCHITECTURES):
-        raise UsageError(
-            f"{source}: unsupported architecture {archs or model_type!r}; "
-            f"fournil runs {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')"
-        )
+        raise UsageError(f"{source}: unsupported architecture {archs or model_type!r}; "
+                         f"fournil runs {', '.join(SUPPORTED_ARCHITECTURES)} (model_type 'llama')")
     problems = []
     if hf.get("hidden_act", "silu") != "silu":
         problems.append(f"hidden_act={hf['hidden_act']!r} (only 'silu')")
@@ -188,10 +187,8 @@ def weight_files(directory: str | Path) -> list[Path]:
         return [directory / SINGLE_FILE]
     pickles = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES) if directory.is_dir() else []
     if pickles:
-        raise UsageError(
-            f"{directory}: only pickled weights found ({', '.join(pickles)}); fournil never unpickles files "
-            "(they can run code). Convert them to safetensors with a tool you trust."
-        )
+        raise UsageError(f"{directory}: only pickled weights found ({', '.join(pickles)}); fournil never unpickles "
+                         "files (they can run code). Convert them to safetensors with a tool you trust.")
     raise UsageError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}")
 
 
@@ -240,10 +237,8 @@ def check_state_dict(model: Llama, state: dict[str, torch.Tensor], source: str) 
     not_float = sorted(f"{k}: {state[k].dtype}" for k in set(expected) & set(given) if not state[k].is_floating_point())
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
-    mismatched = sorted(
-        f"{k}: checkpoint {list(given[k])} vs model {list(expected[k])}"
-        for k in set(expected) & set(given) if given[k] != expected[k]
-    )
+    mismatched = sorted(f"{k}: checkpoint {list(given[k])} vs model {list(expected[k])}"
+                        for k in set(expected) & set(given) if given[k] != expected[k])
     if missing or unexpected or mismatched or not_float:
         parts = []
         for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched),
@@ -265,9 +260,8 @@ def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: s
     check_finite(state, source)
 
 
-def load_model(
-    source: str | Path, dtype: str | torch.dtype | None = None, device: str | torch.device = "cpu"
-) -> Llama:
+def load_model(source: str | Path, dtype: str | torch.dtype | None = None,
+               device: str | torch.device = "cpu") -> Llama:
     """Load a fournil or transformers Llama directory (or a hub id when online) into our `Llama`."""
     directory = resolve(source)
     config = read_config(directory)
@@ -305,13 +299,9 @@ def resolve(source: str | Path, config_only: bool = False) -> Path:
     raise UsageError(f"{source}: no such model directory")
 
 
-def save_model(
-    model: Llama,
-    directory: str | Path,
-    dtype: str | None = None,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    manifest: dict[str, Any] | None = None,
-) -> Path:
+def save_model(model: Llama, directory: str | Path, dtype: str | None = None,
+               max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+               manifest: dict[str, Any] | None = None) -> Path:
     """Write config.json, generation_config.json and safetensors weights (sharded above `max_shard_bytes`)."""
     config = model.config
     if dtype is not None:
@@ -322,13 +312,9 @@ def save_model(
     return save_state_dict(state, config, directory, max_shard_bytes, manifest)
 
 
-def save_state_dict(
-    state: dict[str, torch.Tensor],
-    config: ModelConfig,
-    directory: str | Path,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    manifest: dict[str, Any] | None = None,
-) -> Path:
+def save_state_dict(state: dict[str, torch.Tensor], config: ModelConfig, directory: str | Path,
+                    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+                    manifest: dict[str, Any] | None = None) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for old in directory.iterdir():  # a re-save must not leave stale shards that an index could pick up
@@ -357,13 +343,8 @@ def save_state_dict(
     return directory
 
 
-def convert(
-    source: str | Path,
-    destination: str | Path,
-    dtype: str | None = None,
-    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-    plain: bool = False,
-) -> Path:
+def convert(source: str | Path, destination: str | Path, dtype: str | None = None,
+            max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES, plain: bool = False) -> Path:
     """Copy a model directory, optionally casting dtype and (re)sharding; `plain` leaves out fournil.json.
 
     Tensors are checked against the config (names and shapes) before anything is written. Tokenizer and other
@@ -406,8 +387,6 @@ def _finite(value: Any, key: str, source: str) -> float:
 def _with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:
     if dtype not in DTYPES:
         raise UsageError(f"dtype {dtype!r} is not supported; choose one of: {', '.join(DTYPES)}")
-    from dataclasses import replace
-
     return replace(config, dtype=dtype)
 
 

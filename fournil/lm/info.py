@@ -65,13 +65,8 @@ def activation_elements_per_token(config: ModelConfig, checkpointing: bool = Fal
     return config.n_layers * block + head
 
 
-def memory_bytes(
-    config: ModelConfig,
-    batch_size: int,
-    seq_len: int | None = None,
-    dtype: str | None = None,
-    checkpointing: bool = False,
-) -> dict[str, int]:
+def memory_bytes(config: ModelConfig, batch_size: int, seq_len: int | None = None, dtype: str | None = None,
+                 checkpointing: bool = False) -> dict[str, int]:
     """Training memory on one device without sharding: weights, gradients, AdamW state, activations."""
     seq_len = seq_len or config.max_seq_len
     width = BYTES[dtype or config.dtype]

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
+
+from fournil.artifacts import claim_output, sha256_json
+from fournil.console import print_json, print_table, status
 
 log = logging.getLogger(__name__)
 
@@ -24,42 +28,24 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
     stage = Stage(subparsers, common, "model", help="model sizes, random init, conversion, transformers parity",
                   description="Inspect, create, convert and verify Llama model directories.", epilog=EPILOG)
-    info = stage.verb(
-        "info", cmd_info, dtype="weights/activations dtype",
-        help="parameters, FLOPs per token, training memory of a recipe or model directory",
-        description="Parameter count, FLOPs per token and single-device training memory (weights, gradients, "
-        "AdamW state, activations) at a given batch. Nothing is allocated: it is arithmetic on the config.",
-    )
+    info = stage.verb("info", cmd_info, dtype="weights/activations dtype")
     info.add_argument("source", help="recipe file, preset name (e.g. croissant-1.3b) or model directory")
     info.add_argument("--batch-size", type=POSITIVE, default=1, help="sequences per device for the memory estimate")
     info.add_argument("--seq-len", type=POSITIVE, default=None, help="tokens per sequence (default: the context length)")
     info.add_argument("--checkpointing", action="store_true", help="estimate with activation checkpointing")
 
-    init = stage.verb(
-        "init", cmd_init, dtype="dtype to save in", force=True,
-        help="write a randomly initialised model directory from a recipe",
-        description="Build the recipe's model with N(0, init_std) weights and save it as a transformers directory.",
-    )
+    init = stage.verb("init", cmd_init, dtype="dtype to save in", force=True)
     init.add_argument("recipe", help="recipe file or preset name")
     init.add_argument("out", type=Path, help="output model directory")
     init.add_argument("--seed", type=SEED, default=0, help="torch seed for the initial weights")
 
-    convert = stage.verb(
-        "convert", cmd_convert, dtype="cast floating weights", force=True,
-        help="copy a model directory with a dtype cast, resharding, or as plain transformers layout",
-        description="Convert between fournil model directories and plain transformers layout (which differ "
-        "only by the fournil.json manifest), cast dtype, and reshard. Only safetensors are read.",
-    )
+    convert = stage.verb("convert", cmd_convert, dtype="cast floating weights", force=True)
     convert.add_argument("source", help="model directory (or hub id when online)")
     convert.add_argument("destination", type=Path, help="output directory")
     convert.add_argument("--max-shard-size", default="2GB", help="shard above this size (e.g. 500MB, 2GB, 1GiB)")
     convert.add_argument("--plain", action="store_true", help="plain transformers layout: no fournil.json")
 
-    verify = stage.verb(
-        "verify", cmd_verify, help="load a directory in fournil and in transformers and compare logits",
-        description="Proves a directory is HF-identical: the same random tokens go through fournil's Llama and "
-        "transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported.",
-    )
+    verify = stage.verb("verify", cmd_verify)
     verify.add_argument("source", help="model directory")
     verify.add_argument("--seq-len", type=POSITIVE, default=32, help="tokens per test sequence")
     verify.add_argument("--tolerance", type=real(0), default=1e-4, help="max |Δlogit| allowed (float32)")
@@ -67,8 +53,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 def _load_config(source: str):
     """A model directory, a recipe (file or preset name), or a hub id like croissantllm/CroissantLLMBase."""
-    import re
-
     from fournil.lm.hf import read_config, resolve
     from fournil.recipe import load_recipe
 
@@ -80,7 +64,10 @@ def _load_config(source: str):
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from fournil.console import print_json, print_table
+    """parameters, FLOPs per token, training memory of a recipe or model directory
+
+    Parameter count, FLOPs per token and single-device training memory (weights, gradients, AdamW state,
+    activations) at a given batch. Nothing is allocated: it is arithmetic on the config."""
     from fournil.lm.info import describe, human
 
     config = _load_config(args.source)
@@ -109,10 +96,11 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_init(args: argparse.Namespace) -> None:
+    """write a randomly initialised model directory from a recipe
+
+    Build the recipe's model with N(0, init_std) weights and save it as a transformers directory."""
     import torch
 
-    from fournil.artifacts import claim_output, sha256_json
-    from fournil.console import status
     from fournil.lm.hf import save_model
     from fournil.lm.llama import Llama
     from fournil.recipe import load_recipe, to_dict
@@ -129,8 +117,10 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import status
+    """copy a model directory with a dtype cast, resharding, or as plain transformers layout
+
+    Convert between fournil model directories and plain transformers layout (which differ only by the
+    fournil.json manifest), cast dtype, and reshard. Only safetensors are read."""
     from fournil.lm.hf import convert, parse_size
 
     claim_output(args.destination, "fournil.model", inputs=[args.source], force=args.force, option="DESTINATION")
@@ -140,7 +130,10 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from fournil.console import print_json, print_table
+    """load a directory in fournil and in transformers and compare logits
+
+    Proves a directory is HF-identical: the same random tokens go through fournil's Llama and
+    transformers' LlamaForCausalLM (loaded with no remote code); the largest logit difference is reported."""
     from fournil.model.parity import compare_with_transformers
 
     result = compare_with_transformers(args.source, seq_len=args.seq_len)

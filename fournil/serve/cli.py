@@ -18,13 +18,7 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import BACKENDS, POSITIVE, backend_option, integer, real, verb
 
-    srv = verb(
-        subparsers, common, "serve", cmd_serve, epilog=EPILOG,
-        dtype="compute dtype for the weights",
-        help="OpenAI-compatible HTTP server (continuous batching) with a web chat page",
-        description="FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and "
-        "a chat page at /. Concurrent requests share one decode batch (they join and leave it between "
-        "steps). SIGTERM stops accepting, finishes running generations and exits 0.")
+    srv = verb(subparsers, common, "serve", cmd_serve, epilog=EPILOG, dtype="compute dtype for the weights")
     srv.add_argument("model", type=Path, help="model directory (fournil, transformers, imported or quantised)")
     backend_option(srv, tuple(b for b in BACKENDS if b != "inductor"))  # inductor's graphs take no slot rows
     srv.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
@@ -51,6 +45,11 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    """OpenAI-compatible HTTP server (continuous batching) with a web chat page
+
+    FastAPI + uvicorn: /v1/chat/completions, /v1/completions (SSE streaming), /v1/models, /health and a
+    chat page at /. Concurrent requests share one decode batch (they join and leave it between steps).
+    SIGTERM stops accepting, finishes running generations and exits 0."""
     from fournil.infer.cli import huge_pages
 
     huge_pages()

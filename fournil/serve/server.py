@@ -353,15 +353,18 @@ async def _respond(scheduler: batching.Scheduler, settings: ServerSettings, body
     finally:
         if finished is None:
             request.cancelled = True
-    _, reason, prompt_tokens, completion_tokens = finished
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-             "total_tokens": prompt_tokens + completion_tokens}
+    reason, usage = finished[1], _usage(*finished[2:])
     if chat:
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                   "finish_reason": reason}
         return {**head, "object": "chat.completion", "choices": [choice], "usage": usage}
     choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
     return {**head, "object": "text_completion", "choices": [choice], "usage": usage}
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
 
 
 def _sse(data: Any) -> str:
@@ -395,12 +398,9 @@ async def _stream(request: batching.Request, events: asyncio.Queue[batching.Even
             if event[0] == "error":
                 yield _sse(error_body(event[1], kind="server_error"))
             else:
-                _, reason, prompt_tokens, completion_tokens = event
-                yield _sse(chunk(None, reason))
+                yield _sse(chunk(None, event[1]))
                 if include_usage:
-                    yield _sse({**head, "object": obj, "choices": [], "usage": {
-                        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                        "total_tokens": prompt_tokens + completion_tokens}})
+                    yield _sse({**head, "object": obj, "choices": [], "usage": _usage(*event[2:])})
             yield "data: [DONE]\n\n"
             return
     finally:

@@ -8,6 +8,7 @@ that piece's id), which is what `complete_merges` builds.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -143,6 +144,4 @@ class Tokenizer:
 
 def fingerprint(tokenizer_json: str) -> str:
     """sha256 of a tokenizer.json's canonical form (sorted keys): equal for equal tokenizers, however written."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(json.loads(tokenizer_json), sort_keys=True).encode()).hexdigest()

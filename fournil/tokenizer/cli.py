@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
+
+from fournil.artifacts import claim_output, sha256_file
+from fournil.console import UsageError, print_json, print_table
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +33,11 @@ field (or "fr" and "en" fields for parallel pairs), or a folder of those.
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, SEED, Keyed, Stage, real
 
-    stage = Stage(
-        subparsers, common, "tokenizer", help="train, measure and use a bilingual FR/EN tokenizer",
-        description="A byte-fallback BPE tokenizer trained on a weighted French/English/code mix, exported as a "
-        "Hugging Face directory and an equivalent SentencePiece model.", epilog=EPILOG,
-    )
-
-    train = stage.verb(
-        "train", cmd_train, force=True,
-        help="learn a tokenizer from text per category and write a tokenizer directory",
-        description="Sample documents per category to the given weights (by characters), learn BPE pieces and "
-        "write tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, "
-        "tokenizer.model (SentencePiece) and fournil.json.",
-    )
+    stage = Stage(subparsers, common, "tokenizer", epilog=EPILOG,
+                  help="train, measure and use a bilingual FR/EN tokenizer",
+                  description="A byte-fallback BPE tokenizer trained on a weighted French/English/code mix, exported "
+                  "as a Hugging Face directory and an equivalent SentencePiece model.")
+    train = stage.verb("train", cmd_train, force=True)
     train.add_argument("out", type=Path, help="output tokenizer directory")
     train.add_argument("--text", nargs="+", action="extend", default=[], metavar="CATEGORY=PATH",
                        help="training text per category (repeatable)")
@@ -62,13 +58,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     train.add_argument("--seed", type=SEED, help="document sampling seed (default 0)")
     train.add_argument("--no-sentencepiece", action="store_true", help="do not write tokenizer.model")
 
-    report = stage.verb(
-        "report", cmd_report,
-        help="fertility (tokens/word, bytes/token, FR/EN ratio) of tokenizers on the same text",
-        description="Tokens per whitespace-separated word and bytes per token per language, and the FR/EN "
-        "parity ratio, for a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, "
-        "SentencePiece .model, .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2.",
-    )
+    report = stage.verb("report", cmd_report)
     report.add_argument("tokenizer", help="our tokenizer directory (or any tokenizer spec)")
     report.add_argument("--compare", nargs="+", action="extend", default=[], metavar="OTHER",
                         help="tokenizers to compare with")
@@ -76,40 +66,29 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                         help="evaluation text per language; use text not seen in training")
     report.add_argument("--png", type=Path, help="write a bar chart of tokens per word here")
 
-    encode = stage.verb(
-        "encode", cmd_encode,
-        help="print the ids (or pieces) of some text",
-        description="Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text.",
-    )
+    encode = stage.verb("encode", cmd_encode)
     encode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
     encode.add_argument("texts", nargs="+", metavar="TEXT", help="text to encode; '-' reads stdin")
     encode.add_argument("--pieces", action="store_true", help="print pieces instead of ids")
     encode.add_argument("--bos", action="store_true", help="prepend <s>")
     encode.add_argument("--eos", action="store_true", help="append </s>")
 
-    decode = stage.verb(
-        "decode", cmd_decode,
-        help="print the text of some ids", description="Decode ids back to text.",
-    )
+    decode = stage.verb("decode", cmd_decode)
     decode.add_argument("tokenizer", help="tokenizer directory or tokenizer.json")
     decode.add_argument("ids", nargs="+", type=NON_NEGATIVE, metavar="ID", help="token ids")
     decode.add_argument("--skip-special", action="store_true", help="drop special tokens")
 
-    verify = stage.verb(
-        "verify", cmd_verify,
-        help="check that transformers and SentencePiece give our ids, and that text round-trips",
-        description="Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the "
-        "SentencePiece model; count documents whose ids differ and documents that do not decode back.",
-    )
+    verify = stage.verb("verify", cmd_verify)
     verify.add_argument("tokenizer", type=Path, help="tokenizer directory")
     verify.add_argument("--text", nargs="+", action="extend", required=True, metavar="LANG=PATH")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import dataclasses
+    """learn a tokenizer from text per category and write a tokenizer directory
 
-    from fournil.artifacts import claim_output, sha256_file
-    from fournil.console import UsageError, print_json
+    Sample documents per category to the given weights (by characters), learn BPE pieces and write
+    tokenizer.json, tokenizer_config.json, special_tokens_map.json, chat_template.jinja, tokenizer.model
+    (SentencePiece) and fournil.json."""
     from fournil.tokenizer.config import TokenizerConfig
     from fournil.tokenizer.export import save
     from fournil.tokenizer.train import parse_inputs, train
@@ -155,11 +134,11 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """fertility (tokens/word, bytes/token, FR/EN ratio) of tokenizers on the same text
 
-    from fournil.artifacts import claim_output
-    from fournil.console import print_json
+    Tokens per whitespace-separated word and bytes per token per language, and the FR/EN parity ratio, for
+    a tokenizer and any comparison tokenizers: a tokenizer folder, tokenizer.json, SentencePiece .model,
+    .gguf, mistral:NAME (models in the mistral-common wheel) or smollm2."""
     from fournil.tokenizer.report import plot, read_texts, report, table_rows
 
     if args.png:  # a chart replaces a chart, never another file
@@ -173,24 +152,16 @@ def cmd_report(args: argparse.Namespace) -> None:
         print_json(results)
         return
     header, rows = table_rows(results)
-    table = Table(title="fertility (tokens per word: lower is better; FR/EN: 1.0 is parity)", title_justify="left")
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i == 0 else "right", no_wrap=i == 0)
-    for row in rows:
-        table.add_row(*row)
-    Console().print(table)
-
-
-def _load(path: str):
-    from fournil.tokenizer.bpe import Tokenizer
-
-    return Tokenizer.load(path)
+    print_table("fertility (tokens per word: lower is better; FR/EN: 1.0 is parity)", rows, header)
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """print the ids (or pieces) of some text
 
-    tok = _load(args.tokenizer)
+    Encode each TEXT argument ('-' reads stdin) and print its ids, one line per text."""
+    from fournil.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
     texts = [sys.stdin.read() if t == "-" else t for t in args.texts]
     out = []
     for text in texts:
@@ -204,9 +175,12 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from fournil.console import UsageError, print_json
+    """print the text of some ids
 
-    tok = _load(args.tokenizer)
+    Decode ids back to text."""
+    from fournil.tokenizer.bpe import Tokenizer
+
+    tok = Tokenizer.load(args.tokenizer)
     bad = [i for i in args.ids if not 0 <= i < tok.vocab_size]
     if bad:
         raise UsageError(f"ids out of range [0, {tok.vocab_size}): {', '.join(map(str, bad))}")
@@ -218,7 +192,10 @@ def cmd_decode(args: argparse.Namespace) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from fournil.console import print_json, print_table
+    """check that transformers and SentencePiece give our ids, and that text round-trips
+
+    Encode every document with our tokenizer, transformers' AutoTokenizer (offline) and the SentencePiece
+    model; count documents whose ids differ and documents that do not decode back."""
     from fournil.tokenizer.report import read_texts
     from fournil.tokenizer.verify import compare
 

@@ -201,7 +201,7 @@ def plot(results: list[dict[str, Any]], path: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from fournil.artifacts import atomic_path
+    from fournil.artifacts import write_png
 
     languages = list(results[0]["languages"])
     width = 0.8 / len(results)
@@ -216,12 +216,7 @@ def plot(results: list[dict[str, Any]], path: str | Path) -> Path:
     ax.set_title("Tokenizer fertility")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=min(len(results), 3), frameon=False)
     ax.spines[["top", "right"]].set_visible(False)
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return path
+    return write_png(fig, path, dpi=120)
 
 
 def _num(value: float | None) -> str:

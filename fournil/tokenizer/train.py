@@ -195,11 +195,10 @@ def train(config: TokenizerConfig, inputs: dict[str, list[Path]]) -> tuple[Token
     documents, stats = sample(config, inputs)
     learner = HFTokenizer(models.BPE(byte_fallback=True))
     set_pipeline(learner)
-    trainer = trainers.BpeTrainer(
-        vocab_size=n_learned, min_frequency=config.min_frequency, show_progress=False, special_tokens=[],
-        limit_alphabet=min(config.limit_alphabet, n_learned), initial_alphabet=[SPACE],
-        max_token_length=config.max_piece_length,
-    )
+    trainer = trainers.BpeTrainer(vocab_size=n_learned, min_frequency=config.min_frequency,
+                                  show_progress=False, special_tokens=[],
+                                  limit_alphabet=min(config.limit_alphabet, n_learned),
+                                  initial_alphabet=[SPACE], max_token_length=config.max_piece_length)
     learner.train_from_iterator(documents, trainer=trainer)
     with status("building the tokenizer"):
         reserved = set(specials) | set(BYTE_PIECES)

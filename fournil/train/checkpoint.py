@@ -64,16 +64,8 @@ def latest(run_dir: str | Path) -> Path | None:
     return dirs[-1] if dirs else None
 
 
-def save(
-    run_dir: str | Path,
-    step: int,
-    model: nn.Module,
-    config: ModelConfig,
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-    keep: int,
-    world: World,
-) -> Path:
+def save(run_dir: str | Path, step: int, model: nn.Module, config: ModelConfig,
+         optimizer: torch.optim.Optimizer, state: dict[str, Any], keep: int, world: World) -> Path:
     """Collective: every rank calls it. Rank 0 writes the HF model and publishes the checkpoint."""
     root = Path(run_dir) / "checkpoints"
     final = root / f"step-{step:06d}"

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
+
+from fournil.artifacts import claim_output
+from fournil.console import UsageError, print_json
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +29,11 @@ examples:
 def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     from fournil.cli import NON_NEGATIVE, POSITIVE, Stage
 
-    stage = Stage(
-        subparsers, common, "train", help="pretraining with exact resume; plots of a run", default="pretrain",
-        description="Train a model on packed shards. `fournil train RECIPE …` is short for "
-        "`fournil train pretrain RECIPE …`.", epilog=EPILOG,
-    )
-
-    pretrain = stage.verb(
-        "pretrain", cmd_pretrain,
-        help="pretrain (the default action)",
-        description="Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to "
-        "train.batch_tokens, warmup + cosine/WSD schedule, per-language validation in bits per byte, and "
-        "atomic checkpoints. --resume continues bit for bit from the newest complete checkpoint.",
-    )
+    stage = Stage(subparsers, common, "train", epilog=EPILOG, default="pretrain",
+                  help="pretraining with exact resume; plots of a run",
+                  description="Train a model on packed shards. `fournil train RECIPE …` is short for "
+                  "`fournil train pretrain RECIPE …`.")
+    pretrain = stage.verb("pretrain", cmd_pretrain)
     pretrain.add_argument("recipe", help="recipe file or preset name")
     pretrain.add_argument("--shards", type=Path, required=True, help="shards directory (from the corpus stage)")
     pretrain.add_argument("--out", type=Path, required=True, help="run directory: checkpoints, metrics, model")
@@ -47,14 +43,7 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     pretrain.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                           help="override a recipe value, e.g. train.lr=1e-3 (repeatable; YAML syntax for values)")
 
-    sft = stage.verb(
-        "sft", cmd_sft,
-        help="supervised fine-tuning on chat data and translation pairs",
-        description="Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with "
-        "`messages`) and EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into "
-        "translation instructions in both directions. Loss on assistant answers only; same checkpoints and "
-        "exact resume as pretraining; the final model directory carries the tokenizer and chat template.",
-    )
+    sft = stage.verb("sft", cmd_sft)
     sft.add_argument("recipe", help="recipe file or preset name (needs an `sft` section)")
     sft.add_argument("--tokenizer", type=Path, required=True, help="tokenizer directory of the model")
     sft.add_argument("--init-from", required=True, help="model directory to fine-tune")
@@ -66,19 +55,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     sft.add_argument("--max-steps", type=POSITIVE, help="stop after this step (the schedule keeps its length)")
     sft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value")
 
-    plot = stage.verb(
-        "plot", cmd_plot,
-        help="loss, learning-rate, throughput and validation PNGs of a run",
-        description="Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png.",
-    )
+    plot = stage.verb("plot", cmd_plot)
     plot.add_argument("run", type=Path, help="run directory")
 
-    export = stage.verb(
-        "export", cmd_export, dtype="cast floating weights", force=True,
-        help="a checkpoint of a run as a Hugging Face model directory",
-        description="Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally "
-        "cast; works while the run is still training.",
-    )
+    export = stage.verb("export", cmd_export, dtype="cast floating weights", force=True)
     export.add_argument("run", type=Path, help="run directory")
     export.add_argument("out", type=Path, help="output model directory")
     export.add_argument("--step", type=NON_NEGATIVE, help="checkpoint step (default: the newest complete one)")
@@ -87,10 +67,6 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
 def claim_run(args: argparse.Namespace, *inputs) -> None:
     """The run directory must be new, empty or a run of this verb (`--resume`); under torchrun only rank 0 looks,
     since the others would see the files rank 0 has started to write."""
-    import os
-
-    from fournil.artifacts import claim_output
-
     if os.environ.get("RANK", "0") == "0":
         claim_output(args.out, f"fournil.train.{args.action}", resume=args.resume,
                      inputs=[*inputs, Path(args.recipe) if Path(args.recipe).is_file() else None],
@@ -99,8 +75,6 @@ def claim_run(args: argparse.Namespace, *inputs) -> None:
 
 def parse_overrides(pairs: list[str]) -> dict:
     import yaml
-
-    from fournil.console import UsageError
 
     overrides = {}
     for pair in pairs:
@@ -112,7 +86,11 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """pretrain (the default action)
+
+    Pretrain the recipe's model on packed shards with AdamW, gradient accumulation to train.batch_tokens,
+    warmup + cosine/WSD schedule, per-language validation in bits per byte, and atomic checkpoints.
+    --resume continues bit for bit from the newest complete checkpoint."""
     from fournil.recipe import load_recipe
     from fournil.train.loop import train
 
@@ -129,7 +107,12 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_sft(args: argparse.Namespace) -> None:
-    from fournil.console import print_json
+    """supervised fine-tuning on chat data and translation pairs
+
+    Fine-tune a model with the recipe's `sft` section on ChatML conversations (jsonl with `messages`) and
+    EN-FR pairs (jsonl with `en`, `fr`; rows with split=test are left out) turned into translation
+    instructions in both directions. Loss on assistant answers only; same checkpoints and exact resume as
+    pretraining; the final model directory carries the tokenizer and chat template."""
     from fournil.recipe import load_recipe
     from fournil.train.sft import finetune
 
@@ -146,6 +129,9 @@ def cmd_sft(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    """loss, learning-rate, throughput and validation PNGs of a run
+
+    Read RUN/metrics.jsonl and write RUN/plots/{loss,throughput}.png."""
     from fournil.train.plot import plot_run
 
     for path in plot_run(args.run):
@@ -153,8 +139,10 @@ def cmd_plot(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from fournil.artifacts import claim_output
-    from fournil.console import UsageError
+    """a checkpoint of a run as a Hugging Face model directory
+
+    Copy a checkpoint's model (the newest, or --step N) to a transformers directory, optionally cast;
+    works while the run is still training."""
     from fournil.lm.hf import convert
     from fournil.train import checkpoint
 

@@ -49,16 +49,9 @@ def choose(device_type: str, precision: str = "auto", device_name: str = "", pea
     NCCL on CUDA and gloo elsewhere, and the peak of this device for the dtype in use."""
     cuda = device_type == "cuda"
     bf16 = precision == "bfloat16" or (precision == "auto" and cuda)
-    return DeviceSetup(
-        device_type=device_type,
-        autocast=torch.bfloat16 if bf16 else None,
-        tf32=cuda,
-        fused_adamw=device_type in ("cuda", "cpu"),
-        backend="nccl" if cuda else "gloo",
-        device_name=device_name,
-        peak_override=peak_flops,
-        measure=measure,
-    )
+    return DeviceSetup(device_type=device_type, autocast=torch.bfloat16 if bf16 else None, tf32=cuda,
+                       fused_adamw=device_type in ("cuda", "cpu"), backend="nccl" if cuda else "gloo",
+                       device_name=device_name, peak_override=peak_flops, measure=measure)
 
 
 def device_name(device: torch.device) -> str:

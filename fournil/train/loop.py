@@ -13,7 +13,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +82,6 @@ def clip_and_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, grad
 
 def continued_pretraining_recipe(recipe: Recipe, init_from: Path, shards: Shards) -> Recipe:
     """The recipe with the starting model's own architecture, after checking the shards speak its tokenizer."""
-    from dataclasses import replace
-
     from fournil.lm.hf import read_config, resolve
 
     directory = resolve(init_from)
@@ -139,14 +137,8 @@ def validation_bpb(model: torch.nn.Module, shards: Shards, max_tokens: int, seq_
     return results
 
 
-def train(
-    recipe: Recipe,
-    shards_dir: str | Path,
-    run_dir: str | Path,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    max_steps: int | None = None,
-) -> Summary:
+def train(recipe: Recipe, shards_dir: str | Path, run_dir: str | Path, resume: bool = False,
+          init_from: str | Path | None = None, max_steps: int | None = None) -> Summary:
     """Pretrain `recipe.model` on `shards_dir`, writing checkpoints, metrics and a final model to `run_dir`.
 
     Launched by torchrun, every rank runs this function (DDP or FSDP2 per train.parallel). max_steps stops
@@ -175,17 +167,9 @@ def tokenizer_files(directory: Path) -> tuple[Path, ...]:
                         if p.is_file() and p.name.startswith(("tokenizer", "special_tokens", "chat_template"))))
 
 
-def run(
-    recipe: Recipe,
-    t: TrainConfig,
-    dataset,
-    validate,
-    run_dir: str | Path,
-    resume: bool = False,
-    init_from: str | Path | None = None,
-    max_steps: int | None = None,
-    model_files: tuple[Path, ...] = (),
-) -> Summary:
+def run(recipe: Recipe, t: TrainConfig, dataset, validate, run_dir: str | Path, resume: bool = False,
+        init_from: str | Path | None = None, max_steps: int | None = None,
+        model_files: tuple[Path, ...] = ()) -> Summary:
     """The loop shared by pretraining and fine-tuning: `dataset` has `__len__` and `collate(indices)`;
     `validate(model, device)` returns {metric: {name: value}} for the log; `model_files` (tokenizer files, say)
     are copied into the final model directory."""

@@ -42,8 +42,7 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         ax_val.legend()
     ax_lr.plot(steps, [r["lr"] for r in train])
     ax_lr.set(title="learning rate", xlabel="step")
-    fig.tight_layout()
-    paths = [_save(fig, out / "loss.png")]
+    paths = [artifacts.write_png(fig, out / "loss.png")]
 
     fig, (ax_tps, ax_mfu) = plt.subplots(1, 2, figsize=(10, 4))
     ax_tps.plot(steps, [r["tokens_per_s"] for r in train])
@@ -52,13 +51,5 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     if mfu:
         ax_mfu.plot(*zip(*mfu, strict=True))
     ax_mfu.set(title="MFU (%)" if mfu else "MFU (not reported: no known peak for this device)", xlabel="step")
-    fig.tight_layout()
-    paths.append(_save(fig, out / "throughput.png"))
-    plt.close("all")
+    paths.append(artifacts.write_png(fig, out / "throughput.png"))
     return paths
-
-
-def _save(fig, path: Path) -> Path:
-    with artifacts.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    return path

@@ -29,10 +29,6 @@ struct Block {                          // kRows (or fewer, at a matrix's end) c
   int64_t n;
 };
 
-inline __m256i dot16(const int8_t* w, __m256i xv) {
-  return _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w))), xv);
-}
-
 inline __m128i hsum4(__m256i a, __m256i b, __m256i c, __m256i d) {
   const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
   return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
@@ -44,92 +40,63 @@ inline int32_t hsum1(__m256i a) {
   return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
 }
 
+inline __m256i widen(const int8_t* w) {  // 16 int8 weights -> 16 int16 lanes
+  return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
+}
+
+// acc + the pairwise products of w and x summed into int32 lanes: two instructions in AVX2, one (vpdpwssd) in
+// AVX-512 VNNI, faster even while memory is the limit since the loop's instructions compete with its loads.
+// Each product below is written once, as a macro over MADD, and compiled twice: plain, and in a
+// function whose target attribute lets it use VNNI (an intrinsic of that target cannot be inlined elsewhere).
+#define FOURNIL_MADD_AVX2(acc, w, x) _mm256_add_epi32(acc, _mm256_madd_epi16(w, x))
+#define FOURNIL_MADD_VNNI(acc, w, x) _mm256_dpwssd_epi32(acc, w, x)
+
 // the int32 sums of columns [k0, k1) of four consecutive rows r (row stride K) times xq, 16 columns a step; per step
 // one line of `next` is fetched into L1, and one line kFarBlocks blocks further on into L2
+#define FOURNIL_CHUNK4(MADD)                                                                          \
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;                                     \
+  for (int64_t k = k0; k < k1; k += 16) {                                                             \
+    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);                       \
+    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * (kFarBlocks * K + k)), _MM_HINT_T1);    \
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k));                  \
+    a0 = MADD(a0, widen(r + k), xv);                                                                  \
+    a1 = MADD(a1, widen(r + K + k), xv);                                                              \
+    a2 = MADD(a2, widen(r + 2 * K + k), xv);                                                          \
+    a3 = MADD(a3, widen(r + 3 * K + k), xv);                                                          \
+  }                                                                                                   \
+  return hsum4(a0, a1, a2, a3);
+
+// the same for two activation rows (xa, xb) at once, sums into sa and sb: each weight vector is widened once for
+// both. Why: a prompt's rows (up to 32 in one step) make the products compute-bound, and widening is half their work
+#define FOURNIL_CHUNK4X2(MADD)                                                                                \
+  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;         \
+  for (int64_t k = k0; k < k1; k += 16) {                                                                     \
+    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);                               \
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));                          \
+    const __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));                          \
+    const __m256i w0 = widen(r + k), w1 = widen(r + K + k), w2 = widen(r + 2 * K + k), w3 = widen(r + 3 * K + k); \
+    a0 = MADD(a0, w0, xv); a1 = MADD(a1, w1, xv); a2 = MADD(a2, w2, xv); a3 = MADD(a3, w3, xv);               \
+    b0 = MADD(b0, w0, yv); b1 = MADD(b1, w1, yv); b2 = MADD(b2, w2, yv); b3 = MADD(b3, w3, yv);               \
+  }                                                                                                           \
+  sa = hsum4(a0, a1, a2, a3);                                                                                 \
+  sb = hsum4(b0, b1, b2, b3);
+
+#define FOURNIL_VNNI __attribute__((target("avx512f,avx512vl,avx512vnni")))
+
 inline __m128i chunk4(const int8_t* r, const int8_t* next, const int16_t* xq, int64_t K, int64_t k0, int64_t k1) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t k = k0; k < k1; k += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * (kFarBlocks * K + k)), _MM_HINT_T1);
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k));
-    a0 = _mm256_add_epi32(a0, dot16(r + k, xv));
-    a1 = _mm256_add_epi32(a1, dot16(r + K + k, xv));
-    a2 = _mm256_add_epi32(a2, dot16(r + 2 * K + k, xv));
-    a3 = _mm256_add_epi32(a3, dot16(r + 3 * K + k, xv));
-  }
-  return hsum4(a0, a1, a2, a3);
+  FOURNIL_CHUNK4(FOURNIL_MADD_AVX2)
 }
-
-// the same sums (the same integers) with AVX-512 VNNI's vpdpwssd, which multiplies and adds into the int32 lanes in
-// one instruction where AVX2 takes two: faster even while memory is the limit, since the loop's instructions
-// compete with its loads
-__attribute__((target("avx512f,avx512vl,avx512vnni")))
-__m128i chunk4_vnni(const int8_t* r, const int8_t* next, const int16_t* xq, int64_t K, int64_t k0, int64_t k1) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0;
-  const auto widen = [](const int8_t* w) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-  };
-  for (int64_t k = k0; k < k1; k += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);
-    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * (kFarBlocks * K + k)), _MM_HINT_T1);
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k));
-    a0 = _mm256_dpwssd_epi32(a0, widen(r + k), xv);
-    a1 = _mm256_dpwssd_epi32(a1, widen(r + K + k), xv);
-    a2 = _mm256_dpwssd_epi32(a2, widen(r + 2 * K + k), xv);
-    a3 = _mm256_dpwssd_epi32(a3, widen(r + 3 * K + k), xv);
-  }
-  return hsum4(a0, a1, a2, a3);
+FOURNIL_VNNI __m128i chunk4_vnni(const int8_t* r, const int8_t* next, const int16_t* xq, int64_t K, int64_t k0,
+                                 int64_t k1) {
+  FOURNIL_CHUNK4(FOURNIL_MADD_VNNI)
 }
-
-// chunk4 for two activation rows (xa, xb) at once, sums into sa and sb: each weight vector is widened once for both.
-// Why: a prompt's rows (up to 32 in one step) make the products compute-bound, and widening is half their work
 inline void chunk4x2(const int8_t* r, const int8_t* next, const int16_t* xa, const int16_t* xb, int64_t K,
                      int64_t k0, int64_t k1, __m128i& sa, __m128i& sb) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  const auto widen = [](const int8_t* w) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-  };
-  for (int64_t k = k0; k < k1; k += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));
-    const __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));
-    const __m256i w0 = widen(r + k), w1 = widen(r + K + k), w2 = widen(r + 2 * K + k), w3 = widen(r + 3 * K + k);
-    a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(w0, xv));
-    a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(w1, xv));
-    a2 = _mm256_add_epi32(a2, _mm256_madd_epi16(w2, xv));
-    a3 = _mm256_add_epi32(a3, _mm256_madd_epi16(w3, xv));
-    b0 = _mm256_add_epi32(b0, _mm256_madd_epi16(w0, yv));
-    b1 = _mm256_add_epi32(b1, _mm256_madd_epi16(w1, yv));
-    b2 = _mm256_add_epi32(b2, _mm256_madd_epi16(w2, yv));
-    b3 = _mm256_add_epi32(b3, _mm256_madd_epi16(w3, yv));
-  }
-  sa = hsum4(a0, a1, a2, a3);
-  sb = hsum4(b0, b1, b2, b3);
+  FOURNIL_CHUNK4X2(FOURNIL_MADD_AVX2)
 }
-
-__attribute__((target("avx512f,avx512vl,avx512vnni")))
-void chunk4x2_vnni(const int8_t* r, const int8_t* next, const int16_t* xa, const int16_t* xb, int64_t K, int64_t k0,
-                   int64_t k1, __m128i& sa, __m128i& sb) {
-  __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-  const auto widen = [](const int8_t* w) {
-    return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w)));
-  };
-  for (int64_t k = k0; k < k1; k += 16) {
-    _mm_prefetch(reinterpret_cast<const char*>(next + kRows * k), _MM_HINT_T0);
-    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xa + k));
-    const __m256i yv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb + k));
-    const __m256i w0 = widen(r + k), w1 = widen(r + K + k), w2 = widen(r + 2 * K + k), w3 = widen(r + 3 * K + k);
-    a0 = _mm256_dpwssd_epi32(a0, w0, xv);
-    a1 = _mm256_dpwssd_epi32(a1, w1, xv);
-    a2 = _mm256_dpwssd_epi32(a2, w2, xv);
-    a3 = _mm256_dpwssd_epi32(a3, w3, xv);
-    b0 = _mm256_dpwssd_epi32(b0, w0, yv);
-    b1 = _mm256_dpwssd_epi32(b1, w1, yv);
-    b2 = _mm256_dpwssd_epi32(b2, w2, yv);
-    b3 = _mm256_dpwssd_epi32(b3, w3, yv);
-  }
-  sa = hsum4(a0, a1, a2, a3);
-  sb = hsum4(b0, b1, b2, b3);
+FOURNIL_VNNI void chunk4x2_vnni(const int8_t* r, const int8_t* next, const int16_t* xa, const int16_t* xb, int64_t K,
+                                int64_t k0, int64_t k1, __m128i& sa, __m128i& sb) {
+  FOURNIL_CHUNK4X2(FOURNIL_MADD_VNNI)
 }
 
 // whether chunk4_vnni runs: the CPU has AVX-512 VNNI and FOURNIL_KERNELS_VNNI is not 0 (tests compare both paths)
@@ -156,7 +123,7 @@ void block_dot(const Block& b, const int8_t* next, const int16_t* xq, int64_t K,
       const int64_t k1 = std::min(K, k0 + kChunk);
       __m256i a = _mm256_setzero_si256();
       for (int64_t k = k0; k < k1; k += 16) {
-        a = _mm256_add_epi32(a, dot16(r + k, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k))));
+        a = FOURNIL_MADD_AVX2(a, widen(r + k), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + k)));
       }
       total += static_cast<float>(hsum1(a));
     }
