@@ -9,7 +9,6 @@ It streams (see `pack`): memory does not grow with the corpus, the shards are th
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,10 +46,7 @@ def load_tokenizer(path: Path):
     eos_token = "</s>"
     config_file = file.parent / "tokenizer_config.json"
     if config_file.is_file():
-        try:
-            tok_config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{config_file}: not valid JSON: {exc}") from exc
+        tok_config = artifacts.read_json(config_file)
         eos = tok_config.get("eos_token", eos_token) if isinstance(tok_config, dict) else None
         eos_token = eos.get("content", eos_token) if isinstance(eos, dict) else eos
         if not isinstance(eos_token, str):

@@ -8,12 +8,12 @@ importing transformers (it would add seconds to every `fournil generate`).
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fournil.artifacts import read_json
 from fournil.console import UsageError
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -228,10 +228,7 @@ def _extend(stop: str, fail: list[int]) -> None:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json(path)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     return data
