@@ -333,7 +333,8 @@ def save_state_dict(state: dict[str, torch.Tensor], config: ModelConfig, directo
     if config.pad_token_id is not None:
         generation["pad_token_id"] = config.pad_token_id
     artifacts.write_json(directory / "generation_config.json", generation)
-    artifacts.write_manifest(directory, producer="fournil.model", model=_summary(config, state), **(manifest or {}))
+    summary = {"parameters": sum(t.numel() for t in state.values()), "dtype": config.dtype}
+    artifacts.write_manifest(directory, producer="fournil.model", model=summary, **(manifest or {}))
     return directory
 
 
@@ -393,10 +394,6 @@ def _split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, tor
         shards[-1][key] = tensor
         size += nbytes
     return shards
-
-
-def _summary(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    return {"parameters": sum(t.numel() for t in state.values()), "dtype": config.dtype}
 
 
 def parse_size(text: str) -> int:
