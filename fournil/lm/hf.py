@@ -219,7 +219,8 @@ def check_size(config: ModelConfig, state: dict[str, torch.Tensor], source: str)
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    """Meta tensors (a quantised directory's float view) hold no values to check."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]
     if bad:
         raise UsageError(f"{source}: non-finite values (NaN/inf) in {len(bad)} tensors: {', '.join(bad[:10])}")
 
