@@ -80,8 +80,8 @@ def is_quantized(directory: str | Path) -> bool:
 def _float_view(state: dict[str, torch.Tensor], bits: int, group_size: int | None, int8_head: bool,
                source: str) -> dict[str, torch.Tensor]:
     """The floating-point tensors a quantised state stands for, as meta tensors of their float shape (scales
-    checked and left out), so that `hf.check_size` and `hf.check_state_dict` judge a quantised directory's
-    config.json exactly as they judge a float one."""
+    checked and left out), so that `hf.check_weights` judges a quantised directory's config.json exactly as it
+    judges a float one."""
     view, problems = {}, []
     stored = torch.int8 if bits == 8 else torch.uint8
     for name, tensor in state.items():
