@@ -125,6 +125,14 @@ def write_png(fig: Any, target: str | Path, dpi: int = 100) -> Path:
     return Path(target)
 
 
+def read_json(path: str | Path) -> Any:
+    """An input JSON file; one that is not JSON (or not UTF-8) is a UsageError naming it."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UsageError(f"{path}: not valid JSON: {exc}") from exc
+
+
 def read_manifest(directory: str | Path) -> dict[str, Any] | None:
     path = Path(directory) / MANIFEST
     if not path.is_file():

@@ -173,10 +173,11 @@ class CorpusConfig:
             if not 0 <= getattr(self, name) <= 1:
                 problems.append((name, f"must be in [0, 1], got {getattr(self, name)}"))
         for name in ("min_words", "min_avg_word_length", "max_symbol_word_ratio", "min_stop_words",
-                     "max_newline_word_ratio"):
+                     "max_newline_word_ratio", "val_docs"):
             if getattr(self, name) < 0:
                 problems.append((name, f"must be >= 0, got {getattr(self, name)}"))
-        for name in ("max_words", "max_avg_word_length"):
+        for name in ("max_words", "max_avg_word_length", "minhash_ngrams", "minhash_buckets",
+                     "minhash_hashes_per_bucket", "decontam_ngrams"):
             if getattr(self, name) <= 0:
                 problems.append((name, f"must be > 0, got {getattr(self, name)}"))
         if self.min_words > self.max_words:
@@ -184,9 +185,4 @@ class CorpusConfig:
         if self.min_avg_word_length > self.max_avg_word_length:
             problems.append(("min_avg_word_length", f"{self.min_avg_word_length} exceeds "
                                                     f"max_avg_word_length={self.max_avg_word_length}"))
-        for name in ("minhash_ngrams", "minhash_buckets", "minhash_hashes_per_bucket", "decontam_ngrams"):
-            if getattr(self, name) <= 0:
-                problems.append((name, f"must be > 0, got {getattr(self, name)}"))
-        if self.val_docs < 0:
-            problems.append(("val_docs", f"must be >= 0, got {self.val_docs}"))
         return problems

@@ -9,7 +9,6 @@ It streams (see `pack`): memory does not grow with the corpus, the shards are th
 
 from __future__ import annotations
 
-import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from fournil.corpus.config import CATEGORIES
 from fournil.corpus.mix import doc_rank, format_plan, plan_mix, repeat_counts
 from fournil.corpus.pipeline import DOCS, iter_jsonl
 from fournil.corpus.shards import ShardWriter, token_dtype
+from fournil.lm.prompt import read_tokenizer
 
 log = logging.getLogger(__name__)
 VAL_LANGUAGES = ("fr", "en")
@@ -34,23 +34,13 @@ CHUNK_TOKENS = 1 << 20  # tokens gathered per step of pass 2
 
 def load_tokenizer(path: Path):
     """(tokenizers.Tokenizer, eos id, sha256 of tokenizer.json) from a tokenizer directory or file."""
-    from tokenizers import Tokenizer
-
     path = Path(path)
+    tok = read_tokenizer(path, "give a tokenizer directory written by `fournil tokenizer train`")
     file = path / "tokenizer.json" if path.is_dir() else path
-    if not file.is_file():
-        raise UsageError(f"{path}: no tokenizer.json (give a tokenizer directory written by `fournil tokenizer train`)")
-    try:
-        tok = Tokenizer.from_file(str(file))
-    except Exception as exc:  # tokenizers raises a bare Exception for bad JSON or an unknown model
-        raise UsageError(f"{file}: not a valid tokenizer.json: {exc}") from exc
     eos_token = "</s>"
     config_file = file.parent / "tokenizer_config.json"
     if config_file.is_file():
-        try:
-            tok_config = json.loads(config_file.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise UsageError(f"{config_file}: not valid JSON: {exc}") from exc
+        tok_config = artifacts.read_json(config_file)
         eos = tok_config.get("eos_token", eos_token) if isinstance(tok_config, dict) else None
         eos_token = eos.get("content", eos_token) if isinstance(eos, dict) else eos
         if not isinstance(eos_token, str):

@@ -21,7 +21,7 @@ import os
 import re
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -447,13 +447,8 @@ class SourceReader(PipelineStep):
         try:
             table = pq.ParquetFile(path)
             columns = ["en", "fr"] if source.category == "parallel" else [source.text_field]
-            number = 0
-            for batch in table.iter_batches(columns=columns):
-                for record in batch.to_pylist():
-                    number += 1
-                    text = self._record_text(record, source, path, number)
-                    if text is not None:
-                        yield number, text
+            records = (r for batch in table.iter_batches(columns=columns) for r in batch.to_pylist())
+            yield from self._records(records, source, path)
         except Exception as exc:  # pyarrow raises many types for a corrupt or foreign file
             self.error("unreadable_parquet", path, 0, f"{type(exc).__name__}: {str(exc)[:120]}")
 
@@ -471,17 +466,16 @@ class SourceReader(PipelineStep):
             self.error("unreadable_dataset", path, 0, f"{type(exc).__name__}: {str(exc)[:160]}")
             return
         splits = loaded.items() if hasattr(loaded, "items") else [("train", loaded)]
-        number = 0
-        for split, rows in splits:
-            if split == "test":  # counted when its size is known (on disk; a streamed split would be read for it)
-                if hasattr(rows, "__len__"):
-                    self.stat_update(f"held_out:{self._source}", value=len(rows))
-                continue
-            for record in rows:
-                number += 1
-                text = self._record_text(record, source, path, number)
-                if text is not None:
-                    yield number, text
+        for split, rows in splits:  # a test split is counted when its size is known (a streamed one is not read)
+            if split == "test" and hasattr(rows, "__len__"):
+                self.stat_update(f"held_out:{self._source}", value=len(rows))
+        yield from self._records((r for split, rows in splits if split != "test" for r in rows), source, path)
+
+    def _records(self, records: Iterable, source: SourceConfig, path: Path) -> Iterator[tuple[int, str]]:
+        """The texts of records numbered from 1 (`_record_text` reports the ones it refuses)."""
+        for number, record in enumerate(records, 1):
+            if (text := self._record_text(record, source, path, number)) is not None:
+                yield number, text
 
     def _text(self, path: Path, source: SourceConfig) -> Iterator[tuple[int, str]]:
         """A plain text or code file is one document."""

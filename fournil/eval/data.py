@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from fournil import artifacts
 from fournil.console import UsageError
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
@@ -56,15 +57,11 @@ def _read(path: Path) -> list[Any]:
         except ImportError as exc:
             raise UsageError(f"{path}: reading parquet needs pyarrow (pip install pyarrow)") from exc
         return pq.read_table(path).to_pylist()
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}: not valid JSON: {exc}") from exc
+        data = artifacts.read_json(path)
         return data if isinstance(data, list) else data.get("data", [])
     records = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
                 records.append(json.loads(line))

@@ -6,7 +6,6 @@ tasks' primary scores (accuracy-like metrics only), and the translation directio
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +24,7 @@ def load_results(directory: str | Path) -> dict[str, dict[str, Any]]:
     for path in sorted(directory.glob("*.json")):
         if path.name == artifacts.MANIFEST:
             continue
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{path}: not valid JSON: {exc}") from exc
+        data = artifacts.read_json(path)
         if isinstance(data, dict) and "task" in data and "metrics" in data:
             results[data["task"]] = data
     if not results:

@@ -287,20 +287,17 @@ def export_gguf(directory: str | Path, out: str | Path, qtype: str = "f16") -> P
     tok_file = directory / "tokenizer.json"
     if not tok_file.is_file():
         raise UsageError(f"{directory}: no tokenizer.json; a GGUF file must carry its tokenizer")
-    try:
-        tok_json = json.loads(tok_file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{tok_file}: not valid JSON: {exc}") from exc
+    tok_json = artifacts.read_json(tok_file)
     tok_config_file = directory / "tokenizer_config.json"
-    tok_config = json.loads(tok_config_file.read_text(encoding="utf-8")) if tok_config_file.is_file() else {}
+    tok_config = artifacts.read_json(tok_config_file) if tok_config_file.is_file() else {}
     state = read_state_dict(directory, torch.float32)
     check_weights(config, state, str(directory))
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
-    kind = {"f32": GGMLQuantizationType.F32, "f16": GGMLQuantizationType.F16,
-            "q8_0": GGMLQuantizationType.Q8_0, "q4_0": GGMLQuantizationType.Q4_0}[qtype]
-    file_type = {"f32": LlamaFileType.ALL_F32, "f16": LlamaFileType.MOSTLY_F16,
-                 "q8_0": LlamaFileType.MOSTLY_Q8_0, "q4_0": LlamaFileType.MOSTLY_Q4_0}[qtype]
+    kind, file_type = {"f32": (GGMLQuantizationType.F32, LlamaFileType.ALL_F32),
+                       "f16": (GGMLQuantizationType.F16, LlamaFileType.MOSTLY_F16),
+                       "q8_0": (GGMLQuantizationType.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+                       "q4_0": (GGMLQuantizationType.Q4_0, LlamaFileType.MOSTLY_Q4_0)}[qtype]
 
     with artifacts.atomic_path(out) as tmp:
         writer = GGUFWriter(str(tmp), "llama")

@@ -7,6 +7,7 @@ can execute code when loaded, so they are refused, never opened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -154,11 +155,7 @@ def read_config(directory: str | Path) -> ModelConfig:
     if not path.is_file():
         raise UsageError(f"{directory}: not a model directory (no config.json)")
     try:
-        hf = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise UsageError(f"{path}: not valid JSON: {exc}") from exc
-    try:
-        return from_hf_config(hf, str(path))
+        return from_hf_config(artifacts.read_json(path), str(path))
     except KeyError as exc:
         raise UsageError(f"{path}: missing required field {exc.args[0]!r}") from exc
 
@@ -222,7 +219,8 @@ def check_size(config: ModelConfig, state: dict[str, torch.Tensor], source: str)
 
 
 def check_finite(state: dict[str, torch.Tensor], source: str) -> None:
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    """Meta tensors (a quantised directory's float view) hold no values to check."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not v.is_meta and not torch.isfinite(v).all()]
     if bad:
         raise UsageError(f"{source}: non-finite values (NaN/inf) in {len(bad)} tensors: {', '.join(bad[:10])}")
 
@@ -249,15 +247,16 @@ def check_state_dict(model: Llama, state: dict[str, torch.Tensor], source: str) 
         raise UsageError(f"{source}: weights do not match config.json:\n  " + "\n  ".join(parts))
 
 
-def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> None:
-    """What `load_model` checks before it loads, for code that reads a directory's tensors without building the
-    model (convert, quantize, GGUF export and import): size first, so nothing huge is built, then names and
-    shapes against a model on the meta device, then finite values."""
+def check_weights(config: ModelConfig, state: dict[str, torch.Tensor], source: str) -> Llama:
+    """What `load_model` checks before it loads, also for code that reads a directory's tensors without building
+    the model (convert, quantize, GGUF export and import): size first, so nothing huge is built, then names and
+    shapes against a model on the meta device (returned: `load_model` loads into it), then finite values."""
     check_size(config, state, source)
     with torch.device("meta"):
         skeleton = Llama(config)
     check_state_dict(skeleton, state, source)
     check_finite(state, source)
+    return skeleton
 
 
 def load_model(source: str | Path, dtype: str | torch.dtype | None = None,
@@ -267,17 +266,13 @@ def load_model(source: str | Path, dtype: str | torch.dtype | None = None,
     config = read_config(directory)
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     state = read_state_dict(directory, torch_dtype)
-    check_size(config, state, str(directory))
-    with torch.device("meta"):
-        model = Llama(config)
-    check_state_dict(model, state, str(directory))
+    model = check_weights(config, state, str(directory))
     state = {k: v for k, v in state.items() if not IGNORED_KEYS.search(k)}
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
     model.load_state_dict(state, strict=False, assign=True)
     if config.tie_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
-    check_finite(model.state_dict(), str(directory))
     return model.to(device)
 
 
@@ -339,7 +334,8 @@ def save_state_dict(state: dict[str, torch.Tensor], config: ModelConfig, directo
     if config.pad_token_id is not None:
         generation["pad_token_id"] = config.pad_token_id
     artifacts.write_json(directory / "generation_config.json", generation)
-    artifacts.write_manifest(directory, producer="fournil.model", model=_summary(config, state), **(manifest or {}))
+    summary = {"parameters": sum(t.numel() for t in state.values()), "dtype": config.dtype}
+    artifacts.write_manifest(directory, producer="fournil.model", model=summary, **(manifest or {}))
     return directory
 
 
@@ -375,13 +371,10 @@ def convert(source: str | Path, destination: str | Path, dtype: str | None = Non
 
 
 def _finite(value: Any, key: str, source: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"{source}: invalid config: {key}: expected a finite number, got {value!r:.60}") from exc
-    if not math.isfinite(number):
-        raise UsageError(f"{source}: invalid config: {key}: expected a finite number, got {value!r:.60}")
-    return number
+    with contextlib.suppress(TypeError, ValueError, OverflowError):  # an int past float range
+        if math.isfinite(number := float(value)):
+            return number
+    raise UsageError(f"{source}: invalid config: {key}: expected a finite number, got {value!r:.60}")
 
 
 def _with_dtype(config: ModelConfig, dtype: str) -> ModelConfig:
@@ -402,10 +395,6 @@ def _split(state: dict[str, torch.Tensor], max_bytes: int) -> list[dict[str, tor
         shards[-1][key] = tensor
         size += nbytes
     return shards
-
-
-def _summary(config: ModelConfig, state: dict[str, torch.Tensor]) -> dict[str, Any]:
-    return {"parameters": sum(t.numel() for t in state.values()), "dtype": config.dtype}
 
 
 def parse_size(text: str) -> int:

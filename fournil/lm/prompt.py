@@ -8,12 +8,12 @@ importing transformers (it would add seconds to every `fournil generate`).
 from __future__ import annotations
 
 import functools
-import json
 import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from fournil.artifacts import read_json
 from fournil.console import UsageError
 
 _BYTE_PIECE = re.compile(r"<0x[0-9A-Fa-f]{2}>")
@@ -45,16 +45,8 @@ class PromptTokenizer:
     @classmethod
     def load(cls, directory: str | Path) -> PromptTokenizer:
         """tokenizer.json + tokenizer_config.json (+ chat_template.jinja) + generation_config.json's eos ids."""
-        from tokenizers import Tokenizer as HFTokenizer
-
         directory = Path(directory)
-        file = directory / "tokenizer.json"
-        if not file.is_file():
-            raise UsageError(f"{directory}: no tokenizer.json (copy the tokenizer directory's files into it)")
-        try:
-            hf = HFTokenizer.from_file(str(file))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise UsageError(f"{file}: not a valid tokenizer.json: {exc}") from exc
+        hf = read_tokenizer(directory, "copy the tokenizer directory's files into it")
         config = _read_json(directory / "tokenizer_config.json")
         jinja = directory / "chat_template.jinja"
         if jinja.is_file():
@@ -225,13 +217,25 @@ def _extend(stop: str, fail: list[int]) -> None:
     fail.append(j + 1 if stop[j] == stop[k] else 0)
 
 
+def read_tokenizer(path: str | Path, hint: str) -> Any:
+    """The `tokenizers.Tokenizer` of a directory holding tokenizer.json, or of the file itself; a UsageError naming
+    the path, with `hint` on what to do, when there is none or it is not one."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    file = path / "tokenizer.json" if path.is_dir() else path
+    if not file.is_file():
+        raise UsageError(f"{path}: no tokenizer.json ({hint})")
+    try:
+        return Tokenizer.from_file(str(file))
+    except Exception as exc:  # tokenizers raises a bare Exception on bad JSON or an unknown model
+        raise UsageError(f"{file}: not a valid tokenizer.json: {exc}") from exc
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UsageError(f"{path}: not valid JSON: {exc}") from exc
+    data = read_json(path)
     if not isinstance(data, dict):
         raise UsageError(f"{path}: expected a JSON object")
     return data

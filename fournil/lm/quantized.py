@@ -18,7 +18,7 @@ from torch import nn
 
 from fournil.console import UsageError
 from fournil.lm import kernels
-from fournil.lm.hf import check_finite, check_size, check_state_dict, load_model, read_config, read_state_dict
+from fournil.lm.hf import check_finite, check_weights, load_model, read_config, read_state_dict
 from fournil.lm.llama import Llama
 
 METHOD = "fournil-weight-only"
@@ -80,8 +80,8 @@ def is_quantized(directory: str | Path) -> bool:
 def _float_view(state: dict[str, torch.Tensor], bits: int, group_size: int | None, int8_head: bool,
                source: str) -> dict[str, torch.Tensor]:
     """The floating-point tensors a quantised state stands for, as meta tensors of their float shape (scales
-    checked and left out), so that `hf.check_size` and `hf.check_state_dict` judge a quantised directory's
-    config.json exactly as they judge a float one."""
+    checked and left out), so that `hf.check_weights` judges a quantised directory's config.json exactly as it
+    judges a float one."""
     view, problems = {}, []
     stored = torch.int8 if bits == 8 else torch.uint8
     for name, tensor in state.items():
@@ -129,11 +129,8 @@ def load_quantized(directory: str | Path, device: str | torch.device = "cpu") ->
     # config.json against the tensors before anything is built, as load_model does: a config claiming a million
     # layers would otherwise build a million modules
     view = _float_view(state, bits, group_size, int8_head, str(directory))
-    check_size(config, view, str(directory))
-    with torch.device("meta"):
-        model = Llama(config)
-    check_state_dict(model, view, str(directory))
-    check_finite(state, str(directory))
+    model = check_weights(config, view, str(directory))
+    check_finite(state, str(directory))  # the stored tensors: the view holds none
     if bits == 8:
         kernels.available()  # build the int8 kernel now (once per machine), not in the middle of a traced step
     for name, module in list(model.named_modules()):

@@ -16,7 +16,7 @@ from pathlib import Path
 from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers, processors
 from tokenizers import Tokenizer as HFTokenizer
 
-from fournil.console import UsageError
+from fournil.lm.prompt import read_tokenizer
 from fournil.tokenizer.config import CHATML, N_BYTES, SPECIALS
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
@@ -84,14 +84,7 @@ class Tokenizer:
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         """A tokenizer directory (with tokenizer.json) or the tokenizer.json file itself."""
-        path = Path(path)
-        file = path / "tokenizer.json" if path.is_dir() else path
-        if not file.is_file():
-            raise UsageError(f"{path}: no tokenizer.json here (train one with `fournil tokenizer train`)")
-        try:
-            return cls(HFTokenizer.from_file(str(file)))
-        except Exception as exc:  # tokenizers raises a bare Exception on bad JSON
-            raise UsageError(f"{file}: not a valid tokenizer.json: {exc}") from exc
+        return cls(read_tokenizer(path, "train one with `fournil tokenizer train`"))
 
     @property
     def vocab_size(self) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fournil.console import UsageError, track
+from fournil.lm.prompt import read_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -83,13 +84,7 @@ def load_encoder(spec: str) -> Encoder:
 
 
 def _hf(path: Path, name: str) -> Encoder:
-    from tokenizers import Tokenizer
-
-    try:
-        tok = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception on bad files
-        raise UsageError(f"{path}: not a tokenizer.json: {exc}") from exc
-    return _from_hf(tok, name)
+    return _from_hf(read_tokenizer(path, "a folder, tokenizer.json, .model, .gguf, mistral:NAME or smollm2"), name)
 
 
 def from_tokenizer(tok: Any, name: str = "fournil") -> Encoder:

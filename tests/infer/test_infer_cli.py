@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import pytest
 
@@ -115,6 +116,15 @@ def test_bad_input_exits_2_naming_the_culprit(tiny_dir, tmp_path, capsys, monkey
         code, err = exc.code, capsys.readouterr().err
     assert code == 2 and message in err.replace("\n", " ")
     assert not (tmp_path / "out" / "fournil.json").exists() and not (tmp_path / "x.gguf").exists()
+
+
+def test_export_gguf_names_a_broken_tokenizer_config(tiny_dir, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    (model / "tokenizer_config.json").write_text("{not json", encoding="utf-8")
+    code, _, err = run(capsys, "export", "gguf", str(model), str(tmp_path / "x.gguf"))
+    assert code == 2 and "tokenizer_config.json: not valid JSON" in err.replace("\n", " ")
+    assert not (tmp_path / "x.gguf").exists()
 
 
 def test_a_backend_that_cannot_run_exits_2_naming_the_option(tiny_dir, tmp_path, capsys, monkeypatch):

@@ -92,6 +92,8 @@ CASES = {
     "dim as a float": (edit_config(intermediate_size=64.5), "intermediate_size: expected an integer"),
     "NaN rms eps": (edit_config(rms_norm_eps=float("nan")), "rms_norm_eps: expected a finite number"),
     "rope theta text": (edit_config(rope_theta="abc", rope_parameters=None), "rope_theta: expected a finite number"),
+    "rope theta past float range": (edit_config(rope_parameters={"rope_type": "default", "rope_theta": 10**400}),
+                                    "rope_theta: expected a finite number"),
     "rope parameters list": (edit_config(rope_parameters=[1]), "rope_parameters: expected an object"),
     "empty eos list": (edit_config(eos_token_id=[]), "eos_token_id"),
     "missing field": (lambda d: edit_config()(d) or (d / "config.json").write_text(
