@@ -128,8 +128,13 @@ class Protocol(H11Protocol):
 
     def send_400_response(self, msg: str) -> None:
         """What h11 refuses (a bad request line, header or Content-Length), in the API's JSON error shape."""
-        self.transport.write(_raw_error(400, "Bad Request", "malformed HTTP request: its request line, a header or its "
-                                        "framing (Content-Length, chunks) is invalid"))
+        data = json.dumps(error_body("malformed HTTP request: its request line, a header or its framing "
+                                     "(Content-Length, chunks) is invalid")).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                   (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=data),
+                      h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
         self.transport.close()
 
     # --- the deadline and the waiting list ------------------------------------------------------------------------
@@ -191,8 +196,7 @@ class Protocol(H11Protocol):
                 self.timer = None
 
 
-def _raw_error(status: int, reason: str, message: str, code: str | None = None,
-               kind: str = "invalid_request_error") -> bytes:
+def _raw_error(status: int, reason: str, message: str, code: str, kind: str = "invalid_request_error") -> bytes:
     """A complete response written past h11 (the connection closes right after)."""
     data = json.dumps(error_body(message, kind=kind, code=code)).encode()
     head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n"
