@@ -36,9 +36,6 @@ from fournil.corpus.config import CorpusConfig, ExecutorConfig, slurm_seconds
 log = logging.getLogger(__name__)
 SLURM_JOBS = "slurm_jobs.json"  # under logs/: {stage: job id} of the last submission
 _SLURM_TOOLS = ("sbatch", "squeue", "sinfo", "scancel")
-TASK_MODULES = ("numpy", "orjson", "xxhash", "datatrove.pipeline.dedup.minhash", "datatrove.pipeline.readers.jsonl",
-                "datatrove.pipeline.writers.jsonl", "fournil.corpus.filters", "fournil.corpus.readers",
-                "fournil.corpus.dedup", "fournil.corpus.runs", "fournil.corpus.pipeline", "fournil.corpus.executors")
 
 
 class StageReader(JsonlReader):
@@ -203,12 +200,15 @@ def run_in_order(out: Path, stages: list, executor: ExecutorConfig, max_errors: 
     completion markers as it ends fails at once, with the stage's logs.)"""
     from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor
 
-    from fournil.corpus.pipeline import _raise_input_errors
+    from fournil.corpus.pipeline import _raise_input_errors, start_forkserver
 
     logs, errors = out / "logs", out / "work" / "errors"
     workers = executor.workers or os.cpu_count() or 1
     if executor.kind == "local" and any(min(workers, stage.tasks) > 1 for stage in stages):
         start_forkserver()
+    if executor.kind == "local":  # finalise draws the datasheet in this process: import the plotting library
+        # while the workers filter and this process waits, not after
+        threading.Thread(target=_import_plotting, daemon=True).start()
 
     def make(stage):
         if executor.kind == "ray":
@@ -231,15 +231,12 @@ def run_in_order(out: Path, stages: list, executor: ExecutorConfig, max_errors: 
             _raise_input_errors(errors, max_errors)
 
 
-def start_forkserver() -> None:
-    """Start the forkserver the local executor's pools fork their workers from, with the modules the tasks run
-    imported there once rather than again in each worker of each stage. It imports in a process of its own: started
-    before the stages are built, its imports overlap the driver's. (Once started, later calls change nothing.)"""
-    import multiprocess
-    from multiprocess import forkserver
+def _import_plotting() -> None:
+    with contextlib.suppress(Exception):  # finalise imports it again and reports a failure there
+        import matplotlib
 
-    multiprocess.set_forkserver_preload(list(TASK_MODULES))
-    forkserver.ensure_running()
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
 
 
 def completed(logging_dir: Path) -> int:

@@ -37,6 +37,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import orjson
+
 from fournil import artifacts
 from fournil.console import FournilError, UsageError
 from fournil.corpus.config import CATEGORIES, CorpusConfig, ExecutorConfig
@@ -47,6 +49,10 @@ DOCS = "docs"
 STATS = "stats.json"
 _WORD = re.compile(r"\w+")
 CLUSTER_RANGE_BYTES = 64 << 20  # the default task count on a cluster: a task per file or per 64 MiB of a large one
+# what the local executor's workers run, imported once in the forkserver they are forked from
+TASK_MODULES = ("numpy", "orjson", "xxhash", "datatrove.pipeline.dedup.minhash", "datatrove.pipeline.readers.jsonl",
+                "datatrove.pipeline.writers.jsonl", "fournil.corpus.filters", "fournil.corpus.readers",
+                "fournil.corpus.dedup", "fournil.corpus.runs", "fournil.corpus.pipeline", "fournil.corpus.executors")
 LENGTH_BINS = [0, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 300_000, 1_000_000]  # UTF-8 bytes
 
 
@@ -227,16 +233,27 @@ def _prepare(config: CorpusConfig, out: Path, *, workers: int | None, tasks: int
     return executor, stages
 
 
+def start_forkserver() -> None:
+    """Start the forkserver the local executor's pools fork their workers from, with the modules the tasks run
+    imported there once rather than again in each worker of each stage. It imports in a process of its own: started
+    before the stages are built, its imports overlap the driver's. (Once started, later calls change nothing.)"""
+    import multiprocess
+    from multiprocess import forkserver
+
+    multiprocess.set_forkserver_preload(list(TASK_MODULES))
+    forkserver.ensure_running()
+
+
 def run(config: CorpusConfig, out: Path, *, workers: int | None = None, tasks: int | None = None,
         max_errors: int = 100, force: bool = False) -> dict:
     """Run every stage into `out` on the recipe's executor and wait for the end; returns stats.json's content.
 
     `workers` and `tasks` override `config.executor`'s (the CLI's --workers, --tasks)."""
-    from fournil.corpus import executors
-
     out = Path(out).resolve()  # cluster tasks do not share our working directory
     if config.executor.kind == "local" and (workers or config.executor.workers or os.cpu_count() or 1) > 1:
-        executors.start_forkserver()  # its imports overlap ours instead of following them
+        start_forkserver()  # first: its imports overlap ours (these included) instead of following them
+    from fournil.corpus import executors
+
     executor, stages = _prepare(config, out, workers=workers, tasks=tasks, max_errors=max_errors, force=force)
     if stages is not None:
         if executor.kind == "slurm":
@@ -334,9 +351,9 @@ def _raise_input_errors(errors_dir: Path, max_errors: int) -> None:
 def iter_jsonl(paths: list[Path]) -> Iterator[dict]:
     for path in paths:
         opener = gzip.open if path.name.endswith(".gz") else open
-        with opener(path, "rt", encoding="utf-8") as f:
+        with opener(path, "rb") as f:
             for line in f:
-                yield json.loads(line)
+                yield orjson.loads(line)
 
 
 def exact_key(text: str) -> bytes:
@@ -371,7 +388,7 @@ def _exact_dedup(out: Path) -> Iterator[tuple[dict, bool]]:
         for doc_id, line in merge(sorted(dedup.glob("*-docs-*.run")), scratch):
             while next_duplicate is not None and next_duplicate < doc_id:
                 next_duplicate = next(duplicates, None)
-            yield json.loads(line), doc_id == next_duplicate
+            yield orjson.loads(line), doc_id == next_duplicate
 
 
 def finalise(config: CorpusConfig, out: Path, while_compressing=None) -> dict:
@@ -514,46 +531,48 @@ def _step_stats(out: Path, prefix: str) -> dict[str, int]:
 
 
 class _GzWriter(contextlib.AbstractContextManager):
-    """A gzip file with mtime 0 (the same documents give the same bytes on every run), written atomically.
+    """A gzip file written atomically as a series of members, one per MEMBER bytes of input, deflated on several
+    threads at once (zlib releases the GIL) and written in order.
 
-    Deflate runs on a thread of its own (zlib releases the GIL): the one-task `finalise` merges and counts on one
-    core while its output is compressed on another. Chunks are handed over in order and deflate's output does not
-    depend on how its input is cut, so the bytes are those of one `write` per line."""
+    Concatenated members are one valid gzip stream (gzip, zcat and datatrove read it whole). The members are cut by
+    byte count, not by task, and carry mtime 0, so the same documents give the same bytes whatever the task count.
+    The one-task `finalise` then merges and counts on one core while its output is compressed on every core."""
 
-    CHUNK = 64 << 10
-    AHEAD = 4  # chunks handed over and not yet compressed: memory holds a few, not the output
+    MEMBER = 1 << 20
+    LEVEL = 5  # the stage is serial: levels above cost much more time for files hardly smaller
+    THREADS = min(4, os.cpu_count() or 1)  # the merge, on one core, is slower than this many deflates
 
     def __init__(self, path: Path):
         self._atomic = artifacts.atomic_path(path)
         self._raw = open(self._atomic.__enter__(), "wb")  # noqa: SIM115 (closed by __exit__)
-        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="")
         self._buffer = bytearray()
-        self._deflate = ThreadPoolExecutor(1)  # one thread: chunks are compressed in the order they came
-        self._pending: deque[Future] = deque()
+        self._deflate = ThreadPoolExecutor(self.THREADS)
+        self._pending: deque[Future] = deque()  # members in file order; memory holds a few, not the output
+        self._members = 0
 
     def write(self, data: bytes) -> None:
         self._buffer += data
-        if len(self._buffer) >= self.CHUNK:
-            self._hand_over()
+        while len(self._buffer) >= self.MEMBER:  # a line longer than a member spans several
+            self._hand_over(self._buffer[:self.MEMBER])
+            del self._buffer[:self.MEMBER]
 
-    def _hand_over(self) -> None:
-        self._pending.append(self._deflate.submit(self._gz.write, bytes(self._buffer)))
-        self._buffer.clear()
-        while len(self._pending) > self.AHEAD or (self._pending and self._pending[0].done()):
-            self._pending.popleft().result()  # raises a deflate error here
+    def _hand_over(self, chunk) -> None:
+        self._pending.append(self._deflate.submit(gzip.compress, bytes(chunk), self.LEVEL, mtime=0))
+        self._members += 1
+        while len(self._pending) > 2 * self.THREADS or (self._pending and self._pending[0].done()):
+            self._raw.write(self._pending.popleft().result())  # raises a deflate error here
 
     def __enter__(self) -> _GzWriter:
         return self
 
     def __exit__(self, *exc) -> bool:
         try:
-            if self._buffer and exc[0] is None:
-                self._hand_over()
-            self._deflate.shutdown()  # waits for the chunks handed over
+            if exc[0] is None and (self._buffer or not self._members):  # an empty file is still one (empty) member
+                self._hand_over(self._buffer)
+            self._deflate.shutdown()  # waits for the members handed over
             if exc[0] is None:
-                for future in self._pending:
-                    future.result()
-            self._gz.close()
+                while self._pending:
+                    self._raw.write(self._pending.popleft().result())
             self._raw.close()
         except BaseException as error:
             self._raw.close()
@@ -564,4 +583,4 @@ class _GzWriter(contextlib.AbstractContextManager):
 
 
 def _write_line(f, record: dict) -> None:
-    f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+    f.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))

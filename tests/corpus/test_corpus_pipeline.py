@@ -208,9 +208,9 @@ def test_kill_and_resume_gives_the_same_corpus(corpus_run, tree, tmp_path, kill_
 # ------------------------------------------------------------------------------------ finalise, streaming
 
 
-def _in_memory_finalise(out: Path) -> dict[str, bytes]:
-    """docs/ as the in-memory finalise wrote it (every document sorted by id, a set of exact keys): the reference
-    the streaming one must equal byte for byte."""
+def _in_memory_finalise(out: Path) -> dict[str, list[dict]]:
+    """docs/ as the in-memory finalise wrote it (every document sorted by id, a set of exact keys): the records the
+    streaming one must write, in the same order."""
     from fournil.corpus.runs import read_run
 
     docs = sorted((json.loads(line) for p in sorted((out / "work" / "dedup").glob("*-docs-*.run"))
@@ -220,16 +220,10 @@ def _in_memory_finalise(out: Path) -> dict[str, bytes]:
         key = exact_key(doc["text"])
         if key not in seen:
             seen.add(key)
-            kept.setdefault(doc["metadata"]["category"], []).append(doc)
-    out_bytes = {}
-    for category, items in kept.items():
-        lines = "".join(json.dumps({"text": d["text"], "id": d["id"], "source": d["metadata"]["source"],
-                                    "lang": d["metadata"].get("lang")}, ensure_ascii=False) + "\n" for d in items)
-        buffer = __import__("io").BytesIO()
-        with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="") as f:
-            f.write(lines.encode())
-        out_bytes[f"{category}.jsonl.gz"] = buffer.getvalue()
-    return out_bytes
+            kept.setdefault(f"{doc['metadata']['category']}.jsonl.gz", []).append(
+                {"text": doc["text"], "id": doc["id"], "source": doc["metadata"]["source"],
+                 "lang": doc["metadata"].get("lang")})
+    return kept
 
 
 def test_finalise_through_many_small_runs_gives_the_same_corpus(corpus_run, tree, tmp_path, monkeypatch):
@@ -260,7 +254,8 @@ def test_finalise_through_many_small_runs_gives_the_same_corpus(corpus_run, tree
     assert _gunzip_all(out) == _gunzip_all(reference)
     for path in (reference / "docs").glob("*.jsonl.gz"):
         assert (out / "docs" / path.name).read_bytes() == path.read_bytes()
-    assert {p.name: p.read_bytes() for p in (out / "docs").glob("*.jsonl.gz")} == _in_memory_finalise(reference)
+    assert {name: [json.loads(line) for line in text.splitlines()] for name, text in _gunzip_all(out).items()} \
+        == _in_memory_finalise(reference)
     assert json.dumps(again) == json.dumps({k: v for k, v in stats.items() if k != "seconds"})
     assert not list((out / "work").glob(".finalise.*"))  # the scratch folder is gone
 
@@ -290,15 +285,16 @@ def _synthetic_dedup_output(out: Path, n: int, run_bytes: int) -> None:
 
 def test_finalise_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
     """Peak Python memory of finalise on 4x the documents stays within 25 % (the in-memory finalise held every
-    document: 4x). What remains is a record and a read buffer per open run, the counts and gzip's buffers."""
+    document: 4x). What remains is a record and a read buffer per open run, the counts and the deflate queue."""
     import tracemalloc
 
     from fournil.corpus import runs
     from fournil.corpus.config import CorpusConfig, SourceConfig
-    from fournil.corpus.pipeline import finalise
+    from fournil.corpus.pipeline import _GzWriter, finalise
 
     monkeypatch.setattr(runs, "RUN_BYTES", 32 << 10)
     monkeypatch.setattr(runs, "FANIN", 8)  # both sizes merge in rounds: the same number of runs open at once
+    monkeypatch.setattr(_GzWriter, "MEMBER", 16 << 10)  # both sizes fill the deflate queue: a fixed set of buffers
     config = CorpusConfig(sources={"s": SourceConfig(path=str(tmp_path), category="fr")})
     peaks = {}
     for n in (1500, 6000):
@@ -313,3 +309,32 @@ def test_finalise_memory_does_not_grow_with_the_corpus(tmp_path, monkeypatch):
         assert stats["sources"]["s"]["rejects"] == {"exact_duplicate": n // 10}
         assert [d["id"] for d in kept] == sorted(d["id"] for d in kept)
     assert peaks[6000] < 1.25 * peaks[1500], peaks
+
+
+def test_docs_gzip_is_one_stream_of_members_whatever_the_writes(tmp_path, monkeypatch):
+    """finalise's writer deflates members on several threads: the file is still one gzip stream for Python and for
+    gzip(1), and its bytes depend on the content only, not on how it was handed over."""
+    import random
+    import shutil
+
+    from fournil.corpus.pipeline import _GzWriter
+
+    monkeypatch.setattr(_GzWriter, "MEMBER", 1000)
+    rng = random.Random(5)
+    text = "".join(f"{rng.random()} ligne {i} — café\n" for i in range(3000)).encode()
+    outputs = []
+    for cut in (1, 7, 999, 1000, 4096, len(text)):
+        path = tmp_path / f"{cut}.jsonl.gz"
+        with _GzWriter(path) as f:
+            for start in range(0, len(text), cut):
+                f.write(text[start:start + cut])
+        outputs.append(path.read_bytes())
+        assert gzip.decompress(outputs[-1]) == text
+    assert len(set(outputs)) == 1
+    assert outputs[0].count(b"\x1f\x8b\x08") >= len(text) // 1000  # one member per 1000 bytes
+    assert shutil.which("gzip"), "gzip(1) is part of every Debian base system"
+    assert subprocess.run(["gzip", "-dc", str(tmp_path / "1.jsonl.gz")], capture_output=True, check=True).stdout == text
+    with _GzWriter(tmp_path / "empty.gz"):
+        pass
+    assert gzip.decompress((tmp_path / "empty.gz").read_bytes()) == b""
+    assert subprocess.run(["gzip", "-t", str(tmp_path / "empty.gz")]).returncode == 0
