@@ -15,7 +15,7 @@ Rows (higher is better; the anchor is the target, so a ratio ≥ 1 meets it):
 - MB/s per core 8× ÷ 1× (input MB per CPU second): the cost per byte stays (target ≥ 0.9);
 - one 8× file (the French part), 4 tasks vs 1 task, 2 workers: wall-clock speed-up (target ≥ 1.8), of the whole
   run and of its filter stage alone (the stage that byte ranges split; the others add fixed start-up costs per
-  stage and the one-task `finalise`, whose floor is deflating docs/ as one gzip stream per file).
+  stage and the one-task `finalise`, which merges on one core and deflates on the others whatever the task count).
 Each run's stages (first task start to last task end, from datatrove's task logs) are printed on stderr.
 Plus the absolute figures (MiB, MB/s per core, seconds) with the target as their anchor where one exists.
 
