@@ -3,7 +3,8 @@
 Three implement `DecodeBackend`: `Eager` (Llama.forward over a KVCache, the reference whose greedy tokens equal
 transformers'), the fused C++ step (fournil.lm.fused: int8 or float32 models on an x86 CPU with AVX2, no wait) and
 inductor's compiled step (fournil.lm.inductor: any dtype, after a one-time compile per shape). `choose` picks one
-by name; `auto` is the fastest that needs no compile. The decode loop (fournil.lm.generate) and the server only
+by name; `auto` is the fused step where it runs, building fournil's kernels first (once per machine) only for a
+model large enough to win that time back, else eager. The decode loop (fournil.lm.generate) and the server only
 call the protocol.
 """
 
@@ -162,7 +163,8 @@ def choose(model: Llama, name: str = "auto") -> DecodeBackend:
         from fournil.lm.inductor import CompiledDecoder
 
         return kept(model, CompiledDecoder)
-    why = fused.unfit(model)
+    # auto never waits for a compile that costs more than it saves: it builds the kernels only for a large model
+    why = fused.unfit(model, build=name == "fused" or fused.pays_to_build(model))
     if why is None:
         return kept(model, fused.FusedDecoder)
     if name == "fused":

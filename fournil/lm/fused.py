@@ -23,9 +23,10 @@ from fournil.lm.llama import KVCache, Llama, rope_cos_sin
 from fournil.lm.quantized import Int8Linear
 
 
-def unfit(model: Llama) -> str | None:
+def unfit(model: Llama, build: bool = True) -> str | None:
     """Why the fused step cannot run the model here, or None when it can: every block matrix and lm_head int8
-    (or every one float32), float32 norms and embeddings, on the CPU, widths multiples of 16, the kernels built."""
+    (or every one float32), float32 norms and embeddings, on the CPU, widths multiples of 16, the kernels built
+    (built now if need be, unless build=False)."""
     matrices = _matrices(model)
     if not (all(isinstance(m, Int8Linear) for m in matrices) or
             all(type(m) is nn.Linear and m.weight.dtype == torch.float32 for m in matrices)):
@@ -36,7 +37,21 @@ def unfit(model: Llama) -> str | None:
         return "it runs float32 embeddings on the CPU"
     if any(w % 16 for w in widths):
         return f"it needs widths that are multiples of 16, not {widths}"
-    return None if kernels.available() else "fournil's CPU kernels did not load (see the log for why)"
+    if kernels.available(build):
+        return None
+    return "fournil's CPU kernels did not load (see the log for why)" if build else "fournil's CPU kernels are not built"
+
+
+# auto builds the kernels (once per machine) only for a model at least this large. A step's gain from the fused
+# call grows with the bytes of weights it streams: from here on, a few replies' worth of tokens win back the
+# build's wait; below, eager decoding is quick already and a short generation (a bake's eval, a first chat with
+# the demo model) would wait for the build longer than it saves.
+BUILD_PAYS_BYTES = 64 * 2**20
+
+
+def pays_to_build(model: Llama) -> bool:
+    """Whether building the kernels, where they are not built yet, is worth it for decoding this model."""
+    return sum(m.weight.numel() * m.weight.element_size() for m in _matrices(model)) >= BUILD_PAYS_BYTES
 
 
 def _matrices(model: Llama) -> list[nn.Module]:

@@ -5,7 +5,8 @@ by fournil.lm.fused); the headers hold what they share.
 Why: at batch 1 decoding is bound by how fast the weights stream from memory, and ATen's and inductor's int8
 weight-only kernels read them at about half the speed the machine can (benchmarks/RESULTS.md). They are x86-64
 AVX2 C++, compiled with the C++ compiler torch's own `torch.compile` needs, once per machine (cached
-under torch's extensions directory).
+under torch's extensions directory), by the first `available()` call; `available(build=False)` and `built()` never
+compile, for callers to whom a build would cost more than it saves (fournil.lm.backends.choose).
 
 Everything falls back to plain PyTorch when they cannot be used: another CPU, no compiler, CUDA tensors, or
 FOURNIL_KERNELS=0. `available()` says which, and logs why once. On a CPU with AVX-512 VNNI the int8 products
@@ -31,12 +32,33 @@ STALE_LOCK_S = 300  # a build lock this old belongs to a killed build (a live on
 _available: bool | None = None
 
 
-def available() -> bool:
-    """Build (first call on this machine) and load the kernels; False, with the reason logged, if they cannot."""
+def available(build: bool = True) -> bool:
+    """Build (first call on this machine) and load the kernels; False, with the reason logged, if they cannot.
+    build=False loads them only where that runs no compiler (`built()`), and is False otherwise without deciding
+    anything: a later call may still build them."""
     global _available
     if _available is None:
+        if not build and not built():
+            return False
         _available = _load()
     return _available
+
+
+def built() -> bool:
+    """Whether the kernels are loaded, or built on this machine and ready to load: a finished library of these
+    sources with no build in progress beside it. A cheap check: it reads the sources and compiles nothing."""
+    if _available is not None:
+        return _available
+    name = library_name("fournil_kernels", _sources())
+    try:
+        build = _build_directory(name)
+    except OSError:
+        return False
+    return (build / f"{name}.so").exists() and not (build / "lock").exists()
+
+
+def _sources() -> list[Path]:
+    return sorted(CSRC.glob("*.cpp"))
 
 
 def _load() -> bool:
@@ -48,7 +70,7 @@ def _load() -> bool:
         log.info("fournil kernels need an x86-64 CPU with AVX2; using PyTorch's")
         return False
     try:
-        load_library("fournil_kernels", sorted(CSRC.glob("*.cpp")), "fournil's CPU kernels")
+        load_library("fournil_kernels", _sources(), "fournil's CPU kernels")
     except Exception as exc:  # no compiler, no ninja, a read-only cache: plain PyTorch still works
         log.warning("fournil kernels unavailable (%s); using PyTorch's", str(exc).splitlines()[0][:200])
         return False
@@ -64,7 +86,7 @@ def load_library(prefix: str, sources: list[Path], what: str) -> None:
 
     name = library_name(prefix, sources)
     try:
-        build = Path(cpp_extension._get_build_directory(name, verbose=False))
+        build = _build_directory(name)
         if not (build / f"{name}.so").exists():
             log.warning("building %s (once per machine, under a minute)", what)
         _clear_stale_lock(build / "lock")
@@ -73,6 +95,14 @@ def load_library(prefix: str, sources: list[Path], what: str) -> None:
     cpp_extension.load(name=name, sources=[str(p) for p in sources], extra_include_paths=[str(CSRC)],
                        is_python_module=False, verbose=False,
                        extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"], extra_ldflags=["-fopenmp"])
+
+
+def _build_directory(name: str) -> Path:
+    """Where torch's builder builds the library `name` (TORCH_EXTENSIONS_DIR or torch's cache); OSError where it
+    cannot make it."""
+    from torch.utils import cpp_extension
+
+    return Path(cpp_extension._get_build_directory(name, verbose=False))
 
 
 def library_name(prefix: str, sources: list[Path]) -> str:
@@ -126,6 +156,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: to
 def argmax(logits: torch.Tensor) -> torch.Tensor:
     """logits.argmax(-1) of (M, V) logits, the same index on ties and NaN, much faster on a CPU float32 row (one
     token's greedy pick); torch's own for anything else."""
-    if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and available():
+    # never worth building the kernels for by itself: with them not built yet, torch's argmax
+    if logits.dim() == 2 and logits.dtype == torch.float32 and logits.device.type == "cpu" and available(build=False):
         return torch.ops.fournil.argmax_rows(logits.contiguous())
     return logits.argmax(-1)

@@ -136,7 +136,7 @@ def test_generation_on_the_fixtures_is_the_text_of_the_plain_loop(model_dir, bac
     from fournil.eval.engine import Engine, cut
 
     engine = Engine(model_dir, device="cpu", backend=backend)
-    assert engine.backend.name == ("eager" if backend == "eager" else "fused" if kernels.available() else "eager")
+    assert engine.backend.name == ("eager" if backend == "eager" else "fused" if kernels.built() else "eager")
     rows = [json.loads(line) for line in (DATA / "french_bench_fquadv2" / "valid.jsonl").read_text().splitlines()]
     prompts = [f"{r['context']}\nQuestion: {r['question']}\nRéponse:" for r in rows]
     for until in (("\u2603",), ("\n", "e")):
