@@ -15,6 +15,7 @@ multiply-add with vpdpwssd (the same integer sums, so the same numbers); FOURNIL
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -46,15 +47,24 @@ def available(build: bool = True) -> bool:
 
 def built() -> bool:
     """Whether the kernels are loaded, or built on this machine and ready to load: a finished library of these
-    sources with no build in progress beside it. A cheap check: it reads the sources and compiles nothing."""
+    sources with no build in progress beside it. A cheap check (greedy decoding asks it every token): the sources
+    are hashed once per process, then it looks for two files."""
     if _available is not None:
         return _available
+    paths = _library_paths()
+    return paths is not None and paths[0].exists() and not paths[1].exists()
+
+
+@functools.cache
+def _library_paths() -> tuple[Path, Path] | None:
+    """The kernels' finished library and build lock for these sources; None where torch's extension directory
+    cannot be made."""
     name = library_name("fournil_kernels", _sources())
     try:
         build = _build_directory(name)
     except OSError:
-        return False
-    return (build / f"{name}.so").exists() and not (build / "lock").exists()
+        return None
+    return build / f"{name}.so", build / "lock"
 
 
 def _sources() -> list[Path]:

@@ -71,9 +71,11 @@ def test_only_a_large_model_pays_for_building_the_kernels():
                                      tie_embeddings=True))  # SmolLM2-135M
 
 
-def test_a_library_is_built_only_when_finished_and_no_build_holds_its_lock(tmp_path, monkeypatch):
+def test_a_library_is_built_only_when_finished_and_no_build_holds_its_lock(tmp_path, monkeypatch, request):
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     monkeypatch.setattr(kernels, "_available", None)  # not loaded in this process
+    kernels._library_paths.cache_clear()  # where the library lies is worked out once per process
+    request.addfinalizer(kernels._library_paths.cache_clear)
     assert not kernels.built()
     name = kernels.library_name("fournil_kernels", kernels._sources())
     (tmp_path / name / "lock").touch()
