@@ -151,8 +151,8 @@ class _Gone(argparse.Action):
 def backend_option(parser, choices: tuple[str, ...] = BACKENDS) -> None:
     """--backend: how decode steps run (fournil.lm.backends); the old --compile exits 2 naming it."""
     parser.add_argument("--backend", choices=choices, default="auto",
-                        help="auto: fused (one C++ call a step) where fournil's kernels load and the model is float32 "
-                        "or int8, else eager; eager: PyTorch operator by operator; fused; inductor: torch.compile's "
+                        help="auto: fused (one C++ call a step) for a float32 or int8 model where fournil's kernels are "
+                        "built (built first for a model of 64 MiB or more), else eager; eager: PyTorch operator by operator; fused; inductor: torch.compile's "
                         "graph, after a one-time compile of a minute or more")
     parser.add_argument("--compile", nargs=0, action=_Gone, help=argparse.SUPPRESS)
 

@@ -1,10 +1,10 @@
 """Decode backends: how one batch's steps run, after the prompt, one new token per row.
 
 Three implement `DecodeBackend`: `Eager` (Llama.forward over a KVCache, the reference whose greedy tokens equal
-transformers'), the fused C++ step (fournil.lm.fused: int8 or float32 models on an x86 CPU with AVX2, no wait) and
-inductor's compiled step (fournil.lm.inductor: any dtype, after a one-time compile per shape). `choose` picks one
-by name; `auto` is the fused step where it runs, building fournil's kernels first (once per machine) only for a
-model large enough to win that time back, else eager. The decode loop (fournil.lm.generate) and the server only
+transformers'), the fused C++ step (fournil.lm.fused: int8 or float32 models on an x86 CPU with AVX2, once its
+kernels are built) and inductor's compiled step (fournil.lm.inductor: any dtype, after a one-time compile per
+shape). `choose` picks one by name; `auto` is the fused step where it runs, building fournil's kernels first (once
+per machine) only for a model large enough to win that time back, else eager. The decode loop (fournil.lm.generate) and the server only
 call the protocol.
 """
 
